@@ -1,0 +1,191 @@
+"""Hooks and the model-state guard: the one place where camwidget touches the model.
+
+:func:`forward` runs the model once and keeps the output of every module whose output
+is a 4-D feature map (N, C, H, W); :func:`backward` takes the gradient of a score with
+respect to all kept maps at once. The model is left exactly as it was found.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from .errors import CamwidgetError
+
+
+@contextmanager
+def guarded(model: nn.Module) -> Iterator[list[RemovableHandle]]:
+    """Put ``model`` in eval mode with frozen parameters; restore everything on exit.
+
+    Yields a list to which the caller appends hook handles; they are removed on exit,
+    and every module's ``training`` flag and every parameter's ``requires_grad`` are
+    restored, also when the body raises.
+    """
+    training = [(module, module.training) for module in model.modules()]
+    requires_grad = [(param, param.requires_grad) for param in model.parameters()]
+    handles: list[RemovableHandle] = []
+    try:
+        model.eval()
+        for param, _ in requires_grad:
+            param.requires_grad_(False)
+        yield handles
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, flag in training:
+            module.training = flag
+        for param, flag in requires_grad:
+            param.requires_grad_(flag)
+
+
+@dataclass
+class Capture:
+    """One forward pass: logits and the kept feature maps, still attached to the graph."""
+
+    logits: Tensor
+    activations: dict[str, Tensor]
+    kinds: dict[str, str]
+    skipped: dict[str, str] = field(default_factory=dict)
+    classifier: str | None = None
+
+    def nbytes(self) -> int:
+        """Bytes held by the kept maps (the graph holds about as much again)."""
+        return sum(a.numel() * a.element_size() for a in self.activations.values())
+
+
+def forward(model: nn.Module, inputs: Tensor, layers: Collection[str] | None = None) -> Capture:
+    """Run ``model`` on ``inputs`` once, keeping 4-D module outputs.
+
+    ``layers``: the module names to keep (None: every module). Each kept output is
+    handed on downstream as a copy, so that in-place operations later in the model (an
+    ``inplace=True`` ReLU, ``out += identity``) cannot change the kept map. A module that
+    runs more than once per forward is left out, with the reason in ``skipped``.
+    ``classifier`` is the name of the last ``nn.Linear`` that ran.
+    """
+    kept: dict[str, Tensor] = {}
+    kinds: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    calls: Counter[str] = Counter()
+    linears: list[str] = []
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, args: object, output: object) -> object:
+            calls[name] += 1
+            if isinstance(module, nn.Linear):
+                linears.append(name)
+            if not (isinstance(output, Tensor) and output.dim() == 4):
+                return None
+            if not output.is_floating_point():
+                return None
+            if not is_spatial(output.shape, input_size):
+                skipped[name] = (
+                    f"its 4-D output {tuple(output.shape)} is not laid out as (N, C, H, W): "
+                    f"its last two sizes do not scale like the input's {input_size}"
+                )
+                return None
+            if calls[name] > 1:
+                kept.pop(name, None)
+                skipped[name] = (
+                    f"runs {calls[name]} times per forward pass (one module reused), so "
+                    "its output is not one feature map; the maps it produces are "
+                    "available as the outputs of the blocks that use it"
+                )
+                return None
+            if not output.requires_grad:
+                skipped[name] = "its output does not depend on the input through autograd"
+                return None
+            kept[name] = output
+            kinds[name] = type(module).__name__
+            return output.clone()
+
+        return hook
+
+    input_size = (inputs.shape[-2], inputs.shape[-1])
+    wanted = None if layers is None else set(layers)
+    with guarded(model) as handles, torch.enable_grad():
+        for name, module in model.named_modules():
+            if name and (wanted is None or name in wanted or isinstance(module, nn.Linear)):
+                handles.append(module.register_forward_hook(make_hook(name)))
+        inputs = inputs.detach().requires_grad_(True)
+        try:
+            output = model(inputs)
+        except CamwidgetError:
+            raise
+        except Exception as error:
+            raise CamwidgetError(
+                f"the model failed on this input of shape {tuple(inputs.shape)}: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+    logits = logits_of(output)
+    if logits.shape[0] != inputs.shape[0]:
+        raise CamwidgetError(
+            f"the model returned {logits.shape[0]} rows of logits for {inputs.shape[0]} images"
+        )
+    return Capture(
+        logits=logits,
+        activations=kept,
+        kinds=kinds,
+        skipped=skipped,
+        classifier=linears[-1] if linears else None,
+    )
+
+
+def backward(
+    capture: Capture, scores: Tensor, layers: Collection[str] | None = None
+) -> dict[str, Tensor]:
+    """Gradients of the scalar ``scores`` with respect to the kept maps, in one pass.
+
+    Only the gradients with respect to the maps are computed (no parameter gradients);
+    the graph is retained so that another target can be explained later. A map that
+    does not influence the score gets a zero gradient.
+    """
+    names = [n for n in capture.activations if layers is None or n in layers]
+    maps = [capture.activations[n] for n in names]
+    grads = torch.autograd.grad(scores, maps, retain_graph=True, allow_unused=True)
+    return {
+        name: (torch.zeros_like(a) if g is None else g).detach()
+        for name, a, g in zip(names, maps, grads, strict=True)
+    }
+
+
+def is_spatial(shape: torch.Size, input_size: tuple[int, int]) -> bool:
+    """Whether a 4-D shape reads as (N, C, H, W) for an input of ``input_size``.
+
+    A feature map scales both image axes by about the same stride s. Channels-last
+    tensors (N, H, W, C), as inside ConvNeXt blocks, fail this test.
+    """
+    height, width = shape[2], shape[3]
+    stride = input_size[0] / height
+    return abs(input_size[1] / stride - width) <= max(1.0, 0.15 * width)
+
+
+def logits_of(output: object) -> Tensor:
+    """The logits (N, K) in a model's output: a tensor, a tuple's first element, or a
+    mapping's / object's ``logits``."""
+    found = output
+    if isinstance(found, Mapping):
+        found = found.get("logits", None)
+    elif isinstance(found, (tuple, list)) and found:
+        found = found[0]
+    elif not isinstance(found, Tensor) and hasattr(found, "logits"):
+        found = found.logits
+    if not isinstance(found, Tensor):
+        raise CamwidgetError(
+            f"the model returned a {type(output).__name__}; camwidget needs logits: a "
+            "tensor (N, K), a tuple whose first element is one, or an object or dict "
+            "with 'logits'"
+        )
+    if found.dim() > 2 and all(s == 1 for s in found.shape[2:]):
+        found = found.flatten(1)
+    if found.dim() != 2 or not found.is_floating_point():
+        raise CamwidgetError(
+            f"the model's output has shape {tuple(found.shape)} ({found.dtype}); "
+            "camwidget needs class logits of shape (N, K)"
+        )
+    return found

@@ -1,0 +1,478 @@
+"""The engine: one forward per image, one partial backward per class, maps cached.
+
+image -> prepare -> forward (cache: image) -> backward (cache: image, class)
+      -> method (cache: image, class, layer, method) -> upsample + normalise
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import capture as capture_
+from . import images, methods, render
+from .capture import Capture
+from .errors import CamwidgetError
+from .layers import LayerInfo, catalogue, default_layer, final_linear
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Preprocess = Callable[[object], Tensor]
+
+
+def imagenet_preprocess(image: object) -> Tensor:
+    """ImageNet mean/std normalisation at the image's own size -> float tensor (3, H, W)."""
+    rgb = np.asarray(image, dtype=np.float32) / 255.0
+    rgb = (rgb - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image made ready for the model.
+
+    ``rgb``: uint8 (H, W, 3) at the image's own size, what the panel shows;
+    ``inputs``: the model input (1, 3, h, w); ``key``: a hash of ``inputs``;
+    ``notes``: what was done to the image on the way, in words.
+    """
+
+    rgb: np.ndarray
+    inputs: Tensor
+    key: str
+    notes: tuple[str, ...] = ()
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the displayed image, the size of every heatmap."""
+        return self.rgb.shape[0], self.rgb.shape[1]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One explained (image, layer, target, method).
+
+    ``raw``: the method's map (h', w') at feature resolution, as its paper defines it;
+    ``heatmap``: float32 (H, W) in [0, 1] at the image's size; ``score``: the target's
+    logit; ``message``: a remark in words (e.g. no positive evidence), else None.
+    """
+
+    raw: np.ndarray
+    heatmap: np.ndarray
+    layer: str
+    target: int
+    method: str
+    score: float
+    label: str
+    probability: float
+    message: str | None = None
+
+
+class Explainer:
+    """Explains a PyTorch image classifier with class activation maps.
+
+    ``preprocess`` maps a PIL RGB image to a float tensor (3, H, W) or (1, 3, H, W)
+    (default: ImageNet mean/std at the image's own size). ``labels``: class names, a
+    sequence or a mapping index -> name. ``device``: where inputs go; by default the
+    model's own device (the model is never moved). Images whose long side exceeds
+    ``max_side`` are downscaled for the model. The passes of the last ``max_images``
+    images are kept so that other classes, layers and methods cost no forward.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        preprocess: Preprocess | None = None,
+        labels: Sequence[str] | Mapping[int, str] | None = None,
+        device: str | torch.device | None = None,
+        *,
+        max_side: int = 1024,
+        max_images: int = 2,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise CamwidgetError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+        self.model = model
+        self.preprocess = preprocess
+        self.labels = labels
+        self.max_side = max_side
+        self.max_images = max(1, max_images)
+        self.device, self.dtype = _placement(model, device)
+        #: Counts of model passes run so far: "forward", "backward", "scored" inputs.
+        self.passes: Counter[str] = Counter()
+        #: Milliseconds spent in each step of the last call (0 where a cache answered).
+        self.timings: dict[str, float] = {}
+        self._captures: OrderedDict[str, Capture] = OrderedDict()
+        self._catalogues: dict[str, list[LayerInfo]] = {}
+        self._gradients: OrderedDict[tuple[str, int], dict[str, Tensor]] = OrderedDict()
+        self._maps: OrderedDict[tuple[str, int, str, str], np.ndarray] = OrderedDict()
+        self._layers: list[LayerInfo] | None = None
+
+    # ----------------------------------------------------------------- catalogue
+
+    @property
+    def layers(self) -> list[LayerInfo]:
+        """Catalogued layers in execution order, shapes for the last image's size."""
+        if self._layers is None:
+            self._layers = self._probe()
+        return self._layers
+
+    @property
+    def default_layer(self) -> str:
+        """The last layer with a spatial map (H·W > 1) before the classifier."""
+        return default_layer(self.layers)
+
+    def layer(self, name: str | None) -> LayerInfo:
+        """The catalogued layer ``name`` (None: the default layer)."""
+        layers = self.layers
+        name = self.default_layer if name is None else name
+        for info in layers:
+            if info.name == name:
+                return info
+        names = [info.name for info in layers]
+        close = difflib.get_close_matches(str(name), names, n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise CamwidgetError(
+            f"unknown layer {name!r}.{hint} The {len(names)} layers with a feature map "
+            f"are: {', '.join(names)}"
+        )
+
+    def label(self, index: int) -> str:
+        """The name of class ``index`` (``"class 281"`` when no labels were given)."""
+        labels = self.labels
+        if isinstance(labels, Mapping):
+            return str(labels.get(index, f"class {index}"))
+        if labels is not None and 0 <= index < len(labels):
+            return str(labels[index])
+        return f"class {index}"
+
+    def _probe(self) -> list[LayerInfo]:
+        generator = torch.Generator().manual_seed(0)
+        probe = torch.randn(1, 3, 224, 224, generator=generator)
+        try:
+            capture = self._forward(probe.to(self.device, self.dtype))
+        except CamwidgetError as error:
+            raise CamwidgetError(
+                f"could not list the layers with a 224×224 probe input ({error}); "
+                "explain an image of a size the model accepts first"
+            ) from None
+        return catalogue(self.model, capture)
+
+    # ----------------------------------------------------------------- images
+
+    def prepare(self, image: object) -> PreparedImage:
+        """Read and preprocess ``image`` (path, bytes, PIL, HWC array, CHW tensor)."""
+        if isinstance(image, PreparedImage):
+            return image
+        if isinstance(image, Tensor):
+            inputs = image.detach()
+            if inputs.dim() == 3:
+                inputs = inputs[None]
+            rgb, notes = images.to_rgb(inputs), ()
+        else:
+            rgb, note = images.fit(images.to_rgb(image), self.max_side)
+            notes = (note,) if note else ()
+            inputs = self._preprocess(rgb)
+        if inputs.dim() != 4 or inputs.shape[:2] != (1, 3) or not inputs.is_floating_point():
+            raise CamwidgetError(
+                f"a preprocessed image must be a float tensor (3, H, W) or (1, 3, H, W); "
+                f"got {tuple(inputs.shape)} {inputs.dtype}"
+            )
+        inputs = inputs.to(torch.float32).cpu().contiguous()
+        key = hashlib.blake2b(inputs.numpy().tobytes(), digest_size=16).hexdigest()
+        inputs = inputs.to(self.device, self.dtype)
+        return PreparedImage(rgb=rgb, inputs=inputs, key=key, notes=notes)
+
+    def _preprocess(self, rgb: np.ndarray) -> Tensor:
+        if self.preprocess is None:
+            return imagenet_preprocess(rgb)[None]
+        from PIL import Image
+
+        try:
+            inputs = self.preprocess(Image.fromarray(rgb))
+        except Exception as error:
+            raise CamwidgetError(
+                f"the preprocess function failed: {type(error).__name__}: {error}"
+            ) from error
+        if not isinstance(inputs, Tensor):
+            raise CamwidgetError(
+                f"the preprocess function must return a torch tensor, not {type(inputs).__name__}"
+            )
+        return inputs[None] if inputs.dim() == 3 else inputs
+
+    # ----------------------------------------------------------------- passes
+
+    def _forward(self, inputs: Tensor, layers: set[str] | None = None) -> Capture:
+        start = time.perf_counter()
+        capture = capture_.forward(self.model, inputs, layers)
+        self.passes["forward"] += 1
+        self.timings["forward"] = _ms(start)
+        if not capture.activations and layers is None:
+            raise CamwidgetError(
+                "this model has no layer whose output is a 4-D feature map (N, C, H, W); "
+                "class activation maps need a convolutional layer"
+            )
+        return capture
+
+    def _capture(self, image: PreparedImage) -> Capture:
+        capture = self._captures.get(image.key)
+        if capture is not None:
+            self._captures.move_to_end(image.key)
+            self.timings["forward"] = 0.0
+        else:
+            capture = self._forward(image.inputs)
+            self._captures[image.key] = capture
+            self._catalogues[image.key] = catalogue(self.model, capture)
+            while len(self._captures) > self.max_images:
+                self._forget(next(iter(self._captures)))
+        self._layers = self._catalogues[image.key]
+        return capture
+
+    def _forget(self, key: str) -> None:
+        del self._captures[key]
+        del self._catalogues[key]
+        for cache in (self._gradients, self._maps):
+            for entry in [k for k in cache if k[0] == key]:
+                del cache[entry]
+
+    def _grads(self, image: PreparedImage, capture: Capture, target: int) -> dict[str, Tensor]:
+        key = (image.key, target)
+        grads = self._gradients.get(key)
+        if grads is not None:
+            self._gradients.move_to_end(key)
+            self.timings["backward"] = 0.0
+            return grads
+        start = time.perf_counter()
+        grads = capture_.backward(capture, capture.logits[0, target])
+        self.passes["backward"] += 1
+        self.timings["backward"] = _ms(start)
+        self._gradients[key] = grads
+        while len(self._gradients) > 4 * self.max_images:
+            self._gradients.popitem(last=False)
+        return grads
+
+    def clear(self) -> None:
+        """Forget every cached pass and map (e.g. after changing the model's weights)."""
+        self._captures.clear()
+        self._catalogues.clear()
+        self._gradients.clear()
+        self._maps.clear()
+        self._layers = None
+
+    close = clear
+
+    # ----------------------------------------------------------------- answers
+
+    def predict(self, image: object, k: int = 5) -> list[tuple[int, str, float]]:
+        """The ``k`` most probable classes: (index, label, probability), best first."""
+        capture = self._capture(self.prepare(image))
+        probs = _probabilities(capture.logits[0])
+        top = torch.topk(probs, min(k, probs.numel()))
+        return [
+            (int(i), self.label(int(i)), float(p))
+            for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+        ]
+
+    def explain(
+        self,
+        image: object,
+        layer: str | None = None,
+        target: int | None = None,
+        method: str = "gradcam",
+    ) -> Explanation:
+        """Explain ``target`` (None: the top-1 class) at ``layer`` with ``method``."""
+        image = self.prepare(image)
+        capture = self._capture(image)
+        info = self.layer(layer)
+        target = self._target(capture, target)
+        self._check_method(method, info)
+        start = time.perf_counter()
+        key = (image.key, target, info.name, method)
+        raw = self._maps.get(key)
+        self.timings["backward"] = 0.0
+        if raw is None:
+            raw = self._compute(image, capture, info.name, target, method)
+            self._maps[key] = raw
+            while len(self._maps) > 1024:
+                self._maps.popitem(last=False)
+        self.timings["map"] = _ms(start) - self.timings["backward"]
+        start = time.perf_counter()
+        explanation = self._finish(raw, image.size, capture.logits[0], info.name, target, method)
+        self.timings["upsample"] = _ms(start)
+        return explanation
+
+    def explain_batch(
+        self,
+        images_: Sequence[object],
+        layer: str | None = None,
+        targets: Sequence[int | None] | None = None,
+        method: str = "gradcam",
+    ) -> list[Explanation]:
+        """Explain many images at once: one batched forward and one backward per group of
+        images of equal input size. Nothing is cached; only ``layer`` is hooked."""
+        prepared = [self.prepare(image) for image in images_]
+        targets = [None] * len(prepared) if targets is None else list(targets)
+        if len(targets) != len(prepared):
+            raise CamwidgetError(f"got {len(prepared)} images but {len(targets)} targets")
+        info = self.layer(layer)
+        self._check_method(method, info)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, image in enumerate(prepared):
+            groups.setdefault(tuple(image.inputs.shape), []).append(index)
+        results: list[Explanation | None] = [None] * len(prepared)
+        for indices in groups.values():
+            inputs = torch.cat([prepared[i].inputs for i in indices])
+            capture = self._forward(inputs, {info.name})
+            if info.name not in capture.activations:
+                raise CamwidgetError(f"layer {info.name!r} did not run for this batch")
+            group_targets = [
+                self._target(capture, targets[i], row) for row, i in enumerate(indices)
+            ]
+            grads = None
+            if method in methods.NEEDS_GRADIENTS:
+                rows = torch.arange(len(indices), device=capture.logits.device)
+                scores = capture.logits[rows, torch.tensor(group_targets, device=rows.device)]
+                grads = capture_.backward(capture, scores.sum(), {info.name})[info.name]
+                self.passes["backward"] += 1
+            classifier = final_linear(self.model, capture)
+            for row, i in enumerate(indices):
+                raw = self._method(
+                    method,
+                    capture.activations[info.name][row],
+                    None if grads is None else grads[row],
+                    classifier if info.cam else None,
+                    group_targets[row],
+                )
+                results[i] = self._finish(
+                    raw,
+                    prepared[i].size,
+                    capture.logits[row],
+                    info.name,
+                    group_targets[row],
+                    method,
+                )
+        return [r for r in results if r is not None]
+
+    # ----------------------------------------------------------------- helpers
+
+    def _target(self, capture: Capture, target: int | None, row: int = 0) -> int:
+        classes = capture.logits.shape[1]
+        if target is None:
+            return int(capture.logits[row].argmax())
+        if isinstance(target, bool) or not isinstance(target, (int, np.integer)):
+            raise CamwidgetError(f"target must be a class index (int), not {target!r}")
+        if not 0 <= int(target) < classes:
+            raise CamwidgetError(
+                f"target {target} is out of range: this model has {classes} classes, "
+                f"indices 0 to {classes - 1}"
+            )
+        return int(target)
+
+    def _check_method(self, method: str, info: LayerInfo) -> None:
+        if method not in methods.REGISTRY:
+            raise CamwidgetError(
+                f"unknown method {method!r}: choose one of {', '.join(methods.METHODS)}"
+            )
+        if method == "cam" and not info.cam:
+            where = [layer.name for layer in self.layers if layer.cam]
+            applies = (
+                f"CAM applies at: {', '.join(where)}."
+                if where
+                else "No layer of this model feeds GAP and then its final nn.Linear."
+            )
+            raise CamwidgetError(
+                f"CAM does not apply at layer {info.name!r}: CAM needs the layer to feed "
+                "global average pooling and then the final fully connected layer, and the "
+                f"model's logits are not fc(GAP({info.name})). {applies} Use "
+                "method='gradcam', which generalises CAM to any layer."
+            )
+
+    def _compute(
+        self, image: PreparedImage, capture: Capture, layer: str, target: int, method: str
+    ) -> np.ndarray:
+        grads = None
+        if method in methods.NEEDS_GRADIENTS:
+            grads = self._grads(image, capture, target)[layer][0]
+        classifier = final_linear(self.model, capture) if method == "cam" else None
+        return self._method(method, capture.activations[layer][0], grads, classifier, target)
+
+    def _method(
+        self,
+        method: str,
+        activations: Tensor,
+        gradients: Tensor | None,
+        classifier: nn.Linear | None,
+        target: int,
+    ) -> np.ndarray:
+        activations = activations.detach().float()
+        gradients = torch.zeros_like(activations) if gradients is None else gradients.float()
+        weights = None if classifier is None else classifier.weight.detach()[target].float()
+        context = methods.MethodContext(class_weights=weights)
+        raw = methods.REGISTRY[method](activations, gradients, context)
+        return raw.detach().cpu().numpy().astype(np.float32)
+
+    def _finish(
+        self,
+        raw: np.ndarray,
+        size: tuple[int, int],
+        logits: Tensor,
+        layer: str,
+        target: int,
+        method: str,
+    ) -> Explanation:
+        heatmap = render.normalise(render.upsample(raw, size))
+        return Explanation(
+            raw=raw,
+            heatmap=heatmap,
+            layer=layer,
+            target=target,
+            method=method,
+            score=float(logits[target].detach()),
+            label=self.label(target),
+            probability=float(_probabilities(logits)[target]),
+            message=_remark(raw, heatmap, method, self.label(target), layer),
+        )
+
+
+def _remark(
+    raw: np.ndarray, heatmap: np.ndarray, method: str, label: str, layer: str
+) -> str | None:
+    if heatmap.any():
+        return None
+    if not np.isfinite(raw).all():
+        return f"the {method} map at {layer} is not finite: the model produced NaN or inf"
+    if method in methods.RECTIFIED and raw.max() <= 0:
+        return f"no positive evidence for {label!r} at {layer}: the {method} map is zero everywhere"
+    return f"the {method} map at {layer} is constant ({raw.shape[0]}×{raw.shape[1]} map)"
+
+
+def _probabilities(logits: Tensor) -> Tensor:
+    return torch.softmax(logits.detach().float(), dim=-1).cpu()
+
+
+def _placement(
+    model: nn.Module, device: str | torch.device | None
+) -> tuple[torch.device, torch.dtype]:
+    tensors = list(model.parameters()) + list(model.buffers())
+    own = tensors[0].device if tensors else torch.device("cpu")
+    floats = [t.dtype for t in tensors if t.is_floating_point()]
+    dtype = floats[0] if floats else torch.float32
+    if device is not None and torch.device(device) != own:
+        wanted = torch.device(device)
+        if not (wanted.type == own.type and wanted.index is None):
+            raise CamwidgetError(
+                f"the model is on {own}, not {wanted}: move it first (model.to({str(wanted)!r})) "
+                "or leave device=None; camwidget never moves your model"
+            )
+    return own, dtype
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0

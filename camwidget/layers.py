@@ -1,0 +1,83 @@
+"""The layer catalogue: every module whose output is a feature map (N, C, H, W).
+
+Layers are found by a real forward pass with hooks (see :mod:`camwidget.capture`),
+never by guessing from class names, and listed in the order their outputs appear.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .capture import Capture
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One catalogued layer.
+
+    ``name`` as in ``model.named_modules()``; ``kind`` the module's class name;
+    ``shape`` (C, H, W) of its output for the current input; ``cam`` whether CAM
+    applies here (the logits equal fc(GAP(output)) for the model's final nn.Linear).
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, int, int]
+    cam: bool
+
+    @property
+    def label(self) -> str:
+        """E.g. ``layer4.1 · BasicBlock · 512×7×7``."""
+        return f"{self.name} · {self.kind} · {'×'.join(map(str, self.shape))}"
+
+
+def catalogue(model: nn.Module, capture: Capture) -> list[LayerInfo]:
+    """The layers of one forward pass, in the order their outputs appeared."""
+    classifier = final_linear(model, capture)
+    return [
+        LayerInfo(
+            name=name,
+            kind=capture.kinds[name],
+            shape=tuple(activations.shape[1:]),
+            cam=cam_applies(activations, capture.logits, classifier),
+        )
+        for name, activations in capture.activations.items()
+    ]
+
+
+def final_linear(model: nn.Module, capture: Capture) -> nn.Linear | None:
+    """The last ``nn.Linear`` that ran in the captured forward, if any."""
+    if capture.classifier is None:
+        return None
+    module = model.get_submodule(capture.classifier)
+    return module if isinstance(module, nn.Linear) else None
+
+
+@torch.no_grad()
+def cam_applies(activations: Tensor, logits: Tensor, classifier: nn.Linear | None) -> bool:
+    """Whether ``logits == classifier(GAP(activations))`` on this input, within tolerance.
+
+    Checked in float64; the tolerance is relative to the largest logit, looser for
+    16-bit models.
+    """
+    if classifier is None or classifier.in_features != activations.shape[1]:
+        return False
+    if classifier.out_features != logits.shape[1]:
+        return False
+    pooled = activations.detach().double().mean(dim=(2, 3))
+    weight = classifier.weight.detach().double()
+    bias = None if classifier.bias is None else classifier.bias.detach().double()
+    predicted = torch.nn.functional.linear(pooled, weight, bias)
+    expected = logits.detach().double()
+    tolerance = 1e-4 if logits.dtype in (torch.float32, torch.float64) else 3e-2
+    scale = max(1.0, float(expected.abs().max()))
+    return bool((predicted - expected).abs().max() <= tolerance * scale)
+
+
+def default_layer(layers: list[LayerInfo]) -> str:
+    """The last layer whose map has spatial size > 1; the last layer if none has."""
+    spatial = [layer for layer in layers if layer.shape[1] * layer.shape[2] > 1]
+    return (spatial or layers)[-1].name

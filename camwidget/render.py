@@ -1,0 +1,131 @@
+"""From a raw map to the picture in the panel: numpy only, no torch, no figure.
+
+upsample (bilinear, align_corners=False) -> normalise to [0, 1] -> colormap LUT ->
+alpha blend -> encode.
+"""
+
+from __future__ import annotations
+
+import io
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image
+
+from .errors import CamwidgetError
+from .images import to_rgb
+
+#: Colormaps offered first in the panel; any name ``matplotlib.colormaps`` knows works.
+COLORMAPS = ("jet", "turbo", "viridis", "inferno", "magma", "gray")
+
+
+@lru_cache(maxsize=64)
+def _bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """(size_out, size_in) weights of 1-D linear interpolation with half-pixel centres.
+
+    Output sample i reads the input at x = (i + 0.5) * size_in / size_out - 0.5, clamped
+    to [0, size_in - 1]: torch's ``interpolate(mode="bilinear", align_corners=False)``.
+    """
+    x = (np.arange(size_out, dtype=np.float64) + 0.5) * (size_in / size_out) - 0.5
+    x = np.clip(x, 0.0, size_in - 1)
+    left = np.floor(x).astype(np.int64)
+    right = np.minimum(left + 1, size_in - 1)
+    frac = x - left
+    weights = np.zeros((size_out, size_in), dtype=np.float64)
+    rows = np.arange(size_out)
+    np.add.at(weights, (rows, left), 1.0 - frac)
+    np.add.at(weights, (rows, right), frac)
+    weights.setflags(write=False)
+    return weights
+
+
+def upsample(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a 2-D map to ``size`` = (H, W), bilinear with align_corners=False."""
+    raw = np.asarray(raw, dtype=np.float64)
+    rows = _bilinear_matrix(raw.shape[0], size[0])
+    cols = _bilinear_matrix(raw.shape[1], size[1])
+    return (rows @ raw @ cols.T).astype(np.float32)
+
+
+def normalise(heat: np.ndarray) -> np.ndarray:
+    """Min-max scale to [0, 1]; a constant map (no contrast) becomes all zeros."""
+    heat = np.asarray(heat, dtype=np.float32)
+    low, high = float(heat.min()), float(heat.max())
+    span = high - low
+    if not np.isfinite(span) or span <= 1e-12 * max(abs(high), abs(low), 1e-30):
+        return np.zeros_like(heat)
+    return ((heat - low) / span).astype(np.float32)
+
+
+@lru_cache(maxsize=32)
+def colormap_lut(name: str) -> np.ndarray:
+    """(256, 3) uint8 lookup table of the matplotlib colormap ``name``."""
+    import matplotlib
+
+    try:
+        cmap = matplotlib.colormaps[name]
+    except KeyError:
+        known = ", ".join(COLORMAPS)
+        raise CamwidgetError(
+            f"unknown colormap {name!r}: use one of {known}, or any name in matplotlib.colormaps"
+        ) from None
+    lut = np.rint(cmap(np.linspace(0.0, 1.0, 256))[:, :3] * 255.0).astype(np.uint8)
+    lut.setflags(write=False)
+    return lut
+
+
+def colorize(heatmap: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """Map a [0, 1] heatmap (H, W) through a colormap to uint8 RGB (H, W, 3)."""
+    index = np.rint(np.clip(heatmap, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return colormap_lut(colormap)[index]
+
+
+def blend(
+    rgb: np.ndarray,
+    heatmap: np.ndarray,
+    colormap: str = "jet",
+    alpha: float = 0.5,
+    threshold: float = 0.0,
+) -> np.ndarray:
+    """``(1 - a) * rgb + a * colormap(heatmap)`` where a = alpha and heatmap >= threshold.
+
+    Below ``threshold`` the photo shows through untouched. ``rgb`` and ``heatmap`` must
+    have the same (H, W).
+    """
+    if rgb.shape[:2] != heatmap.shape:
+        raise CamwidgetError(f"image size {rgb.shape[:2]} and heatmap size {heatmap.shape} differ")
+    if not 0.0 <= alpha <= 1.0:
+        raise CamwidgetError(f"alpha must lie in [0, 1]; got {alpha}")
+    colored = colorize(heatmap, colormap).astype(np.float32)
+    weight = np.float32(alpha)
+    if threshold > 0.0:
+        weight = (heatmap >= threshold).astype(np.float32)[:, :, None] * weight
+    out = rgb.astype(np.float32) * (1.0 - weight) + colored * weight
+    return np.rint(out).astype(np.uint8)
+
+
+def encode(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> bytes:
+    """Encode a uint8 RGB array as JPEG or PNG bytes."""
+    buffer = io.BytesIO()
+    image = Image.fromarray(rgb)
+    if fmt == "jpeg":
+        image.save(buffer, format="JPEG", quality=quality)
+    else:
+        image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def overlay(
+    image: object, heatmap: np.ndarray, colormap: str = "jet", alpha: float = 0.5
+) -> np.ndarray:
+    """Blend a [0, 1] heatmap over ``image`` (any accepted image) -> uint8 (H, W, 3).
+
+    The heatmap is resized bilinearly to the image's size when the two differ.
+    """
+    rgb = to_rgb(image)
+    heatmap = np.asarray(heatmap, dtype=np.float32)
+    if heatmap.ndim != 2:
+        raise CamwidgetError(f"a heatmap must be 2-D (H, W); got shape {heatmap.shape}")
+    if heatmap.shape != rgb.shape[:2]:
+        heatmap = upsample(heatmap, rgb.shape[:2])
+    return blend(rgb, heatmap, colormap, alpha)

@@ -1,0 +1,84 @@
+"""Shared fixtures: seeded torchvision models, a real photo, and model-state checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import matplotlib.cbook
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_pre_hooks_with_kwargs",
+)
+
+
+def seeded(builder, seed: int = 0, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return builder(weights=None, **kwargs).eval()
+
+
+@pytest.fixture(scope="session")
+def resnet18() -> torch.nn.Module:
+    return seeded(torchvision.models.resnet18)
+
+
+@pytest.fixture(scope="session")
+def vgg11() -> torch.nn.Module:
+    return seeded(torchvision.models.vgg11)
+
+
+@pytest.fixture(scope="session")
+def photo() -> Image.Image:
+    path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    return Image.open(path).convert("RGB")
+
+
+@pytest.fixture(scope="session")
+def photo_tensor(photo) -> torch.Tensor:
+    """The photo at 224×224 with ImageNet normalisation, (3, 224, 224)."""
+    rgb = np.asarray(photo.resize((224, 224)), dtype=np.float32) / 255.0
+    rgb = (rgb - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    return torch.from_numpy(rgb.transpose(2, 0, 1).astype(np.float32))
+
+
+@dataclass
+class ModelState:
+    tensors: dict[str, torch.Tensor]
+    training: dict[str, bool]
+    requires_grad: dict[str, bool]
+    hooks: dict[tuple[str, str], int]
+    grads: dict[str, bool]
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> ModelState:
+        return cls(
+            tensors={k: v.detach().clone() for k, v in model.state_dict().items()},
+            training={n: m.training for n, m in model.named_modules()},
+            requires_grad={n: p.requires_grad for n, p in model.named_parameters()},
+            hooks={
+                (n, d): len(getattr(m, d))
+                for n, m in model.named_modules()
+                for d in HOOK_DICTS
+                if hasattr(m, d)
+            },
+            grads={n: p.grad is not None for n, p in model.named_parameters()},
+        )
+
+    def assert_same(self, model: torch.nn.Module) -> None:
+        now = ModelState.of(model)
+        assert now.tensors.keys() == self.tensors.keys()
+        for key, value in self.tensors.items():
+            assert torch.equal(now.tensors[key], value), f"{key} changed"
+        assert now.training == self.training
+        assert now.requires_grad == self.requires_grad
+        assert now.hooks == self.hooks
+        assert now.grads == self.grads

@@ -1,0 +1,320 @@
+"""The engine: the model is left untouched, caches save passes, bad input is explained."""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from conftest import ModelState
+from torch import nn
+
+from camwidget import CamwidgetError, Explainer
+
+
+class Counted:
+    """Counts forwards (a pre-hook the test owns) and backwards (torch.autograd.grad)."""
+
+    def __init__(self, model, monkeypatch):
+        self.forwards = 0
+        self.backwards = 0
+        model.register_forward_pre_hook(self._forward)
+        grad = torch.autograd.grad
+
+        def counting_grad(*args, **kwargs):
+            self.backwards += 1
+            return grad(*args, **kwargs)
+
+        monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+
+    def _forward(self, module, args):
+        self.forwards += 1
+
+    def take(self) -> tuple[int, int]:
+        counts = (self.forwards, self.backwards)
+        self.forwards = self.backwards = 0
+        return counts
+
+
+def test_caches_spare_every_pass_they_can(resnet18, photo, monkeypatch):
+    model = copy.deepcopy(resnet18)
+    ex = Explainer(model)
+    counted = Counted(model, monkeypatch)
+    ex.explain(photo, layer="layer4", target=5)
+    assert counted.take() == (1, 1)
+    ex.explain(photo, layer="layer2", target=5)  # another layer: cached gradients
+    ex.explain(photo, layer="layer4", target=5, method="cam")  # another method
+    ex.explain(photo.copy(), layer="layer3.0.conv2", target=5)  # same pixels, new object
+    assert counted.take() == (0, 0)
+    ex.explain(photo, layer="layer4", target=6)  # another class: one partial backward
+    assert counted.take() == (0, 1)
+    ex.predict(photo)
+    assert counted.take() == (0, 0)
+    ex.explain(photo.rotate(90), layer="layer4", target=6)  # a new image
+    assert counted.take() == (1, 1)
+    assert ex.passes["forward"] == 2 + 0 and ex.passes["backward"] == 3
+
+
+def test_one_backward_gives_every_layer(resnet18, photo):
+    ex = Explainer(resnet18)
+    names = [layer.name for layer in ex.layers]
+    ex.explain(photo, target=1)
+    assert ex.passes["backward"] == 1
+    maps = [ex.explain(photo, layer=name, target=1).heatmap for name in names]
+    assert ex.passes["backward"] == 1 and ex.passes["forward"] == 2  # probe + image
+    assert all(np.isfinite(m).all() and m.shape == (600, 512) for m in maps)
+
+
+def test_model_untouched_and_hook_free(resnet18, photo):
+    model = copy.deepcopy(resnet18)
+    model.train()
+    model.layer2.eval()
+    for param in model.layer1.parameters():
+        param.requires_grad_(False)
+    before = ModelState.of(model)
+    ex = Explainer(model)
+    for method in ("gradcam", "cam"):
+        ex.explain(photo, layer="layer4", method=method)
+    ex.explain(photo, layer="layer1.0.conv1", target=3)
+    ex.predict(photo)
+    ex.explain_batch([photo, photo.rotate(90)], layer="layer3")
+    before.assert_same(model)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_train_mode_is_explained_in_eval_mode(resnet18, photo_tensor):
+    model = copy.deepcopy(resnet18).train()
+    ours = Explainer(model).explain(photo_tensor, layer="layer3", target=9)
+    reference = Explainer(resnet18).explain(photo_tensor, layer="layer3", target=9)
+    np.testing.assert_allclose(ours.raw, reference.raw, rtol=1e-5, atol=1e-7)
+    assert model.training and all(m.training for m in model.modules())
+
+
+def test_frozen_model_still_explained(resnet18, photo_tensor):
+    model = copy.deepcopy(resnet18).requires_grad_(False)
+    e = Explainer(model).explain(photo_tensor, layer="layer3", target=9)
+    reference = Explainer(resnet18).explain(photo_tensor, layer="layer3", target=9)
+    np.testing.assert_allclose(e.raw, reference.raw, rtol=1e-5, atol=1e-7)
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+class Exploding(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 2)
+        self.explode = False
+
+    def forward(self, x):
+        x = self.bn(self.conv(x))
+        if self.explode:
+            raise RuntimeError("boom in forward")
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def test_exception_inside_forward_leaves_model_untouched():
+    model = Exploding().train()
+    model.conv.weight.requires_grad_(False)
+    ex = Explainer(model)
+    assert [layer.name for layer in ex.layers] == ["conv", "bn"]
+    before = ModelState.of(model)
+    model.explode = True
+    with pytest.raises(CamwidgetError, match="the model failed.*boom in forward"):
+        ex.explain(np.zeros((32, 32, 3), np.uint8))
+    before.assert_same(model)
+    model.explode = False
+    assert ex.explain(np.full((32, 32, 3), 100, np.uint8), layer="bn").heatmap.shape == (32, 32)
+
+
+class Wrapped(nn.Module):
+    """Returns the wrapped network's logits in another container."""
+
+    def __init__(self, net, wrap):
+        super().__init__()
+        self.net = net
+        self.wrap = wrap
+
+    def forward(self, x):
+        return self.wrap(self.net(x))
+
+
+class Output:
+    def __init__(self, logits):
+        self.logits = logits
+        self.hidden = None
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda y: (y, "aux"),
+        lambda y: [y],
+        lambda y: {"logits": y, "pooled": None},
+        lambda y: OrderedDict(logits=y),
+        Output,
+    ],
+    ids=["tuple", "list", "dict", "ordered-dict", "logits-attribute"],
+)
+def test_output_containers(resnet18, photo_tensor, wrap):
+    reference = Explainer(resnet18).explain(photo_tensor, layer="layer3", target=4)
+    ours = Explainer(Wrapped(resnet18, wrap)).explain(photo_tensor, layer="net.layer3", target=4)
+    np.testing.assert_allclose(ours.raw, reference.raw, rtol=1e-6)
+    assert ours.score == pytest.approx(reference.score)
+
+
+def test_unusable_output_is_explained(resnet18, photo_tensor):
+    ex = Explainer(Wrapped(resnet18, lambda y: "text"))
+    with pytest.raises(CamwidgetError, match="returned a str.*logits"):
+        ex.explain(photo_tensor)
+
+
+def test_no_feature_map_is_explained():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 5))
+    with pytest.raises(CamwidgetError, match="no layer whose output is a 4-D feature map"):
+        Explainer(model).explain(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_unknown_layer_lists_valid_ones(resnet18, photo):
+    with pytest.raises(CamwidgetError) as error:
+        Explainer(resnet18).explain(photo, layer="layer5")
+    message = str(error.value)
+    assert "unknown layer 'layer5'" in message and "Did you mean" in message
+    assert "layer4.1.conv2" in message and "conv1" in message
+
+
+@pytest.mark.parametrize("target", [1000, -1, 10**9])
+def test_target_out_of_range(resnet18, photo, target):
+    with pytest.raises(
+        CamwidgetError, match="out of range: this model has 1000 classes, indices 0 to 999"
+    ):
+        Explainer(resnet18).explain(photo, target=target)
+
+
+def test_target_must_be_an_index(resnet18, photo):
+    with pytest.raises(CamwidgetError, match="class index"):
+        Explainer(resnet18).explain(photo, target="cat")
+
+
+def test_cam_where_it_does_not_apply(resnet18, photo):
+    ex = Explainer(resnet18)
+    with pytest.raises(CamwidgetError) as error:
+        ex.explain(photo, layer="layer3", method="cam")
+    message = str(error.value)
+    assert "CAM does not apply at layer 'layer3'" in message
+    assert "global average pooling and then the final fully connected layer" in message
+    assert "gradcam" in message and "layer4" in message
+
+
+def test_unknown_method(resnet18, photo):
+    with pytest.raises(CamwidgetError, match=r"unknown method 'gradcam\+'.*gradcam"):
+        Explainer(resnet18).explain(photo, method="gradcam+")
+
+
+def test_cam_applicability_is_numerical(resnet18, vgg11):
+    assert {x.name for x in Explainer(resnet18).layers if x.cam} == {
+        "layer4",
+        "layer4.1",
+        "avgpool",
+    }
+    assert not any(x.cam for x in Explainer(vgg11).layers)  # vgg: a 3-layer classifier
+
+
+def test_catalogue_order_shapes_and_default(resnet18, photo):
+    ex = Explainer(resnet18)
+    names = [layer.name for layer in ex.layers]
+    assert names[:4] == ["conv1", "bn1", "relu", "maxpool"]
+    assert names.index("layer1.0.conv1") < names.index("layer1.0") < names.index("layer1")
+    assert ex.default_layer == "layer4"
+    info = {layer.name: layer for layer in ex.layers}
+    assert info["layer4"].shape == (512, 7, 7) and info["layer4"].kind == "Sequential"
+    assert info["layer4.1"].label == "layer4.1 · BasicBlock · 512×7×7"
+    assert "layer1.0.relu" not in info  # BasicBlock calls its ReLU twice
+    ex.explain(photo)  # shapes follow the current input (600×512)
+    assert {layer.name: layer for layer in ex.layers}["layer4"].shape == (512, 19, 16)
+
+
+def test_reused_module_is_left_out_with_a_reason(resnet18, photo_tensor):
+    from camwidget import capture
+
+    result = capture.forward(resnet18, photo_tensor[None])
+    assert "layer1.0.relu" not in result.activations
+    assert "runs 2 times per forward" in result.skipped["layer1.0.relu"]
+
+
+def test_channels_last_tensors_are_not_feature_maps(photo_tensor):
+    class ChannelsLast(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 4, stride=4)
+            self.mix = nn.Linear(8, 8)  # applied to (N, H, W, C)
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x):
+            x = self.conv(x)
+            x = self.mix(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            return self.fc(x.mean(dim=(2, 3)))
+
+    ex = Explainer(ChannelsLast())
+    assert [layer.name for layer in ex.layers] == ["conv"]
+
+
+def test_inputs_of_every_kind_agree(resnet18, photo, tmp_path):
+    path = tmp_path / "photo.png"
+    photo.save(path)
+    ex = Explainer(resnet18)
+    maps = [
+        ex.explain(image, layer="layer3", target=2).heatmap
+        for image in (photo, str(path), path, np.asarray(photo), path.read_bytes())
+    ]
+    for heatmap in maps[1:]:
+        np.testing.assert_array_equal(heatmap, maps[0])
+    assert ex.passes["forward"] == 1  # the same pixels: one forward in all
+
+
+def test_custom_preprocess_and_labels(resnet18, photo):
+    def preprocess(image):
+        return (
+            torch.zeros(3, 64, 96)
+            + torch.from_numpy(np.array(image.resize((96, 64)))).float().mean() / 255
+        )
+
+    labels = [f"thing {i}" for i in range(1000)]
+    ex = Explainer(resnet18, preprocess=preprocess, labels=labels)
+    e = ex.explain(photo, layer="layer2")
+    assert e.heatmap.shape == (600, 512)  # the image's own size, not the input's
+    assert e.label == labels[e.target]
+    assert ex.predict(photo, k=3)[0][1] == labels[e.target]
+
+
+def test_bad_preprocess_is_explained(resnet18, photo):
+    ex = Explainer(resnet18, preprocess=lambda image: np.zeros((3, 8, 8)))
+    with pytest.raises(CamwidgetError, match="must return a torch tensor"):
+        ex.explain(photo)
+
+
+def test_predict(resnet18, photo_tensor):
+    top = Explainer(resnet18).predict(photo_tensor, k=5)
+    logits = resnet18(photo_tensor[None])[0].detach()
+    probs = torch.softmax(logits, 0)
+    assert [i for i, _, _ in top] == torch.topk(logits, 5).indices.tolist()
+    assert top[0][2] == pytest.approx(float(probs.max()), rel=1e-5)
+    assert top[0][1] == f"class {top[0][0]}"
+
+
+def test_explain_batch_matches_explain(resnet18, photo):
+    images = [photo, photo.rotate(90), photo.resize((300, 256))]
+    ex = Explainer(resnet18)
+    batch = ex.explain_batch(images, layer="layer3", targets=[1, None, 7])
+    for image, target, e in zip(images, [1, None, 7], batch, strict=True):
+        single = ex.explain(image, layer="layer3", target=target)
+        assert (e.target, e.layer) == (single.target, single.layer)
+        np.testing.assert_allclose(e.raw, single.raw, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(e.heatmap, single.heatmap, atol=1e-4)
+
+
+def test_model_is_never_moved(resnet18):
+    with pytest.raises(CamwidgetError, match="camwidget never moves your model"):
+        Explainer(resnet18, device="meta")

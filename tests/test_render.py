@@ -1,0 +1,84 @@
+"""Rendering: numpy upsampling equals torch's bilinear, normalisation, colormaps, blending."""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+
+import camwidget
+from camwidget import CamwidgetError, render
+
+
+@pytest.mark.parametrize(
+    ("size_in", "size_out"),
+    [
+        ((7, 7), (224, 224)),
+        ((3, 5), (17, 40)),
+        ((16, 19), (600, 512)),
+        ((1, 1), (4, 6)),
+        ((30, 20), (7, 9)),
+        ((5, 5), (5, 5)),
+    ],
+)
+def test_upsample_equals_torch_bilinear(size_in, size_out):
+    raw = np.random.default_rng(0).normal(size=size_in).astype(np.float32)
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(raw)[None, None].double(),
+        size=size_out,
+        mode="bilinear",
+        align_corners=False,
+    )[0, 0].numpy()
+    np.testing.assert_allclose(render.upsample(raw, size_out), expected, atol=1e-6)
+
+
+def test_normalise():
+    np.testing.assert_allclose(
+        render.normalise(np.array([[2.0, 4.0], [3.0, 6.0]])), [[0, 0.5], [0.25, 1]]
+    )
+    for constant in (np.zeros((3, 3)), np.full((3, 3), 7.0)):
+        out = render.normalise(constant)
+        assert out.dtype == np.float32 and not out.any()
+
+
+def test_colorize_uses_matplotlib_colormaps():
+    heat = np.array([[0.0, 0.5, 1.0]])
+    for name in ("jet", "viridis", "cividis", "gray"):
+        expected = np.rint(matplotlib.colormaps[name](np.array([0, 128, 255]) / 255)[:, :3] * 255)
+        np.testing.assert_array_equal(render.colorize(heat, name)[0], expected)
+    with pytest.raises(CamwidgetError, match="unknown colormap 'nope'.*matplotlib.colormaps"):
+        render.colorize(heat, "nope")
+
+
+def test_blend_alpha_and_threshold():
+    rgb = np.full((2, 2, 3), 100, np.uint8)
+    heat = np.array([[0.0, 0.2], [0.6, 1.0]], np.float32)
+    colored = render.colorize(heat, "gray").astype(float)
+    out = render.blend(rgb, heat, "gray", alpha=0.25)
+    np.testing.assert_array_equal(out, np.rint(0.75 * 100 + 0.25 * colored))
+    out = render.blend(rgb, heat, "gray", alpha=0.25, threshold=0.5)
+    np.testing.assert_array_equal(out[0], rgb[0])  # below the threshold: the photo
+    np.testing.assert_array_equal(out[1], np.rint(0.75 * 100 + 0.25 * colored[1]))
+    assert (render.blend(rgb, heat, alpha=0.0) == rgb).all()
+    with pytest.raises(CamwidgetError, match="alpha"):
+        render.blend(rgb, heat, alpha=1.5)
+
+
+def test_overlay_resizes_the_heatmap_to_the_image(photo):
+    heat = np.zeros((7, 7), np.float32)
+    heat[3, 3] = 1.0
+    out = camwidget.overlay(photo, heat, colormap="inferno", alpha=0.6)
+    assert out.shape == (600, 512, 3) and out.dtype == np.uint8
+    full = render.upsample(heat, (600, 512))  # resized as given, not re-normalised
+    np.testing.assert_array_equal(out, render.blend(np.asarray(photo), full, "inferno", 0.6))
+
+
+def test_encode_roundtrip():
+    from io import BytesIO
+
+    from PIL import Image
+
+    rgb = np.random.default_rng(1).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    assert (np.asarray(Image.open(BytesIO(render.encode(rgb, "png")))) == rgb).all()
+    assert Image.open(BytesIO(render.encode(rgb, "jpeg"))).size == (30, 20)
