@@ -62,6 +62,9 @@ REGISTRY: dict[str, Method] = {
     "cam": cam,
 }
 
+#: How each method is written in the papers.
+TITLES: dict[str, str] = {"gradcam": "Grad-CAM", "cam": "CAM"}
+
 #: Method names the engine supports (contract).
 METHODS: tuple[str, ...] = tuple(REGISTRY)
 

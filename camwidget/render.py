@@ -129,3 +129,24 @@ def overlay(
     if heatmap.shape != rgb.shape[:2]:
         heatmap = upsample(heatmap, rgb.shape[:2])
     return blend(rgb, heatmap, colormap, alpha)
+
+
+def captioned(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
+    """``rgb`` with ``lines`` of text on a white band below it (DejaVu Sans), wrapped
+    to the image's width."""
+    import textwrap
+
+    from matplotlib import font_manager
+    from PIL import ImageDraw, ImageFont
+
+    width = rgb.shape[1]
+    size = max(11, min(28, width // 36))
+    columns = max(8, int((width - size) / (0.62 * size)))
+    lines = [part for line in lines for part in textwrap.wrap(line, columns) or [""]]
+    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+    line_height = round(size * 1.35)
+    band = Image.new("RGB", (width, line_height * len(lines) + size), "white")
+    draw = ImageDraw.Draw(band)
+    for row, line in enumerate(lines):
+        draw.text((size // 2, size // 2 + row * line_height), line, fill="black", font=font)
+    return np.concatenate([rgb, np.asarray(band)], axis=0)

@@ -1,0 +1,140 @@
+"""The ``camwidget`` command: render an explanation to a PNG, or open the demo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from . import methods, samples, zoo
+from .errors import CamwidgetError
+
+DEFAULT_SAMPLE = "grace_hopper"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args)
+    except CamwidgetError as error:
+        print(f"camwidget: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="camwidget",
+        description="See what a CNN looks at: class activation maps (CAM, Grad-CAM) "
+        "as heatmaps over the image.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    render = commands.add_parser(
+        "render",
+        help="explain one image and write the overlay as a PNG",
+        description="Explain one image with the embedded pretrained model and write the "
+        "heatmap overlay, with a caption, as a PNG.",
+        epilog=f"Samples that ship with the installed packages: {', '.join(samples.names())}.",
+    )
+    render.add_argument(
+        "image",
+        nargs="?",
+        default=DEFAULT_SAMPLE,
+        metavar="IMAGE|SAMPLE",
+        help=f"an image file or a sample name (default: {DEFAULT_SAMPLE})",
+    )
+    render.add_argument(
+        "--model", default="efficientnet_lite0", choices=zoo.names(), help="pretrained model"
+    )
+    render.add_argument("--layer", help="layer to explain (default: the last spatial layer)")
+    render.add_argument(
+        "--target",
+        metavar="T|LABEL",
+        help="class index or name, any case, or an unambiguous prefix (default: top-1)",
+    )
+    render.add_argument("--method", default="gradcam", choices=methods.METHODS)
+    render.add_argument("--colormap", default="jet", help="any matplotlib colormap name")
+    render.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1]")
+    render.add_argument("--out", default="cam.png", help="output PNG path (default: cam.png)")
+    render.set_defaults(run=_render)
+
+    demo = commands.add_parser(
+        "demo",
+        help="open JupyterLab on the quickstart notebook",
+        description="Open JupyterLab on notebooks/quickstart.ipynb: a live panel on the "
+        "embedded pretrained model.",
+    )
+    demo.add_argument("--port", type=int, help="port for JupyterLab")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def _render(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from . import render
+    from .explainer import Explainer
+    from .labels import resolve_target
+
+    image = _image(args.image)
+    model, preprocess, labels = zoo.load(args.model)
+    explainer = Explainer(model, preprocess=preprocess, labels=labels)
+    target = None if args.target is None else resolve_target(args.target, labels)
+    explanation = explainer.explain(image, layer=args.layer, target=target, method=args.method)
+    prepared = explainer.prepare(image)
+    rgb = render.blend(prepared.rgb, explanation.heatmap, args.colormap, args.alpha)
+    info = explainer.layer(explanation.layer)
+    lines = [
+        f"{explanation.label} · p = {explanation.probability:.2f} · class {explanation.target}",
+        f"{methods.TITLES.get(args.method, args.method)} at {info.label} · {args.model}",
+    ]
+    lines += [note for note in (explanation.message, *prepared.notes) if note]
+    out = Path(args.out)
+    if out.parent != Path() and not out.parent.is_dir():
+        raise CamwidgetError(f"cannot write {out}: the folder {out.parent} does not exist")
+    Image.fromarray(render.captioned(rgb, lines)).save(out, format="PNG")
+    print(f"{out}: {lines[0]}; {lines[1]}")
+    return 0
+
+
+def _image(name: str) -> object:
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    if name in samples.names():
+        return samples.load(name)
+    raise CamwidgetError(
+        f"{name!r} is neither an image file nor a sample; samples: {', '.join(samples.names())}"
+    )
+
+
+def _demo(args: argparse.Namespace) -> int:
+    notebook = Path(__file__).resolve().parent.parent / "notebooks" / "quickstart.ipynb"
+    if not notebook.is_file():
+        raise CamwidgetError(
+            f"the demo notebook is not at {notebook}: run camwidget demo from a source "
+            "checkout installed with pip install -e ."
+        )
+    try:
+        import jupyterlab  # noqa: F401
+    except ImportError:
+        raise CamwidgetError("the demo needs JupyterLab: pip install jupyterlab") from None
+    command = [sys.executable, "-m", "jupyter", "lab", str(notebook)]
+    if args.port:
+        command.append(f"--port={args.port}")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        command.append("--allow-root")
+    return subprocess.call(command, cwd=notebook.parent)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
