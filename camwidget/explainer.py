@@ -12,6 +12,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -61,19 +62,45 @@ class Explanation:
     """One explained (image, layer, target, method).
 
     ``raw``: the method's map (h', w') at feature resolution, as its paper defines it;
-    ``heatmap``: float32 (H, W) in [0, 1] at the image's size; ``score``: the target's
-    logit; ``message``: a remark in words (e.g. no positive evidence), else None.
+    ``size``: (H, W) of the image; ``score``: the target's logit; ``probability``: its
+    softmax probability.
     """
 
     raw: np.ndarray
-    heatmap: np.ndarray
+    size: tuple[int, int]
     layer: str
     target: int
     method: str
     score: float
     label: str
     probability: float
-    message: str | None = None
+
+    @cached_property
+    def heatmap(self) -> np.ndarray:
+        """float32 (H, W) in [0, 1]: ``raw`` upsampled to the image's size, normalised."""
+        return self.heatmap_at(self.size)
+
+    def heatmap_at(self, size: tuple[int, int]) -> np.ndarray:
+        """The heatmap at another (H, W), e.g. the panel's display size."""
+        return render.normalise(render.upsample(self.raw, size))
+
+    @property
+    def message(self) -> str | None:
+        """A remark in words when the map shows nothing (no positive evidence, constant)."""
+        raw = self.raw
+        if not np.isfinite(raw).all():
+            return f"the map at {self.layer} is not finite: the model produced NaN or inf"
+        if self.method in methods.RECTIFIED and raw.max() <= 0:
+            return (
+                f"no positive evidence for {self.label!r} at {self.layer}: the "
+                f"{methods.TITLES[self.method]} map is zero everywhere"
+            )
+        if raw.max() - raw.min() <= 1e-12 * max(abs(float(raw.max())), 1e-30):
+            return (
+                f"the {methods.TITLES[self.method]} map at {self.layer} is constant "
+                f"({raw.shape[0]}×{raw.shape[1]} feature map): nothing to localise"
+            )
+        return None
 
 
 class Explainer:
@@ -114,6 +141,7 @@ class Explainer:
         self._gradients: OrderedDict[tuple[str, int], dict[str, Tensor]] = OrderedDict()
         self._maps: OrderedDict[tuple[str, int, str, str], np.ndarray] = OrderedDict()
         self._layers: list[LayerInfo] | None = None
+        self._num_classes: int | None = None
 
     # ----------------------------------------------------------------- catalogue
 
@@ -128,6 +156,13 @@ class Explainer:
     def default_layer(self) -> str:
         """The last layer with a spatial map (H·W > 1) before the classifier."""
         return default_layer(self.layers)
+
+    @property
+    def num_classes(self) -> int:
+        """How many classes the model scores."""
+        if self._num_classes is None:
+            self._layers = self._probe()
+        return int(self._num_classes)
 
     def layer(self, name: str | None) -> LayerInfo:
         """The catalogued layer ``name`` (None: the default layer)."""
@@ -177,9 +212,10 @@ class Explainer:
                 inputs = inputs[None]
             rgb, notes = images.to_rgb(inputs), ()
         else:
-            rgb, note = images.fit(images.to_rgb(image), self.max_side)
+            rgb = images.to_rgb(image)
+            fitted, note = images.fit(rgb, self.max_side)
             notes = (note,) if note else ()
-            inputs = self._preprocess(rgb)
+            inputs = self._preprocess(fitted)
         if inputs.dim() != 4 or inputs.shape[:2] != (1, 3) or not inputs.is_floating_point():
             raise CamwidgetError(
                 f"a preprocessed image must be a float tensor (3, H, W) or (1, 3, H, W); "
@@ -212,6 +248,7 @@ class Explainer:
     def _forward(self, inputs: Tensor, layers: set[str] | None = None) -> Capture:
         start = time.perf_counter()
         capture = capture_.forward(self.model, inputs, layers)
+        self._num_classes = capture.logits.shape[1]
         self.passes["forward"] += 1
         self.timings["forward"] = _ms(start)
         if not capture.activations and layers is None:
@@ -293,20 +330,15 @@ class Explainer:
         info = self.layer(layer)
         target = self._target(capture, target)
         self._check_method(method, info)
-        start = time.perf_counter()
         key = (image.key, target, info.name, method)
         raw = self._maps.get(key)
-        self.timings["backward"] = 0.0
+        self.timings["backward"] = self.timings["map"] = 0.0
         if raw is None:
             raw = self._compute(image, capture, info.name, target, method)
             self._maps[key] = raw
             while len(self._maps) > 1024:
                 self._maps.popitem(last=False)
-        self.timings["map"] = _ms(start) - self.timings["backward"]
-        start = time.perf_counter()
-        explanation = self._finish(raw, image.size, capture.logits[0], info.name, target, method)
-        self.timings["upsample"] = _ms(start)
-        return explanation
+        return self._finish(raw, image.size, capture.logits[0], info.name, target, method)
 
     def explain_batch(
         self,
@@ -401,7 +433,10 @@ class Explainer:
         if method in methods.NEEDS_GRADIENTS:
             grads = self._grads(image, capture, target)[layer][0]
         classifier = final_linear(self.model, capture) if method == "cam" else None
-        return self._method(method, capture.activations[layer][0], grads, classifier, target)
+        start = time.perf_counter()
+        raw = self._method(method, capture.activations[layer][0], grads, classifier, target)
+        self.timings["map"] = _ms(start)
+        return raw
 
     def _method(
         self,
@@ -427,30 +462,16 @@ class Explainer:
         target: int,
         method: str,
     ) -> Explanation:
-        heatmap = render.normalise(render.upsample(raw, size))
         return Explanation(
             raw=raw,
-            heatmap=heatmap,
+            size=size,
             layer=layer,
             target=target,
             method=method,
             score=float(logits[target].detach()),
             label=self.label(target),
             probability=float(_probabilities(logits)[target]),
-            message=_remark(raw, heatmap, method, self.label(target), layer),
         )
-
-
-def _remark(
-    raw: np.ndarray, heatmap: np.ndarray, method: str, label: str, layer: str
-) -> str | None:
-    if heatmap.any():
-        return None
-    if not np.isfinite(raw).all():
-        return f"the {method} map at {layer} is not finite: the model produced NaN or inf"
-    if method in methods.RECTIFIED and raw.max() <= 0:
-        return f"no positive evidence for {label!r} at {layer}: the {method} map is zero everywhere"
-    return f"the {method} map at {layer} is constant ({raw.shape[0]}×{raw.shape[1]} map)"
 
 
 def _probabilities(logits: Tensor) -> Tensor:

@@ -116,11 +116,16 @@ def encode(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> bytes:
 
 
 def overlay(
-    image: object, heatmap: np.ndarray, colormap: str = "jet", alpha: float = 0.5
+    image: object,
+    heatmap: np.ndarray,
+    colormap: str = "jet",
+    alpha: float = 0.5,
+    threshold: float = 0.0,
 ) -> np.ndarray:
     """Blend a [0, 1] heatmap over ``image`` (any accepted image) -> uint8 (H, W, 3).
 
-    The heatmap is resized bilinearly to the image's size when the two differ.
+    The heatmap is resized bilinearly to the image's size when the two differ; heat
+    below ``threshold`` is not drawn.
     """
     rgb = to_rgb(image)
     heatmap = np.asarray(heatmap, dtype=np.float32)
@@ -128,7 +133,7 @@ def overlay(
         raise CamwidgetError(f"a heatmap must be 2-D (H, W); got shape {heatmap.shape}")
     if heatmap.shape != rgb.shape[:2]:
         heatmap = upsample(heatmap, rgb.shape[:2])
-    return blend(rgb, heatmap, colormap, alpha)
+    return blend(rgb, heatmap, colormap, alpha, threshold)
 
 
 def captioned(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
