@@ -53,26 +53,41 @@ class Capture:
     kinds: dict[str, str]
     skipped: dict[str, str] = field(default_factory=dict)
     classifier: str | None = None
+    modified: set[str] = field(default_factory=set)
 
     def nbytes(self) -> int:
         """Bytes held by the kept maps (the graph holds about as much again)."""
-        return sum(a.numel() * a.element_size() for a in self.activations.values())
+        unique = {id(a): a for a in self.activations.values()}
+        return sum(a.numel() * a.element_size() for a in unique.values())
 
 
-def forward(model: nn.Module, inputs: Tensor, layers: Collection[str] | None = None) -> Capture:
+def forward(
+    model: nn.Module,
+    inputs: Tensor,
+    layers: Collection[str] | None = None,
+    copy: Collection[str] | None = None,
+) -> Capture:
     """Run ``model`` on ``inputs`` once, keeping 4-D module outputs.
 
-    ``layers``: the module names to keep (None: every module). Each kept output is
-    handed on downstream as a copy, so that in-place operations later in the model (an
-    ``inplace=True`` ReLU, ``out += identity``) cannot change the kept map. A module that
-    runs more than once per forward is left out, with the reason in ``skipped``.
-    ``classifier`` is the name of the last ``nn.Linear`` that ran.
+    ``layers``: the module names to keep (None: every module). A module that runs more
+    than once per forward is left out, with the reason in ``skipped``. ``classifier``
+    is the name of the last ``nn.Linear`` that ran.
+
+    In-place operations later in the model (an ``inplace=True`` ReLU, ``out +=
+    identity``) would rewrite a kept map. So the outputs of the modules in ``copy``
+    (None: all) are handed on downstream as copies, and ``modified`` names the kept
+    outputs that were rewritten in place downstream (their copies, where copied). A
+    capture whose ``modified`` holds an uncopied name is wrong: run it again with that
+    name in ``copy``. A container passing on a copy unchanged shares the kept map of
+    the module inside it.
     """
     kept: dict[str, Tensor] = {}
     kinds: dict[str, str] = {}
     skipped: dict[str, str] = {}
     calls: Counter[str] = Counter()
     linears: list[str] = []
+    handed_on: dict[str, tuple[Tensor, int]] = {}  # name -> (tensor passed on, its version)
+    copies: dict[int, tuple[Tensor, str]] = {}  # id -> (a copy we made, whose output)
 
     def make_hook(name: str):
         def hook(module: nn.Module, args: object, output: object) -> object:
@@ -91,6 +106,7 @@ def forward(model: nn.Module, inputs: Tensor, layers: Collection[str] | None = N
                 return None
             if calls[name] > 1:
                 kept.pop(name, None)
+                handed_on.pop(name, None)
                 skipped[name] = (
                     f"runs {calls[name]} times per forward pass (one module reused), so "
                     "its output is not one feature map; the maps it produces are "
@@ -100,9 +116,19 @@ def forward(model: nn.Module, inputs: Tensor, layers: Collection[str] | None = N
             if not output.requires_grad:
                 skipped[name] = "its output does not depend on the input through autograd"
                 return None
-            kept[name] = output
             kinds[name] = type(module).__name__
-            return output.clone()
+            duplicate, source = copies.get(id(output), (None, ""))
+            if duplicate is output and source in kept and output._version == handed_on[source][1]:
+                kept[name] = kept[source]  # our copy, passed on unchanged: the same map
+                return None
+            kept[name] = output
+            if copy is not None and name not in copy:
+                handed_on[name] = (output, output._version)
+                return None
+            duplicate = output.clone()
+            copies[id(duplicate)] = (duplicate, name)
+            handed_on[name] = (duplicate, duplicate._version)
+            return duplicate
 
         return hook
 
@@ -133,6 +159,7 @@ def forward(model: nn.Module, inputs: Tensor, layers: Collection[str] | None = N
         kinds=kinds,
         skipped=skipped,
         classifier=linears[-1] if linears else None,
+        modified={name for name, (t, version) in handed_on.items() if t._version != version},
     )
 
 
@@ -146,12 +173,13 @@ def backward(
     does not influence the score gets a zero gradient.
     """
     names = [n for n in capture.activations if layers is None or n in layers]
-    maps = [capture.activations[n] for n in names]
-    grads = torch.autograd.grad(scores, maps, retain_graph=True, allow_unused=True)
-    return {
-        name: (torch.zeros_like(a) if g is None else g).detach()
-        for name, a, g in zip(names, maps, grads, strict=True)
+    unique = {id(capture.activations[n]): capture.activations[n] for n in names}
+    grads = torch.autograd.grad(scores, list(unique.values()), retain_graph=True, allow_unused=True)
+    by_id = {
+        key: (torch.zeros_like(a) if g is None else g).detach()
+        for (key, a), g in zip(unique.items(), grads, strict=True)
     }
+    return {name: by_id[id(capture.activations[name])] for name in names}
 
 
 def is_spatial(shape: torch.Size, input_size: tuple[int, int]) -> bool:

@@ -142,6 +142,7 @@ class Explainer:
         self._maps: OrderedDict[tuple[str, int, str, str], np.ndarray] = OrderedDict()
         self._layers: list[LayerInfo] | None = None
         self._num_classes: int | None = None
+        self._copies: set[str] | None = None  # maps that in-place ops downstream rewrite
 
     # ----------------------------------------------------------------- catalogue
 
@@ -247,7 +248,13 @@ class Explainer:
 
     def _forward(self, inputs: Tensor, layers: set[str] | None = None) -> Capture:
         start = time.perf_counter()
-        capture = capture_.forward(self.model, inputs, layers)
+        capture = capture_.forward(self.model, inputs, layers, self._copies)
+        if self._copies is None:  # the first pass copied every map: learn which need it
+            self._copies = set(capture.modified)
+        elif capture.modified - self._copies:  # a kept map was rewritten in place: redo
+            self._copies |= capture.modified
+            self.passes["forward"] += 1
+            capture = capture_.forward(self.model, inputs, layers, self._copies)
         self._num_classes = capture.logits.shape[1]
         self.passes["forward"] += 1
         self.timings["forward"] = _ms(start)
@@ -302,6 +309,7 @@ class Explainer:
         self._gradients.clear()
         self._maps.clear()
         self._layers = None
+        self._copies = None
 
     close = clear
 

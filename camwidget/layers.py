@@ -37,12 +37,16 @@ class LayerInfo:
 def catalogue(model: nn.Module, capture: Capture) -> list[LayerInfo]:
     """The layers of one forward pass, in the order their outputs appeared."""
     classifier = final_linear(model, capture)
+    applies: dict[int, bool] = {}  # by map: containers share their last module's map
+    for activations in capture.activations.values():
+        if id(activations) not in applies:
+            applies[id(activations)] = cam_applies(activations, capture.logits, classifier)
     return [
         LayerInfo(
             name=name,
             kind=capture.kinds[name],
             shape=tuple(activations.shape[1:]),
-            cam=cam_applies(activations, capture.logits, classifier),
+            cam=applies[id(activations)],
         )
         for name, activations in capture.activations.items()
     ]
@@ -60,18 +64,19 @@ def final_linear(model: nn.Module, capture: Capture) -> nn.Linear | None:
 def cam_applies(activations: Tensor, logits: Tensor, classifier: nn.Linear | None) -> bool:
     """Whether ``logits == classifier(GAP(activations))`` on this input, within tolerance.
 
-    Checked in float64; the tolerance is relative to the largest logit, looser for
-    16-bit models.
+    Checked in at least float32; the tolerance is relative to the largest logit, looser
+    for 16-bit models.
     """
     if classifier is None or classifier.in_features != activations.shape[1]:
         return False
     if classifier.out_features != logits.shape[1]:
         return False
-    pooled = activations.detach().double().mean(dim=(2, 3))
-    weight = classifier.weight.detach().double()
-    bias = None if classifier.bias is None else classifier.bias.detach().double()
+    dtype = torch.promote_types(activations.dtype, torch.float32)
+    pooled = activations.detach().to(dtype).mean(dim=(2, 3))
+    weight = classifier.weight.detach().to(dtype)
+    bias = None if classifier.bias is None else classifier.bias.detach().to(dtype)
     predicted = torch.nn.functional.linear(pooled, weight, bias)
-    expected = logits.detach().double()
+    expected = logits.detach().to(dtype)
     tolerance = 1e-4 if logits.dtype in (torch.float32, torch.float64) else 3e-2
     scale = max(1.0, float(expected.abs().max()))
     return bool((predicted - expected).abs().max() <= tolerance * scale)

@@ -20,31 +20,29 @@ COLORMAPS = ("jet", "turbo", "viridis", "inferno", "magma", "gray")
 
 
 @lru_cache(maxsize=64)
-def _bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
-    """(size_out, size_in) weights of 1-D linear interpolation with half-pixel centres.
-
-    Output sample i reads the input at x = (i + 0.5) * size_in / size_out - 0.5, clamped
-    to [0, size_in - 1]: torch's ``interpolate(mode="bilinear", align_corners=False)``.
-    """
+def _taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """1-D linear interpolation with half-pixel centres: output sample i reads the input
+    at x = (i + 0.5) * size_in / size_out - 0.5, clamped to [0, size_in - 1], as torch's
+    ``interpolate(mode="bilinear", align_corners=False)``. Returns (left, right, weight
+    of right)."""
     x = (np.arange(size_out, dtype=np.float64) + 0.5) * (size_in / size_out) - 0.5
     x = np.clip(x, 0.0, size_in - 1)
-    left = np.floor(x).astype(np.int64)
+    left = np.floor(x).astype(np.intp)
     right = np.minimum(left + 1, size_in - 1)
-    frac = x - left
-    weights = np.zeros((size_out, size_in), dtype=np.float64)
-    rows = np.arange(size_out)
-    np.add.at(weights, (rows, left), 1.0 - frac)
-    np.add.at(weights, (rows, right), frac)
-    weights.setflags(write=False)
-    return weights
+    return left, right, x - left
 
 
 def upsample(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize a 2-D map to ``size`` = (H, W), bilinear with align_corners=False."""
+    """Resize a 2-D map to ``size`` = (H, W), bilinear with align_corners=False.
+
+    Rows, then columns, each output value a blend of two neighbours: elementwise numpy,
+    no BLAS (a BLAS thread pool would compete with torch's threads on a small machine).
+    """
     raw = np.asarray(raw, dtype=np.float64)
-    rows = _bilinear_matrix(raw.shape[0], size[0])
-    cols = _bilinear_matrix(raw.shape[1], size[1])
-    return (rows @ raw @ cols.T).astype(np.float32)
+    left, right, weight = _taps(raw.shape[0], size[0])
+    rows = raw[left] * (1.0 - weight)[:, None] + raw[right] * weight[:, None]
+    left, right, weight = _taps(raw.shape[1], size[1])
+    return (rows[:, left] * (1.0 - weight) + rows[:, right] * weight).astype(np.float32)
 
 
 def normalise(heat: np.ndarray) -> np.ndarray:

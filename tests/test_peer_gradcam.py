@@ -60,3 +60,59 @@ def test_in_place_relu_does_not_corrupt_the_map_before_it(vgg11, photo_tensor):
         photo_tensor[None], vgg11.features[0].weight, vgg11.features[0].bias, padding=1
     )
     assert (direct < 0).any()
+
+
+def test_in_place_ops_stay_harmless_after_the_first_image(resnet18, photo, photo_tensor):
+    """The first forward copies every map and learns which ones in-place ops rewrite;
+    later forwards copy only those. Every map must still be the module's own output."""
+    import copy
+
+    clean = copy.deepcopy(resnet18)
+    for module in clean.modules():
+        if hasattr(module, "inplace"):
+            module.inplace = False
+    ours, reference = Explainer(resnet18), Explainer(clean)
+    ours.explain(photo, layer="layer4")  # first image: learn
+    for layer in ("bn1", "layer1.0.bn1", "layer1.0.bn2", "layer3.1.bn2", "layer4"):
+        a = ours.explain(photo_tensor, layer=layer, target=11)
+        b = reference.explain(photo_tensor, layer=layer, target=11)
+        np.testing.assert_allclose(a.raw, b.raw, rtol=1e-5, atol=1e-7, err_msg=layer)
+    assert ours.passes["forward"] == 2  # no second pass was needed for resnet18
+
+
+def test_containers_share_the_map_of_their_last_module(resnet18, photo_tensor):
+    from camwidget import capture
+
+    maps = capture.forward(resnet18, photo_tensor[None]).activations
+    assert maps["layer4"] is maps["layer4.1"]  # a Sequential passes its last block's output on
+    assert maps["layer1.0"] is not maps["layer1.0.bn2"]  # out += identity rewrote bn2's copy
+    assert not torch.equal(maps["layer1.0"], maps["layer1.0.bn2"])
+
+
+def test_a_model_that_rewrites_a_map_only_sometimes():
+    """A model whose in-place op depends on the input: the capture notices a rewritten
+    map that was not copied and runs the forward again with a copy."""
+
+    class Moody(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            y = self.conv(x)
+            if x.mean() > 0:
+                y.mul_(2.0)
+            return self.fc(y.mean(dim=(2, 3)))
+
+    ex = Explainer(Moody())
+    calm, bright = -torch.ones(3, 8, 8), torch.ones(3, 8, 8) * torch.linspace(0, 1, 8)
+    ex.explain(calm, layer="conv", target=0)  # learns: nothing is rewritten
+    explained = ex.explain(bright, layer="conv", target=0, method="gradcam")
+    assert ex.passes["forward"] == 3  # calm, bright, bright again with a copy
+    model = ex.model
+    a = model.conv(bright[None])[0].detach()
+    g = 2.0 * model.fc.weight[0].detach() / a[0].numel()
+    expected = torch.relu(torch.einsum("k,khw->hw", g, a))
+    np.testing.assert_allclose(explained.raw, expected.numpy(), rtol=1e-5, atol=1e-7)

@@ -1,0 +1,108 @@
+"""Kernel-side latency of each panel interaction: from setting a trait to the new frame's
+bytes being ready (the observers run synchronously), median of N runs.
+
+    python benchmarks/interaction.py [--runs 20] [--model efficientnet_lite0]
+
+Targets (issue 4): colormap/opacity/threshold <= 15 ms; layer or method <= 25 ms;
+class <= 1.2 x one partial backward; new image <= 1.2 x (forward + partial backward).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+
+import torch
+
+import camwidget
+from camwidget import capture, samples, zoo
+
+
+def timed(action) -> float:
+    start = time.perf_counter()
+    action()
+    return (time.perf_counter() - start) * 1000.0
+
+
+def median_of(actions) -> float:
+    return statistics.median(timed(action) for action in actions)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+    runs = args.runs
+    torch.set_grad_enabled(True)
+
+    model, preprocess, labels = zoo.load("efficientnet_lite0")
+    photo = samples.load("chelsea")
+    panel = camwidget.CAMWidget(model, photo, preprocess=preprocess, labels=labels)
+    ex = panel.explainer
+    layers = [info.name for info in ex.layers if info.shape[1] > 1][-4 * runs :]
+
+    # references, measured directly on the engine's own pieces
+    prepared = ex.prepare(photo)
+    inputs = prepared.inputs.clone().requires_grad_(True)
+    forward = median_of([lambda: model(inputs)] * runs)  # plain, no hooks
+    kept = capture.forward(model, inputs)
+    classes = itertools.count(100)
+    backward = median_of([lambda: capture.backward(kept, kept.logits[0, next(classes)])] * runs)
+    cache: list = []  # a backward whose result is kept, as a cache must keep it
+    backward_kept = median_of(
+        [lambda: cache.append(capture.backward(kept, kept.logits[0, next(classes)]))] * runs
+    )
+
+    colormaps = itertools.cycle(["viridis", "jet"])
+    alphas = itertools.cycle([0.3, 0.6])
+    thresholds = itertools.cycle([0.2, 0.0])
+    layer_cycle = itertools.cycle(layers)
+    methods_cycle = itertools.cycle(["cam", "gradcam"])
+    targets = itertools.count(200)
+    variants = (photo.rotate(angle) for angle in itertools.count(1))
+
+    def setter(trait, values):
+        return [lambda: setattr(panel, trait, next(values))] * runs
+
+    panel.layer = "head"
+    rows = [
+        ("colormap", median_of(setter("colormap", colormaps)), 15.0, None),
+        ("opacity", median_of(setter("alpha", alphas)), 15.0, None),
+        ("threshold", median_of(setter("threshold", thresholds)), 15.0, None),
+        ("layer (first visit)", median_of(setter("layer", layer_cycle)), 25.0, None),
+    ]
+    panel.layer = "head"
+    rows += [
+        ("method", median_of(setter("method", methods_cycle)), 25.0, None),
+        ("class (new)", median_of(setter("target", targets)), 1.2 * backward, backward),
+        (
+            "new image",
+            median_of([lambda: panel.set_image(next(variants))] * runs),
+            1.2 * (forward + backward),
+            forward + backward,
+        ),
+    ]
+    panel.close()
+
+    print(
+        f"camwidget interaction latency, EfficientNet-Lite0 at 224, median of {runs}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"reference: one plain forward {forward:.1f} ms; one partial backward to every "
+        f"layer, its result dropped, {backward:.1f} ms (kept: {backward_kept:.1f} ms)\n"
+    )
+    print(
+        f"| {'change':<20} | {'camwidget ms':>12} | {'target ms':>9} | {'vs reference':>12} | ok  |"
+    )
+    print(f"|{'-' * 22}|{'-' * 14}|{'-' * 11}|{'-' * 14}|-----|")
+    for name, ms, target, reference in rows:
+        ratio = f"{ms / reference:.2f}×" if reference else ""
+        ok = "yes" if ms <= target else "NO"
+        print(f"| {name:<20} | {ms:>12.1f} | {target:>9.1f} | {ratio:>12} | {ok:<3} |")
+
+
+if __name__ == "__main__":
+    main()
