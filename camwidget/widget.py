@@ -142,7 +142,17 @@ class CAMWidget(widgets.VBox):
         self.add_class("camwidget")
         self._views[0].image.add_class("camwidget-overlay")
         self._views[1].image.add_class("camwidget-compare")
-        self._status.add_class("camwidget-status")
+        for control, name in (
+            (self._status, "status"),
+            (self._layer_control, "layer"),
+            (self._method_control, "method"),
+            (self._colormap_control, "colormap"),
+            (self._alpha_control, "opacity"),
+            (self._threshold_control, "threshold"),
+            (self._picker, "classes"),
+            (self._upload, "upload"),
+        ):
+            control.add_class(f"camwidget-{name}")
         self._messages.add_class("camwidget-messages")
         with self._quiet():
             self.layer = self.compare_layer = layer or self.explainer.default_layer
@@ -485,10 +495,13 @@ class CAMWidget(widgets.VBox):
         height, width = self._image.size
         e = self._views[0].explanation
         t = self.timings
+        look = f"{self.colormap} · opacity {self.alpha:.2f}"
+        if self.threshold > 0:
+            look += f" · threshold {self.threshold:.2f}"
         self._status.value = (
             f"<b>{width}×{height}</b> px · <code>{html.escape(e.layer)}</code> · "
-            f"{html.escape(e.label)} ({e.target}) · {methods.TITLES[e.method]} "
-            f"<span style='color:#666'>— forward {t['forward']:.0f} ms · backward "
+            f"{html.escape(e.label, quote=False)} ({e.target}) · {methods.TITLES[e.method]} · "
+            f"{look} <span style='color:#666'>— forward {t['forward']:.0f} ms · backward "
             f"{t['backward']:.0f} ms · render {t['render']:.0f} ms</span>"
         )
 

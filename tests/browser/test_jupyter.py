@@ -1,0 +1,268 @@
+"""The panel in a real JupyterLab 4 and Notebook 7, driven in Chromium as a person would.
+
+A JupyterLab server starts on loopback (no token, a free port, a temporary root with a
+copy of the quickstart). Chromium (Debian's, through Playwright) runs all cells, then
+changes the layer, the class, the colormap and the opacity, and uploads a photo. After
+each, the overlay's ``src`` must change and the status line must name the new state.
+Screenshots go to ``test-artifacts/``; browser-side latencies are printed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from camwidget import samples
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = os.environ.get("CAMWIDGET_CHROMIUM", "/usr/bin/chromium")
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+LATENCIES: dict[str, list[float]] = {}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lab")
+    shutil.copy(REPO / "notebooks" / "quickstart.ipynb", root)
+    samples.load("coffee").save(root / "coffee.jpg")
+    port = _free_port()
+    log = open(root / "server.log", "w")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "lab",
+            "--no-browser",
+            "--allow-root",
+            f"--port={port}",
+            "--ServerApp.ip=127.0.0.1",
+            "--IdentityProvider.token=",
+            "--ServerApp.password=",
+            f"--ServerApp.root_dir={root}",
+            "--LabApp.news_url=None",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=root,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"{url}/api/status", timeout=2)
+                break
+            except OSError:
+                if process.poll() is not None:
+                    pytest.fail(f"JupyterLab exited: {(root / 'server.log').read_text()}")
+                time.sleep(0.5)
+        else:
+            pytest.fail("JupyterLab did not answer within 120 s")
+        yield url, root
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(
+            f"no Chromium at {CHROMIUM}: install Debian's chromium (apt-get install chromium), "
+            "as .ci/run does"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        try:
+            chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        except Exception as error:
+            pytest.fail(f"Chromium at {CHROMIUM} did not start: {error}")
+        yield chromium
+        chromium.close()
+
+
+def _run_all_cells(page) -> None:
+    """Run > Run All Cells, again if no cell has started after a while (a click that
+    lands before the notebook is wired up does nothing)."""
+    started = (
+        "() => Array.from(document.querySelectorAll('.jp-InputPrompt'))"
+        ".some(p => /\\[(\\*|\\d+)\\]/.test(p.innerText))"
+    )
+    for _ in range(4):
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        try:
+            page.wait_for_function(started, timeout=20_000)
+            return
+        except Exception:
+            page.keyboard.press("Escape")
+    pytest.fail("Run All Cells did not start any cell")
+
+
+def _open(browser, url: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(url)
+    page.wait_for_selector(".jp-Notebook", timeout=120_000)
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+    return page
+
+
+def _panel_ready(page):
+    news = page.locator(".jp-toast-button", has_text="No")
+    if news.count():
+        news.first.click()  # JupyterLab's "notified about news?" toast can cover controls
+    panel = page.locator(".camwidget").first
+    panel.locator("img.camwidget-overlay").wait_for(timeout=180_000)
+    page.wait_for_function(
+        "() => { const s = document.querySelector('.camwidget .camwidget-status');"
+        " return s && s.innerText.includes('Grad-CAM'); }",
+        timeout=180_000,
+    )
+    # the quickstart's later cells change the panel: wait until they are done
+    page.wait_for_function(
+        "() => document.querySelector('.camwidget .camwidget-status').innerText"
+        ".includes('viridis')",
+        timeout=120_000,
+    )
+    return panel
+
+
+def _changes(page, panel, action, expect, name: str) -> None:
+    """Do ``action``; the overlay's src must change and the status must contain ``expect``
+    (a string, or a function giving it once the change is done). The time from the
+    action to the new image being loaded is recorded."""
+    overlay = panel.locator("img.camwidget-overlay")
+    before = overlay.get_attribute("src")
+    page.evaluate(
+        """(before) => {
+            const img = document.querySelector('.camwidget img.camwidget-overlay');
+            window.__camStart = performance.now();
+            window.__camLoaded = null;
+            const done = () => { if (img.src !== before && img.complete)
+                window.__camLoaded = performance.now(); else requestAnimationFrame(done); };
+            requestAnimationFrame(done);
+        }""",
+        before,
+    )
+    action()
+    try:
+        page.wait_for_function("() => window.__camLoaded !== null", timeout=60_000)
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / f"failed-{name}.png"))
+        raise AssertionError(
+            f"{name}: no new overlay within 60 s; status: "
+            f"{panel.locator('.camwidget-status').inner_text()!r}"
+        ) from None
+    latency = page.evaluate("() => window.__camLoaded - window.__camStart")
+    LATENCIES.setdefault(name, []).append(latency)
+    assert overlay.get_attribute("src") != before
+    status = panel.locator(".camwidget-status")
+    expect = expect() if callable(expect) else expect
+    page.wait_for_function(
+        "(text) => document.querySelector('.camwidget .camwidget-status').innerText.includes(text)",
+        arg=expect,
+        timeout=30_000,
+    )
+    assert expect in status.inner_text()
+
+
+def _drive(page, panel, root: Path, tag: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{tag}-0-loaded.png"), full_page=False)
+
+    layer = panel.locator(".camwidget-layer select")
+    for name in ("blocks.15", "blocks.13", "head", "blocks.14", "blocks.15"):
+        option = layer.locator("option", has_text=f"{name} · ").first.get_attribute("value")
+        _changes(page, panel, lambda o=option: layer.select_option(value=o), name, "layer")
+    radios = panel.locator(".camwidget-classes .widget-radio-box label")
+    for index in (0, 1, 0, 1, 0):
+        label = radios.nth(index).inner_text().split(" · ")[0]
+        _changes(page, panel, lambda i=index: radios.nth(i).click(), f"{label} (", "class")
+    page.screenshot(path=str(ARTIFACTS / f"{tag}-1-class.png"))
+    colormap = panel.locator(".camwidget-colormap select")
+    for name in ("magma", "jet", "inferno", "turbo", "magma"):
+        _changes(page, panel, lambda n=name: colormap.select_option(value=n), name, "colormap")
+    track = panel.locator(".camwidget-opacity .noUi-target")
+    readout = panel.locator(".camwidget-opacity .widget-readout")
+    for fraction in (0.8, 0.3, 0.65):
+        page.wait_for_timeout(500)  # noUiSlider ignores taps during its 300 ms tap animation
+        box = track.bounding_box()
+        _changes(
+            page,
+            panel,
+            lambda f=fraction, b=box: page.mouse.click(
+                b["x"] + f * b["width"], b["y"] + b["height"] / 2
+            ),
+            lambda: f"opacity {float(readout.inner_text()):.2f}",
+            "opacity",
+        )
+    page.screenshot(path=str(ARTIFACTS / f"{tag}-2-look.png"))
+
+    def choose_file() -> None:
+        with page.expect_file_chooser() as chooser:
+            panel.locator(".camwidget-upload").click()
+        chooser.value.set_files(str(root / "coffee.jpg"))
+
+    _changes(page, panel, choose_file, "espresso (967)", "upload")
+    assert "600×400" in panel.locator(".camwidget-status").inner_text()
+    panel.screenshot(path=str(ARTIFACTS / f"{tag}-3-upload.png"))
+
+
+def test_quickstart_in_jupyterlab(server, browser):
+    url, root = server
+    page = _open(browser, f"{url}/lab/tree/quickstart.ipynb")
+    _run_all_cells(page)
+    panel = _panel_ready(page)
+    _drive(page, panel, root, "lab")
+    assert page.locator(".camwidget").count() == 2  # the own-model panel rendered too
+    page.close()
+
+
+def test_quickstart_in_notebook7(server, browser):
+    url, root = server
+    page = _open(browser, f"{url}/notebooks/quickstart.ipynb")
+    _run_all_cells(page)
+    panel = _panel_ready(page)
+    _drive(page, panel, root, "notebook7")
+    page.close()
+
+
+def test_print_browser_latency():
+    """A benchmark line, not an assertion: event -> new overlay loaded in the DOM."""
+    if not LATENCIES:
+        pytest.skip("no interaction was measured (the browser tests did not run)")
+    lines = ["", "browser-side latency, event -> new overlay image loaded (ms):"]
+    for name, values in LATENCIES.items():
+        lines.append(
+            f"  {name:<9} median {statistics.median(values):7.1f}   "
+            f"min {min(values):7.1f}   n={len(values)}"
+        )
+    print("\n".join(lines))
+    (ARTIFACTS / "browser-latency.txt").write_text("\n".join(lines) + "\n")
