@@ -8,7 +8,7 @@ respect to all kept maps at once. The model is left exactly as it was found.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -191,6 +191,30 @@ def is_spatial(shape: torch.Size, input_size: tuple[int, int]) -> bool:
     height, width = shape[2], shape[3]
     stride = input_size[0] / height
     return abs(input_size[1] / stride - width) <= max(1.0, 0.15 * width)
+
+
+@torch.no_grad()
+def score_masked(
+    model: nn.Module,
+    inputs: Tensor,
+    masks: Tensor,
+    target: int,
+    batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+) -> Tensor:
+    """softmax(model(inputs * mask))[target] for each mask (M, 1, H, W), in batches.
+
+    ``progress(done, total)`` is called after each batch.
+    """
+    scores = []
+    with guarded(model):
+        for start in range(0, len(masks), max(1, batch_size)):
+            batch = inputs * masks[start : start + batch_size]
+            logits = logits_of(model(batch))
+            scores.append(torch.softmax(logits.float(), dim=1)[:, target])
+            if progress is not None:
+                progress(min(start + batch_size, len(masks)), len(masks))
+    return torch.cat(scores)
 
 
 def logits_of(output: object) -> Tensor:

@@ -132,10 +132,17 @@ class Explainer:
         self.max_side = max_side
         self.max_images = max(1, max_images)
         self.device, self.dtype = _placement(model, device)
-        #: Counts of model passes run so far: "forward", "backward", "scored" inputs.
+        #: Counts of model passes run so far: "forward", "backward", and "scored" masked
+        #: inputs (Score-CAM).
         self.passes: Counter[str] = Counter()
         #: Milliseconds spent in each step of the last call (0 where a cache answered).
         self.timings: dict[str, float] = {}
+        #: Score-CAM: masked inputs per forward, and the number of channels to score
+        #: (None: all; else those with the largest mean activation).
+        self.scorecam_batch_size = 32
+        self.scorecam_channels: int | None = None
+        #: Called as progress(done, total) while Score-CAM scores masked inputs.
+        self.progress: Callable[[int, int], None] | None = None
         self._captures: OrderedDict[str, Capture] = OrderedDict()
         self._catalogues: dict[str, list[LayerInfo]] = {}
         self._gradients: OrderedDict[tuple[str, int], dict[str, Tensor]] = OrderedDict()
@@ -338,7 +345,7 @@ class Explainer:
         info = self.layer(layer)
         target = self._target(capture, target)
         self._check_method(method, info)
-        key = (image.key, target, info.name, method)
+        key = (image.key, target, info.name, self._variant(method))
         raw = self._maps.get(key)
         self.timings["backward"] = self.timings["map"] = 0.0
         if raw is None:
@@ -389,6 +396,7 @@ class Explainer:
                     None if grads is None else grads[row],
                     classifier if info.cam else None,
                     group_targets[row],
+                    inputs[row : row + 1],
                 )
                 results[i] = self._finish(
                     raw,
@@ -414,6 +422,12 @@ class Explainer:
                 f"indices 0 to {classes - 1}"
             )
         return int(target)
+
+    def _variant(self, method: str) -> str:
+        """The method and the options that change its map (part of the cache key)."""
+        if method == "scorecam" and self.scorecam_channels is not None:
+            return f"scorecam:{self.scorecam_channels}"
+        return method
 
     def _check_method(self, method: str, info: LayerInfo) -> None:
         if method not in methods.REGISTRY:
@@ -442,7 +456,9 @@ class Explainer:
             grads = self._grads(image, capture, target)[layer][0]
         classifier = final_linear(self.model, capture) if method == "cam" else None
         start = time.perf_counter()
-        raw = self._method(method, capture.activations[layer][0], grads, classifier, target)
+        raw = self._method(
+            method, capture.activations[layer][0], grads, classifier, target, image.inputs
+        )
         self.timings["map"] = _ms(start)
         return raw
 
@@ -453,11 +469,30 @@ class Explainer:
         gradients: Tensor | None,
         classifier: nn.Linear | None,
         target: int,
+        inputs: Tensor,
     ) -> np.ndarray:
         activations = activations.detach().float()
         gradients = torch.zeros_like(activations) if gradients is None else gradients.float()
         weights = None if classifier is None else classifier.weight.detach()[target].float()
-        context = methods.MethodContext(class_weights=weights)
+
+        def score(masks: Tensor) -> Tensor:
+            scores = capture_.score_masked(
+                self.model,
+                inputs,
+                masks.to(inputs.dtype),
+                target,
+                self.scorecam_batch_size,
+                self.progress,
+            )
+            self.passes["scored"] += len(masks)
+            return scores
+
+        context = methods.MethodContext(
+            class_weights=weights,
+            score=score,
+            input_size=(inputs.shape[-2], inputs.shape[-1]),
+            max_channels=self.scorecam_channels,
+        )
         raw = methods.REGISTRY[method](activations, gradients, context)
         return raw.detach().cpu().numpy().astype(np.float32)
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -21,10 +22,17 @@ class MethodContext:
     """What some methods need besides A and g.
 
     ``class_weights``: the final fully connected layer's weights W[c] (C,) for the
-    target class, where CAM applies at this layer, else None.
+    target class, where CAM applies at this layer, else None. ``score``: for Score-CAM,
+    maps masks (M, 1, H, W) in [0, 1] at the input's size to the target's softmax
+    probability on the masked inputs (M,). ``input_size``: the model input's (H, W).
+    ``max_channels``: Score-CAM scores only the channels with the largest mean
+    activation when set.
     """
 
     class_weights: Tensor | None = None
+    score: Callable[[Tensor], Tensor] | None = None
+    input_size: tuple[int, int] | None = None
+    max_channels: int | None = None
 
 
 Method = Callable[[Tensor, Tensor, MethodContext], Tensor]
@@ -56,23 +64,128 @@ def gradcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> T
     return torch.relu(_weighted_sum(weights, activations))
 
 
+def gradcam_plus_plus(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
+    """Grad-CAM++ (Chattopadhay et al., WACV 2018, eq. 19): M = ReLU(sum_k w_k A^k).
+
+    alpha^k_ij = g^2 / (2 g^2 + (sum_ab A^k_ab) g^3), with alpha = 0 where g = 0 or the
+    denominator is 0; w_k = sum_ij alpha^k_ij ReLU(g^k_ij). Evaluated in float64 with
+    no epsilon.
+    """
+    a, g = activations.double(), gradients.double()
+    g2 = g * g
+    denominator = 2.0 * g2 + a.sum(dim=(1, 2), keepdim=True) * g2 * g
+    safe = torch.where(denominator == 0, torch.ones_like(denominator), denominator)
+    alpha = torch.where((g != 0) & (denominator != 0), g2 / safe, torch.zeros_like(g))
+    weights = (alpha * torch.relu(g)).sum(dim=(1, 2))
+    return torch.relu(_weighted_sum(weights, a)).to(activations.dtype)
+
+
+def hirescam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
+    """HiResCAM (Draelos & Carin, 2020): M = ReLU(sum_k g^k * A^k), elementwise."""
+    return torch.relu((gradients * activations).sum(dim=0))
+
+
+def xgradcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
+    """XGrad-CAM (Fu et al., BMVC 2020): M = ReLU(sum_k w_k A^k).
+
+    w_k = sum_ij g^k_ij A^k_ij / sum_ij A^k_ij, and w_k = 0 where sum_ij A^k_ij = 0.
+    """
+    total = activations.sum(dim=(1, 2))
+    numerator = (gradients * activations).sum(dim=(1, 2))
+    safe = torch.where(total == 0, torch.ones_like(total), total)
+    weights = torch.where(total == 0, torch.zeros_like(total), numerator / safe)
+    return torch.relu(_weighted_sum(weights, activations))
+
+
+def layercam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
+    """LayerCAM (Jiang et al., IEEE TIP 2021): M = ReLU(sum_k ReLU(g^k) * A^k)."""
+    return torch.relu((torch.relu(gradients) * activations).sum(dim=0))
+
+
+def eigencam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
+    """Eigen-CAM (Muhammad & Yeasin, IJCNN 2020): M = A v_1, no ReLU, class-agnostic.
+
+    With A as an (hw, C) matrix, v_1 is its first right singular vector (no mean
+    centering, as in the paper). The sign of v_1 is arbitrary; it is chosen so that M
+    correlates positively with the mean activation map (1/C) sum_k A^k.
+    """
+    channels, height, width = activations.shape
+    matrix = activations.double().reshape(channels, -1).T
+    if not torch.isfinite(matrix).all() or not matrix.any():
+        return torch.zeros(height, width, dtype=activations.dtype, device=activations.device)
+    _, _, vh = torch.linalg.svd(matrix, full_matrices=False)
+    projection = matrix @ vh[0]
+    mean_map = matrix.mean(dim=1)
+    correlation = ((projection - projection.mean()) * (mean_map - mean_map.mean())).sum()
+    if correlation < 0 or (correlation == 0 and projection.sum() < 0):
+        projection = -projection
+    return projection.reshape(height, width).to(activations.dtype)
+
+
+def scorecam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
+    """Score-CAM (Wang et al., CVPR-W 2020): M = ReLU(sum_k alpha_k A^k).
+
+    Each channel A^k, upsampled (bilinear, align_corners=False) to the input's size and
+    min-max normalised to H^k in [0, 1], masks the input; alpha_k = softmax(f(X * H^k))_c,
+    the target's probability on the masked input, as in the authors' code. Constant
+    channels (no mask) get alpha_k = 0. With ``max_channels``, only the channels with
+    the largest mean activation are scored.
+    """
+    if context.score is None or context.input_size is None:
+        raise ValueError("Score-CAM needs a scoring function and the input size")
+    channels = activations.shape[0]
+    chosen = torch.arange(channels, device=activations.device)
+    if context.max_channels is not None and context.max_channels < channels:
+        chosen = activations.mean(dim=(1, 2)).topk(context.max_channels).indices.sort().values
+    masks = F.interpolate(
+        activations[chosen][:, None], size=context.input_size, mode="bilinear", align_corners=False
+    )
+    low = masks.amin(dim=(2, 3), keepdim=True)
+    span = masks.amax(dim=(2, 3), keepdim=True) - low
+    varying = span.flatten() > 0
+    masks = torch.where(span > 0, (masks - low) / torch.where(span > 0, span, 1.0), 0.0)
+    alpha = torch.zeros(channels, dtype=activations.dtype, device=activations.device)
+    if varying.any():
+        alpha[chosen[varying]] = context.score(masks[varying]).to(activations.dtype)
+    return torch.relu(_weighted_sum(alpha, activations))
+
+
 #: name -> method. The order is the order the panel offers them in.
 REGISTRY: dict[str, Method] = {
     "gradcam": gradcam,
+    "gradcam++": gradcam_plus_plus,
+    "hirescam": hirescam,
+    "xgradcam": xgradcam,
+    "layercam": layercam,
+    "scorecam": scorecam,
+    "eigencam": eigencam,
     "cam": cam,
 }
 
 #: How each method is written in the papers.
-TITLES: dict[str, str] = {"gradcam": "Grad-CAM", "cam": "CAM"}
+TITLES: dict[str, str] = {
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "hirescam": "HiResCAM",
+    "xgradcam": "XGrad-CAM",
+    "layercam": "LayerCAM",
+    "scorecam": "Score-CAM",
+    "eigencam": "Eigen-CAM",
+    "cam": "CAM",
+}
 
 #: Method names the engine supports (contract).
 METHODS: tuple[str, ...] = tuple(REGISTRY)
 
 #: Methods that need the gradients dy_c/dA (one partial backward per class).
-NEEDS_GRADIENTS: frozenset[str] = frozenset({"gradcam"})
+NEEDS_GRADIENTS: frozenset[str] = frozenset(
+    {"gradcam", "gradcam++", "hirescam", "xgradcam", "layercam"}
+)
 
 #: Methods whose map does not depend on the target class.
-CLASS_AGNOSTIC: frozenset[str] = frozenset()
+CLASS_AGNOSTIC: frozenset[str] = frozenset({"eigencam"})
 
 #: Methods whose map the paper defines with a final ReLU: a zero map means no evidence.
-RECTIFIED: frozenset[str] = frozenset({"gradcam"})
+RECTIFIED: frozenset[str] = frozenset(
+    {"gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "scorecam"}
+)

@@ -238,6 +238,10 @@ class CAMWidget(widgets.VBox):
         self._save_button = widgets.Button(description="save", icon="download")
         self._inspect_control = widgets.ToggleButton(description="inspect", icon="search")
         self._status = widgets.HTML(layout=widgets.Layout(margin="0 0 4px 0"))
+        self._progress = widgets.IntProgress(
+            description="Score-CAM", layout=widgets.Layout(display="none")
+        )
+        self.explainer.progress = self._show_progress
         self._messages = widgets.HTML()
         self._inspect_box = widgets.Box()
         self._compare_box = widgets.VBox(
@@ -278,6 +282,7 @@ class CAMWidget(widgets.VBox):
             widgets.HBox(
                 [self._compare_control, self._upload, self._save_button, self._inspect_control]
             ),
+            self._progress,
             self._messages,
             self._inspect_box,
         ]
@@ -479,6 +484,11 @@ class CAMWidget(widgets.VBox):
             f"p = {explanation.probability:.3f} · {title} at <code>{html.escape(layer)}</code>"
         )
         remarks = [r for r in (explanation.message,) if r]
+        if explanation.method in methods.CLASS_AGNOSTIC:
+            remarks.append(
+                f"{methods.TITLES[explanation.method]} is class-agnostic: its map is the "
+                "same for every class"
+            )
         if method != self.method:
             remarks.append(f"CAM does not apply at {layer}: this view shows Grad-CAM")
         if remarks:
@@ -563,6 +573,12 @@ class CAMWidget(widgets.VBox):
             self._inspector = None
 
     # ----------------------------------------------------------------- messages
+
+    def _show_progress(self, done: int, total: int) -> None:
+        """Score-CAM's masked forwards, shown while they run (messages go out at once)."""
+        self._progress.max = total
+        self._progress.value = done
+        self._progress.layout.display = "none" if done >= total else "flex"
 
     def _require(self) -> Explanation:
         explanation = self._views[0].explanation

@@ -28,15 +28,13 @@ def panel(lite0):
     widget.close()
 
 
-def expected(panel, image=None):
+def expected(panel, image=None, **options):
     """What Explainer.explain + camwidget.overlay give for the panel's state."""
-    model, preprocess, labels = (
-        panel.explainer.model,
-        panel.explainer.preprocess,
-        panel.explainer.labels,
-    )
+    ex = Explainer(panel.explainer.model, panel.explainer.preprocess, panel.explainer.labels)
+    for name, value in options.items():
+        setattr(ex, name, value)
     image = samples.load("chelsea") if image is None else image
-    e = Explainer(model, preprocess, labels).explain(image, panel.layer, panel.target, panel.method)
+    e = ex.explain(image, panel.layer, panel.target, panel.method)
     overlay = camwidget.overlay(image, e.heatmap, panel.colormap, panel.alpha, panel.threshold)
     return e.heatmap, overlay
 
@@ -326,3 +324,27 @@ def test_close_leaves_the_model_as_it_was(resnet18, photo):
     before.assert_same(model)
     assert all(child.comm is None for child in children)
     assert panel.comm is None
+
+
+def test_method_switches_run_no_pass_except_the_first_scorecam(panel):
+    ex = panel.explainer
+    ex.scorecam_channels = 8  # keep the test quick: Score-CAM on 8 channels
+    panel.layer = "blocks.15"
+    ex.passes.clear()
+    for method in ("gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "gradcam"):
+        panel.method = method
+        shown(panel)
+    assert sum(ex.passes.values()) == 0
+    panel.method = "eigencam"
+    assert "class-agnostic" in panel._messages.value
+    panel.method = "scorecam"
+    scored = ex.passes["scored"]
+    assert 0 < scored <= 8 and ex.passes["forward"] == ex.passes["backward"] == 0
+    assert panel._progress.value == panel._progress.max == scored
+    assert panel._progress.layout.display == "none"  # hidden again when done
+    panel.method = "gradcam"
+    panel.method = "scorecam"
+    assert ex.passes["scored"] == scored  # cached
+    heatmap, overlay = expected(panel, scorecam_channels=8)
+    np.testing.assert_array_equal(panel.heatmap, heatmap)
+    np.testing.assert_array_equal(panel.overlay, overlay)

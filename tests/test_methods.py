@@ -1,0 +1,256 @@
+"""The method family: exact identities, the peer where definitions agree, and direct
+float64 evaluations where they do not."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from pytorch_grad_cam import (
+    EigenCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from camwidget import METHODS, Explainer, render
+from camwidget.methods import MethodContext, eigencam, gradcam_plus_plus, scorecam, xgradcam
+
+PEERS = {"hirescam": HiResCAM, "xgradcam": XGradCAM, "layercam": LayerCAM}
+LAYERS = {
+    "resnet18": ["layer1", "layer2.1.conv1", "layer3", "layer4"],
+    "vgg11": ["features.4", "features.12", "features.19"],
+}
+
+
+def a_and_g(model, x, layer, target):
+    """A and dy_c/dA by plain torch hooks, independently of camwidget (float64 numpy)."""
+    store = {}
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: store.update(a=o))
+    try:
+        logits = model(x[None].clone().requires_grad_(True))
+    finally:
+        handle.remove()
+    (g,) = torch.autograd.grad(logits[0, target], store["a"])
+    return store["a"][0].detach().double().numpy(), g[0].double().numpy()
+
+
+def heatmap_of(raw, size=(224, 224)):
+    return render.normalise(render.upsample(raw, size))
+
+
+def test_every_contract_method_is_registered():
+    assert set(METHODS) == {
+        "cam",
+        "gradcam",
+        "gradcam++",
+        "hirescam",
+        "xgradcam",
+        "layercam",
+        "scorecam",
+        "eigencam",
+    }
+
+
+def test_identities_at_a_gap_fc_layer(resnet18, photo_tensor):
+    ex = Explainer(resnet18)
+    weights = resnet18.fc.weight.detach().double().numpy()
+    for target in (7, 281, 954):
+        maps = {
+            m: ex.explain(photo_tensor, "layer4", target, m).heatmap
+            for m in ("gradcam", "hirescam", "xgradcam", "layercam")
+        }
+        np.testing.assert_allclose(maps["hirescam"], maps["gradcam"], atol=1e-5)
+        np.testing.assert_allclose(maps["xgradcam"], maps["gradcam"], atol=1e-5)
+        a, _ = a_and_g(resnet18, photo_tensor, "layer4", target)
+        expected = np.maximum(np.einsum("k,khw->hw", np.maximum(weights[target], 0), a), 0)
+        np.testing.assert_allclose(maps["layercam"], heatmap_of(expected), atol=1e-5)
+
+
+@pytest.mark.parametrize("model_name", list(LAYERS))
+@pytest.mark.parametrize("method", list(PEERS))
+def test_peer_agreement(request, photo_tensor, model_name, method):
+    model = request.getfixturevalue(model_name)
+    ex = Explainer(model)
+    for layer in LAYERS[model_name]:
+        with PEERS[method](model=model, target_layers=[model.get_submodule(layer)]) as peer:
+            for target in (3, 281):
+                theirs = peer(photo_tensor[None], targets=[ClassifierOutputTarget(target)])[0]
+                ours = ex.explain(photo_tensor, layer=layer, target=target, method=method)
+                diff = float(np.abs(ours.heatmap - theirs).max())
+                assert diff <= 1e-3, f"{method} {model_name} {layer} {target}: {diff}"
+
+
+def gradcam_pp_float64(a, g):
+    """Eq. 19 of Chattopadhay et al., written out independently in numpy float64."""
+    out = np.zeros(a.shape[1:])
+    weights = []
+    for ak, gk in zip(a, g, strict=True):
+        numerator = gk**2
+        denominator = 2 * gk**2 + ak.sum() * gk**3
+        alpha = np.divide(
+            numerator, denominator, out=np.zeros_like(gk), where=(gk != 0) & (denominator != 0)
+        )
+        weights.append((alpha * np.maximum(gk, 0)).sum())
+    for wk, ak in zip(weights, a, strict=True):
+        out += wk * ak
+    return np.maximum(out, 0)
+
+
+def test_gradcam_plus_plus_is_exactly_eq19(resnet18, photo_tensor):
+    ex = Explainer(resnet18)
+    worst_peer = 0.0
+    for layer in ("layer2", "layer3", "layer4"):
+        a, g = a_and_g(resnet18, photo_tensor, layer, 281)
+        expected = gradcam_pp_float64(a, g)
+        ours = ex.explain(photo_tensor, layer, 281, "gradcam++")
+        np.testing.assert_allclose(ours.raw, expected, rtol=1e-4, atol=1e-6 * expected.max())
+        with GradCAMPlusPlus(model=resnet18, target_layers=[resnet18.get_submodule(layer)]) as peer:
+            theirs = peer(photo_tensor[None], targets=[ClassifierOutputTarget(281)])[0]
+        worst_peer = max(worst_peer, float(np.abs(ours.heatmap - theirs).max()))
+    # pytorch-grad-cam adds eps = 1e-6 to a denominator of order g^2 (~1e-6 here)
+    print(f"\nGrad-CAM++ vs pytorch-grad-cam, unscaled resnet18: max diff {worst_peer:.3f}")
+    assert worst_peer > 1e-2, "the peer's epsilon should matter on the unscaled model"
+
+
+def test_gradcam_plus_plus_equals_the_peer_when_gradients_are_large(resnet18, photo_tensor):
+    model = copy.deepcopy(resnet18)
+    with torch.no_grad():
+        model.fc.weight.mul_(1000)  # gradients x1000: the peer's eps becomes negligible
+    ex = Explainer(model)
+    for layer in ("layer2", "layer3", "layer4"):
+        with GradCAMPlusPlus(model=model, target_layers=[model.get_submodule(layer)]) as peer:
+            theirs = peer(photo_tensor[None], targets=[ClassifierOutputTarget(281)])[0]
+        ours = ex.explain(photo_tensor, layer, 281, "gradcam++").heatmap
+        assert np.abs(ours - theirs).max() <= 1e-3, layer
+
+
+def eigencam_float64(a):
+    matrix = a.reshape(a.shape[0], -1).T
+    _, _, vh = np.linalg.svd(matrix, full_matrices=False)
+    projection = matrix @ vh[0]
+    mean_map = matrix.mean(axis=1)
+    if np.corrcoef(projection, mean_map)[0, 1] < 0:
+        projection = -projection
+    return projection.reshape(a.shape[1:])
+
+
+def test_eigencam_is_the_first_component_with_a_fixed_sign(resnet18, photo_tensor):
+    ex = Explainer(resnet18)
+    correlations = []
+    for layer in ("layer2", "layer3", "layer4"):
+        a, _ = a_and_g(resnet18, photo_tensor, layer, 0)
+        e = ex.explain(photo_tensor, layer, 5, "eigencam")
+        expected = eigencam_float64(a)
+        np.testing.assert_allclose(e.raw, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+        assert np.corrcoef(e.raw.ravel(), a.mean(axis=0).ravel())[0, 1] > 0
+        # class-agnostic: another class gives the same map, with no backward
+        before = ex.passes["backward"]
+        np.testing.assert_array_equal(ex.explain(photo_tensor, layer, 77, "eigencam").raw, e.raw)
+        assert ex.passes["backward"] == before
+        with EigenCAM(model=resnet18, target_layers=[resnet18.get_submodule(layer)]) as peer:
+            theirs = peer(photo_tensor[None], targets=[ClassifierOutputTarget(5)])[0]
+        correlations.append(np.corrcoef(e.heatmap.ravel(), theirs.ravel())[0, 1])
+    print(
+        "\nEigen-CAM vs pytorch-grad-cam (centred, ReLU, sign left to SVD): correlation "
+        + ", ".join(f"{c:+.2f}" for c in correlations)
+    )
+
+
+def test_eigencam_sign_is_fixed_against_the_mean_activation():
+    torch.manual_seed(0)
+    a = torch.rand(6, 5, 5)
+    a[:, 1:3, 1:3] += 3.0  # a bright blob: the map must be high on it, whatever the SVD
+    for flip in (1.0, -1.0):
+        out = eigencam(a * flip if flip > 0 else a, torch.zeros_like(a), MethodContext())
+        assert out[1:3, 1:3].mean() > out.mean()
+
+
+class Tiny(nn.Module):
+    """Three 3×3 conv channels and a linear head: small enough to score by hand."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = nn.Conv2d(3, 3, 3, stride=4)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(3 * 4 * 4, 4)
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv(x)).flatten(1))
+
+
+def test_scorecam_against_a_direct_float64_evaluation():
+    model = Tiny().eval()
+    x = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(1))
+    ex = Explainer(model)
+    e = ex.explain(x, layer="act", target=2, method="scorecam")
+    with torch.no_grad():
+        a = model.act(model.conv(x[None]))[0].double()
+        weights = []
+        for ak in a:
+            mask = torch.nn.functional.interpolate(
+                ak[None, None], size=(16, 16), mode="bilinear", align_corners=False
+            )[0, 0]
+            if mask.max() == mask.min():
+                weights.append(0.0)
+                continue
+            mask = (mask - mask.min()) / (mask.max() - mask.min())
+            probs = torch.softmax(model.double()(x[None].double() * mask)[0], dim=0)
+            weights.append(float(probs[2]))
+        model.float()
+        expected = torch.relu(sum(w * ak for w, ak in zip(weights, a, strict=True)))
+    np.testing.assert_allclose(e.raw, expected.numpy(), rtol=1e-4, atol=1e-6)
+    assert ex.passes["scored"] == sum(w != 0 for w in weights)
+    ex.explain(x, layer="act", target=2, method="scorecam")  # cached: no more forwards
+    assert ex.passes["scored"] == sum(w != 0 for w in weights)
+
+
+def test_scorecam_batches_caps_channels_and_reports_progress(resnet18, photo_tensor):
+    small = torch.nn.functional.interpolate(photo_tensor[None], size=(64, 64))[0]
+    ex = Explainer(resnet18)
+    ex.scorecam_batch_size, ex.scorecam_channels = 7, 20
+    seen = []
+    ex.progress = lambda done, total: seen.append((done, total))
+    e = ex.explain(small, "layer3", 281, "scorecam")
+    assert ex.passes["scored"] <= 20 and seen[-1][0] == seen[-1][1] == ex.passes["scored"]
+    assert len(seen) == -(-ex.passes["scored"] // 7)  # one call per batch
+    assert np.count_nonzero(e.raw) > 0
+    with ScoreCAM(model=resnet18, target_layers=[resnet18.layer3]) as peer:
+        theirs = peer(small[None], targets=[ClassifierOutputTarget(281)])[0]
+    ex.scorecam_channels = None
+    full = ex.explain(small, "layer3", 281, "scorecam").heatmap
+    print(
+        f"\nScore-CAM vs pytorch-grad-cam (softmax over channels, align_corners=True): "
+        f"correlation {np.corrcoef(full.ravel(), theirs.ravel())[0, 1]:+.2f}"
+    )
+
+
+def test_divisions_are_guarded():
+    zeros = torch.zeros(4, 3, 3)
+    gradients = torch.randn(4, 3, 3)
+    assert torch.isfinite(xgradcam(zeros, gradients, MethodContext())).all()
+    assert not xgradcam(zeros, gradients, MethodContext()).any()
+    a = torch.rand(4, 3, 3)
+    assert not gradcam_plus_plus(a, torch.zeros_like(a), MethodContext()).any()
+    assert not eigencam(zeros, zeros, MethodContext()).any()
+    # a denominator of exactly zero: 2 g^2 + (sum A) g^3 = 0 where g = -2 / sum A
+    g = torch.full((1, 3, 3), -2.0 / float(a[0].sum()))
+    assert torch.isfinite(gradcam_plus_plus(a[:1], g, MethodContext())).all()
+    masks_score = lambda masks: torch.ones(len(masks))  # noqa: E731
+    context = MethodContext(score=masks_score, input_size=(6, 6))
+    assert not scorecam(torch.ones(2, 3, 3), zeros[:2], context).any()  # constant channels
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "cam"])
+def test_no_nan_on_an_all_zero_input(resnet18, method):
+    ex = Explainer(resnet18)
+    ex.scorecam_channels = 4
+    e = ex.explain(torch.zeros(3, 32, 32), layer="layer2", target=0, method=method)
+    assert np.isfinite(e.heatmap).all() and np.isfinite(e.raw).all()
