@@ -83,6 +83,16 @@ def cam_applies(activations: Tensor, logits: Tensor, classifier: nn.Linear | Non
 
 
 def default_layer(layers: list[LayerInfo]) -> str:
-    """The last layer whose map has spatial size > 1; the last layer if none has."""
-    spatial = [layer for layer in layers if layer.shape[1] * layer.shape[2] > 1]
-    return (spatial or layers)[-1].name
+    """The last layer whose map has spatial size > 1 and is no larger than any map
+    before it; the last layer if none is.
+
+    The second condition skips an adaptive pool that upsamples a smaller map (VGG's
+    7×7 average pool after 1×1 features at small inputs).
+    """
+    best, smallest = None, float("inf")
+    for layer in layers:
+        area = layer.shape[1] * layer.shape[2]
+        if 1 < area <= smallest:
+            best = layer.name
+        smallest = min(smallest, area)
+    return best or layers[-1].name

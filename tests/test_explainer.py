@@ -236,6 +236,14 @@ def test_catalogue_order_shapes_and_default(resnet18, photo):
     assert {layer.name: layer for layer in ex.layers}["layer4"].shape == (512, 19, 16)
 
 
+def test_default_layer_skips_an_upsampling_pool(vgg11):
+    ex = Explainer(vgg11)
+    assert ex.default_layer == "avgpool"  # at 224 the 7×7 pool keeps the 7×7 map
+    ex.explain(torch.zeros(3, 32, 32))  # features end at 1×1; the pool blows it up to 7×7
+    assert ex.default_layer == "features.19"
+    assert {x.name: x for x in ex.layers}["features.19"].shape == (512, 2, 2)
+
+
 def test_reused_module_is_left_out_with_a_reason(resnet18, photo_tensor):
     from camwidget import capture
 

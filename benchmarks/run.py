@@ -1,0 +1,263 @@
+"""camwidget against the peers, measured in one run on the same model, input and machine.
+
+    python benchmarks/run.py [--runs 10] [--skip-memory]
+
+1. Interaction: time to the next rendered overlay (JPEG bytes ready) for a colormap,
+   layer, class or image change. camwidget: setting the panel's trait. The peers have no
+   panel and no cache, so each re-runs what its API needs: pytorch-grad-cam and Captum a
+   forward and a backward for any change of layer, class or image; TorchCAM the same,
+   except that a class change can reuse the forward (``retain_graph=True``). For a
+   colormap change the peers' cheapest path is re-blending a heatmap the user kept
+   ("re-blend"); their re-run is shown beside it.
+2. Batch throughput: Grad-CAM maps per second on batches of 16 at 224 (ResNet-50).
+3. Memory: peak RSS growth of a process holding the panel with one image and every
+   layer's gradients cached, against a plain forward + backward of the same model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+import torchvision
+
+import camwidget
+from camwidget import render, samples, zoo
+
+warnings.filterwarnings("ignore")
+
+
+def median_ms(action, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        action()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
+
+
+def frame(rgb: np.ndarray, heatmap: np.ndarray, colormap: str = "jet") -> bytes:
+    """What every contender must produce: the overlay encoded for the browser."""
+    return render.encode(render.blend(rgb, heatmap, colormap, 0.5), "jpeg")
+
+
+def models() -> dict[str, tuple[torch.nn.Module, str, list[str]]]:
+    """name -> (model, default layer, other layers to switch between)."""
+    lite0, _, _ = zoo.load("efficientnet_lite0")
+    torch.manual_seed(0)
+    resnet50 = torchvision.models.resnet50(weights=None).eval()
+    return {
+        "EfficientNet-Lite0": (lite0, "head", ["blocks.15", "blocks.12", "blocks.9"]),
+        "ResNet-50": (resnet50, "layer4", ["layer3", "layer2", "layer4.1"]),
+    }
+
+
+def interaction(runs: int) -> list[tuple]:
+    from captum.attr import LayerAttribution, LayerGradCam
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from torchcam.methods import GradCAM as TorchCAMGradCAM
+
+    photo = samples.load("chelsea").resize((224, 224))
+    rgb = np.asarray(photo)
+    x = camwidget.explainer.imagenet_preprocess(rgb)
+    variants = [x.roll(shifts=s, dims=2) for s in range(1, 4 * runs + 2)]
+    rows = []
+    for name, (model, layer, others) in models().items():
+        panel = camwidget.CAMWidget(model, x, layer=layer)
+        classes = itertools.count(10)
+        layer_cycle = itertools.cycle([layer, *others])
+        colormaps = itertools.cycle(["viridis", "jet"])
+        images = iter(variants)
+        ours = {
+            "colormap": median_ms(lambda: setattr(panel, "colormap", next(colormaps)), runs),
+            "layer": median_ms(lambda: setattr(panel, "layer", next(layer_cycle)), runs),
+            "class": median_ms(lambda: setattr(panel, "target", next(classes)), runs),
+            "new image": median_ms(lambda: panel.set_image(next(images)), runs),
+        }
+        panel.close()
+
+        def module(name_):
+            return model.get_submodule(name_)
+
+        def grad_cam_run(layer_name, target, image=x):
+            with GradCAM(model=model, target_layers=[module(layer_name)]) as cam:
+                heat = cam(image[None], targets=[ClassifierOutputTarget(target)])[0]
+            return frame(rgb, heat)
+
+        def torchcam_run(layer_name, target, image=x):
+            with TorchCAMGradCAM(model, module(layer_name)) as extractor:
+                scores = model(image[None])
+                heat = extractor(target, scores)[0][0].detach().numpy()
+            return frame(rgb, render.normalise(render.upsample(heat, (224, 224))))
+
+        kept = {}
+
+        def torchcam_class(target):
+            if "extractor" not in kept:
+                kept["extractor"] = TorchCAMGradCAM(model, module(layer))
+                kept["scores"] = model(x[None])
+            heat = kept["extractor"](target, kept["scores"], retain_graph=True)[0][0]
+            return frame(rgb, render.normalise(render.upsample(heat.detach().numpy(), (224, 224))))
+
+        def captum_run(layer_name, target, image=x):
+            attribution = LayerGradCam(model, module(layer_name)).attribute(
+                image[None].clone(), target=target
+            )
+            heat = LayerAttribution.interpolate(attribution, (224, 224), "bilinear")
+            heat = torch.relu(heat)[0, 0].detach().numpy()
+            return frame(rgb, render.normalise(heat))
+
+        with GradCAM(model=model, target_layers=[module(layer)]) as cam:
+            kept_heat = cam(x[None], targets=[ClassifierOutputTarget(1)])[0]
+        reblend = median_ms(lambda: frame(rgb, kept_heat, next(colormaps)), runs)
+        counter = itertools.count(10)
+        layers = itertools.cycle([layer, *others])
+        images = iter(variants)
+        peers = {
+            "pytorch-grad-cam": {
+                "colormap": (reblend, median_ms(lambda: grad_cam_run(layer, 1), runs)),
+                "layer": median_ms(lambda: grad_cam_run(next(layers), 1), runs),
+                "class": median_ms(lambda: grad_cam_run(layer, next(counter)), runs),
+                "new image": median_ms(lambda: grad_cam_run(layer, 1, next(images)), runs),
+            },
+            "TorchCAM": {
+                "colormap": (reblend, median_ms(lambda: torchcam_run(layer, 1), runs)),
+                "layer": median_ms(lambda: torchcam_run(next(layers), 1), runs),
+                "class": median_ms(lambda: torchcam_class(next(counter)), runs),
+                "new image": median_ms(lambda: torchcam_run(layer, 1, next(images)), runs),
+            },
+            "Captum LayerGradCam": {
+                "colormap": (reblend, median_ms(lambda: captum_run(layer, 1), runs)),
+                "layer": median_ms(lambda: captum_run(next(layers), 1), runs),
+                "class": median_ms(lambda: captum_run(layer, next(counter)), runs),
+                "new image": median_ms(lambda: captum_run(layer, 1, next(images)), runs),
+            },
+        }
+        kept.get("extractor") and kept["extractor"].remove_hooks()
+        for change, ms in ours.items():
+            rows.append((name, change, ms, {peer: v[change] for peer, v in peers.items()}))
+    return rows
+
+
+def batch_throughput(runs: int) -> dict[str, float]:
+    from pytorch_grad_cam import GradCAM
+    from torchcam.methods import GradCAM as TorchCAMGradCAM
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(weights=None).eval()
+    images = torch.randn(16, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    ex = camwidget.Explainer(model)
+    ex.layers  # noqa: B018 (the catalogue is built once, outside the timing)
+
+    def ours():
+        ex.explain_batch(list(images), layer="layer4")
+
+    def pgc():
+        with GradCAM(model=model, target_layers=[model.layer4]) as cam:
+            cam(images, targets=None)
+
+    def tcam():
+        with TorchCAMGradCAM(model, model.layer4) as extractor:
+            scores = model(images)
+            extractor(scores.argmax(1).tolist(), scores)
+
+    rates = {}
+    for name, action in (
+        ("camwidget explain_batch", ours),
+        ("pytorch-grad-cam", pgc),
+        ("TorchCAM", tcam),
+    ):
+        action()  # warm-up
+        rates[name] = 16 / (median_ms(action, max(3, runs // 3)) / 1000.0)
+    return rates
+
+
+MEMORY_PROBE = """
+import json, resource, sys, torch, torchvision, camwidget
+from camwidget import samples, zoo
+name, mode = sys.argv[1], sys.argv[2]
+if name == "lite0":
+    model, preprocess, labels = zoo.load("efficientnet_lite0")
+else:
+    torch.manual_seed(0); model, preprocess = torchvision.models.resnet50(weights=None).eval(), None
+x = camwidget.explainer.imagenet_preprocess(samples.load("chelsea").resize((224, 224)))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if mode == "plain":
+    logits = model(x[None]); logits[0, 1].backward()
+else:
+    panel = camwidget.CAMWidget(model, x)
+    for info in panel.explainer.layers:
+        panel.layer = info.name
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"growth_mb": (peak - base) / 1024}))
+"""
+
+
+def memory() -> dict[str, tuple[float, float]]:
+    results = {}
+    for name, label in (("lite0", "EfficientNet-Lite0"), ("resnet50", "ResNet-50")):
+        growth = []
+        for mode in ("plain", "panel"):
+            out = subprocess.run(
+                [sys.executable, "-c", MEMORY_PROBE, name, mode],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            growth.append(json.loads(out.stdout.strip().splitlines()[-1])["growth_mb"])
+        results[label] = (growth[0], growth[1])
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"median of {args.runs} runs, input 224×224\n"
+    )
+
+    print("## Interaction: ms to the next rendered overlay (lower is better)\n")
+    print("| model | change | camwidget | pytorch-grad-cam | × | TorchCAM | × | Captum | × |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for model, change, ms, peers in interaction(args.runs):
+        cells = []
+        for peer in ("pytorch-grad-cam", "TorchCAM", "Captum LayerGradCam"):
+            value = peers[peer]
+            if isinstance(value, tuple):
+                cells += [
+                    f"{value[0]:.1f} re-blend / {value[1]:.0f} re-run",
+                    f"{value[0] / ms:.1f} / {value[1] / ms:.0f}",
+                ]
+            else:
+                cells += [f"{value:.0f}", f"{value / ms:.1f}"]
+        print(f"| {model} | {change} | {ms:.1f} | " + " | ".join(cells) + " |")
+
+    print("\n## Batch throughput: Grad-CAM maps/s, ResNet-50, batches of 16 at 224\n")
+    rates = batch_throughput(args.runs)
+    fastest_peer = max(v for k, v in rates.items() if not k.startswith("camwidget"))
+    print("| implementation | maps/s | vs fastest peer |\n|---|---|---|")
+    for name, rate in rates.items():
+        print(f"| {name} | {rate:.1f} | {rate / fastest_peer:.2f}× |")
+
+    if not args.skip_memory:
+        print("\n## Memory: peak RSS growth (MB)\n")
+        print("| model | plain forward + backward | panel, all layers cached | ratio |")
+        print("|---|---|---|---|")
+        for model, (plain, panel) in memory().items():
+            print(f"| {model} | {plain:.0f} | {panel:.0f} | {panel / plain:.2f}× |")
+
+
+if __name__ == "__main__":
+    main()
