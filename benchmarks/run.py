@@ -182,23 +182,40 @@ def batch_throughput(runs: int) -> dict[str, float]:
 
 
 MEMORY_PROBE = """
-import json, resource, sys, torch, torchvision, camwidget
+import json, os, sys, threading, time, torch, torchvision, camwidget
 from camwidget import samples, zoo
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
 name, mode = sys.argv[1], sys.argv[2]
 if name == "lite0":
-    model, preprocess, labels = zoo.load("efficientnet_lite0")
+    model, _, _ = zoo.load("efficientnet_lite0")
 else:
-    torch.manual_seed(0); model, preprocess = torchvision.models.resnet50(weights=None).eval(), None
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(weights=None).eval()
 x = camwidget.explainer.imagenet_preprocess(samples.load("chelsea").resize((224, 224)))
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base, peak, running = rss_mb(), [0.0], [True]
+
+def sample():
+    while running[0]:
+        peak[0] = max(peak[0], rss_mb())
+        time.sleep(0.0005)
+
+sampler = threading.Thread(target=sample)
+sampler.start()
 if mode == "plain":
-    logits = model(x[None]); logits[0, 1].backward()
+    logits = model(x[None])
+    logits[0, 1].backward()
 else:
     panel = camwidget.CAMWidget(model, x)
     for info in panel.explainer.layers:
         panel.layer = info.name
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"growth_mb": (peak - base) / 1024}))
+time.sleep(0.05)
+running[0] = False
+sampler.join()
+print(json.dumps({"growth_mb": max(peak[0], rss_mb()) - base}))
 """
 
 

@@ -11,7 +11,7 @@ import hashlib
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -41,20 +41,24 @@ def imagenet_preprocess(image: object) -> Tensor:
 class PreparedImage:
     """An image made ready for the model.
 
-    ``rgb``: uint8 (H, W, 3) at the image's own size, what the panel shows;
-    ``inputs``: the model input (1, 3, h, w); ``key``: a hash of ``inputs``;
-    ``notes``: what was done to the image on the way, in words.
+    ``inputs``: the model input (1, 3, h, w); ``key``: a hash of ``inputs``; ``size``:
+    (H, W) of the image, the size of every heatmap; ``notes``: what was done to the
+    image on the way, in words; ``source``: the RGB array, or the input tensor itself.
     """
 
-    rgb: np.ndarray
     inputs: Tensor
     key: str
+    size: tuple[int, int]
     notes: tuple[str, ...] = ()
+    source: np.ndarray | Tensor | None = field(default=None, repr=False)
 
-    @property
-    def size(self) -> tuple[int, int]:
-        """(H, W) of the displayed image, the size of every heatmap."""
-        return self.rgb.shape[0], self.rgb.shape[1]
+    @cached_property
+    def rgb(self) -> np.ndarray:
+        """uint8 (H, W, 3) at the image's own size: what the panel shows (a tensor
+        input is shown as its min-max stretch)."""
+        if isinstance(self.source, np.ndarray):
+            return self.source
+        return images.to_rgb(self.source if self.source is not None else self.inputs)
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,9 @@ class Explainer:
     sequence or a mapping index -> name. ``device``: where inputs go; by default the
     model's own device (the model is never moved). Images whose long side exceeds
     ``max_side`` are downscaled for the model. The passes of the last ``max_images``
-    images are kept so that other classes, layers and methods cost no forward.
+    images are kept so that other classes, layers and methods cost no forward; the
+    gradients of the most recent classes are kept within ``gradient_bytes`` (the latest
+    class's are always kept).
     """
 
     def __init__(
@@ -123,6 +129,7 @@ class Explainer:
         *,
         max_side: int = 1024,
         max_images: int = 2,
+        gradient_bytes: int = 256 * 2**20,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise CamwidgetError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -131,6 +138,7 @@ class Explainer:
         self.labels = labels
         self.max_side = max_side
         self.max_images = max(1, max_images)
+        self.gradient_bytes = gradient_bytes
         self.device, self.dtype = _placement(model, device)
         #: Counts of model passes run so far: "forward", "backward", and "scored" masked
         #: inputs (Score-CAM).
@@ -218,12 +226,14 @@ class Explainer:
             inputs = image.detach()
             if inputs.dim() == 3:
                 inputs = inputs[None]
-            rgb, notes = images.to_rgb(inputs), ()
+            source, notes = inputs, ()
+            size = (inputs.shape[-2], inputs.shape[-1])
         else:
-            rgb = images.to_rgb(image)
-            fitted, note = images.fit(rgb, self.max_side)
+            source = images.to_rgb(image)
+            fitted, note = images.fit(source, self.max_side)
             notes = (note,) if note else ()
             inputs = self._preprocess(fitted)
+            size = source.shape[:2]
         if inputs.dim() != 4 or inputs.shape[:2] != (1, 3) or not inputs.is_floating_point():
             raise CamwidgetError(
                 f"a preprocessed image must be a float tensor (3, H, W) or (1, 3, H, W); "
@@ -232,7 +242,7 @@ class Explainer:
         inputs = inputs.to(torch.float32).cpu().contiguous()
         key = hashlib.blake2b(inputs.numpy().tobytes(), digest_size=16).hexdigest()
         inputs = inputs.to(self.device, self.dtype)
-        return PreparedImage(rgb=rgb, inputs=inputs, key=key, notes=notes)
+        return PreparedImage(inputs=inputs, key=key, size=size, notes=notes, source=source)
 
     def _preprocess(self, rgb: np.ndarray) -> Tensor:
         if self.preprocess is None:
@@ -305,7 +315,7 @@ class Explainer:
         self.passes["backward"] += 1
         self.timings["backward"] = _ms(start)
         self._gradients[key] = grads
-        while len(self._gradients) > 4 * self.max_images:
+        while len(self._gradients) > 1 and _nbytes(self._gradients) > self.gradient_bytes:
             self._gradients.popitem(last=False)
         return grads
 
@@ -515,6 +525,12 @@ class Explainer:
             label=self.label(target),
             probability=float(_probabilities(logits)[target]),
         )
+
+
+def _nbytes(gradients: Mapping[object, dict[str, Tensor]]) -> int:
+    """Bytes of the distinct gradient tensors held in a gradient cache."""
+    unique = {id(g): g for grads in gradients.values() for g in grads.values()}
+    return sum(g.numel() * g.element_size() for g in unique.values())
 
 
 def _probabilities(logits: Tensor) -> Tensor:

@@ -326,3 +326,22 @@ def test_explain_batch_matches_explain(resnet18, photo):
 def test_model_is_never_moved(resnet18):
     with pytest.raises(CamwidgetError, match="camwidget never moves your model"):
         Explainer(resnet18, device="meta")
+
+
+def test_gradient_cache_is_bounded_by_bytes(resnet18, photo_tensor):
+    ex = Explainer(resnet18)
+    ex.explain(photo_tensor, target=0)
+    per_class = sum(
+        g.numel() * 4
+        for g in {id(g): g for g in next(iter(ex._gradients.values())).values()}.values()
+    )
+    ex.gradient_bytes = int(2.5 * per_class)
+    for target in range(1, 6):
+        ex.explain(photo_tensor, target=target)
+    assert list(ex._gradients) == [(k, t) for k, t in ex._gradients if t in (4, 5)]
+    assert len(ex._gradients) == 2
+    ex.explain(photo_tensor, target=5, layer="layer1")  # still cached
+    assert ex.passes["backward"] == 6
+    ex.gradient_bytes = 0  # the latest class is always kept
+    ex.explain(photo_tensor, target=6)
+    assert [t for _, t in ex._gradients] == [6]

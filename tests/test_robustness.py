@@ -1,0 +1,92 @@
+"""Odd models and odd images: a clear message or a correct result, the model untouched."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import numpy as np
+import pytest
+import torch
+from conftest import ModelState
+from PIL import Image
+
+from camwidget import CAMWidget, CamwidgetError, Explainer
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_models_in_other_dtypes(resnet18, photo_tensor, dtype):
+    model = copy.deepcopy(resnet18).to(dtype)
+    before = ModelState.of(model)
+    ex = Explainer(model)
+    reference = Explainer(resnet18).explain(photo_tensor, layer="layer4", target=3)
+    e = ex.explain(photo_tensor, layer="layer4", target=3)
+    assert e.raw.dtype == np.float32 and np.isfinite(e.heatmap).all()
+    tolerance = 1e-5 if dtype == torch.float64 else 0.1
+    np.testing.assert_allclose(e.heatmap, reference.heatmap, atol=tolerance)
+    assert {x.name for x in ex.layers if x.cam} == {"layer4", "layer4.1", "avgpool"}
+    cam = ex.explain(photo_tensor, layer="layer4", target=3, method="cam")
+    assert np.isfinite(cam.raw).all()
+    before.assert_same(model)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "CMYK", "1", "LA"])
+def test_every_image_mode_is_explained(resnet18, photo, mode):
+    if mode == "I;16":
+        image = Image.fromarray(np.asarray(photo.convert("L"), np.uint16) * 257)
+    else:
+        image = photo.convert(mode)
+    e = Explainer(resnet18).explain(image, layer="layer3")
+    assert e.heatmap.shape == (600, 512) and np.isfinite(e.heatmap).all()
+
+
+def test_an_image_smaller_than_the_network_stride(resnet18):
+    ex = Explainer(resnet18)
+    e = ex.explain(np.full((8, 8, 3), 120, np.uint8))
+    assert e.heatmap.shape == (8, 8) and np.isfinite(e.heatmap).all()
+    last = ex.explain(np.full((8, 8, 3), 120, np.uint8), layer="layer4")
+    assert last.raw.shape == (1, 1)
+    assert "constant" in last.message or "no positive evidence" in last.message
+
+
+def test_a_huge_image_is_downscaled_for_the_model(resnet18):
+    huge = np.zeros((4000, 6000, 3), np.uint8)
+    huge[1500:2500, 2500:3500] = 255
+    ex = Explainer(resnet18)
+    prepared = ex.prepare(huge)
+    assert tuple(prepared.inputs.shape) == (1, 3, 683, 1024)
+    assert prepared.size == (4000, 6000) and "downscaled to 1024×683" in prepared.notes[0]
+    e = ex.explain(prepared, layer="layer2")
+    assert e.raw.shape == (86, 128) and e.heatmap.shape == (4000, 6000)
+    panel = CAMWidget(resnet18, huge, layer="layer2")
+    assert "downscaled" in panel._messages.value
+    assert panel._frame_rgb.shape == (299, 448, 3)
+    panel.close()
+
+
+def test_a_decompression_bomb_upload_is_refused_in_the_panel(resnet18, photo):
+    panel = CAMWidget(resnet18, photo)
+    buffer = io.BytesIO()
+    Image.new("1", (12000, 12000)).save(buffer, format="PNG")
+    content = buffer.getvalue()
+    panel._upload.set_state(
+        {
+            "value": [
+                {
+                    "name": "bomb.png",
+                    "type": "image/png",
+                    "size": len(content),
+                    "content": memoryview(content),
+                    "last_modified": 0,
+                }
+            ]
+        }
+    )
+    assert "decompression bomb" in panel._messages.value
+    assert panel.heatmap.shape == (600, 512)  # the photo is still there
+    panel.close()
+
+
+def test_an_unknown_input_type_is_explained(resnet18):
+    with pytest.raises(CamwidgetError, match="cannot use a list as an image"):
+        Explainer(resnet18).explain([1, 2, 3])
