@@ -44,9 +44,14 @@ def median_ms(action, runs: int) -> float:
     return statistics.median(times)
 
 
+DISPLAY = 448  # the panel's frame: 448 px on the long side
+
+
 def frame(rgb: np.ndarray, heatmap: np.ndarray, colormap: str = "jet") -> bytes:
-    """What every contender must produce: the overlay encoded for the browser."""
-    return render.encode(render.blend(rgb, heatmap, colormap, 0.5), "jpeg")
+    """What every contender must produce: the overlay at the panel's display size,
+    encoded for the browser (``rgb`` is already at that size)."""
+    heat = render.upsample(heatmap, rgb.shape[:2])
+    return render.encode(render.blend(rgb, np.clip(heat, 0, 1), colormap, 0.5), "jpeg")
 
 
 def models() -> dict[str, tuple[torch.nn.Module, str, list[str]]]:
@@ -67,8 +72,8 @@ def interaction(runs: int) -> list[tuple]:
     from torchcam.methods import GradCAM as TorchCAMGradCAM
 
     photo = samples.load("chelsea").resize((224, 224))
-    rgb = np.asarray(photo)
-    x = camwidget.explainer.imagenet_preprocess(rgb)
+    x = camwidget.explainer.imagenet_preprocess(np.asarray(photo))
+    rgb = np.asarray(photo.resize((DISPLAY, DISPLAY)))
     variants = [x.roll(shifts=s, dims=2) for s in range(1, 4 * runs + 2)]
     rows = []
     for name, (model, layer, others) in models().items():
