@@ -128,6 +128,9 @@ class CAMWidget(widgets.VBox):
         top_k: int = 5,
     ) -> None:
         self.explainer = Explainer(model, preprocess=preprocess, labels=labels, device=device)
+        if image is not None:  # the catalogue comes from this image, not a 224 probe
+            image = self.explainer.prepare(image)
+            self.explainer.predict(image, k=1)
         self.display_size = display_size
         self.top_k = top_k
         #: Milliseconds of the last update: forward, backward, render.

@@ -90,3 +90,27 @@ def test_a_decompression_bomb_upload_is_refused_in_the_panel(resnet18, photo):
 def test_an_unknown_input_type_is_explained(resnet18):
     with pytest.raises(CamwidgetError, match="cannot use a list as an image"):
         Explainer(resnet18).explain([1, 2, 3])
+
+
+class Cifar(torch.nn.Module):
+    """Accepts only 32×32 inputs (a fixed-size flatten), like many small teaching nets."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.pool = torch.nn.MaxPool2d(2)
+        self.fc = torch.nn.Linear(8 * 16 * 16, 10)
+
+    def forward(self, x):
+        return self.fc(self.pool(torch.relu(self.conv(x))).flatten(1))
+
+
+def test_a_model_that_accepts_one_input_size_only():
+    image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    panel = CAMWidget(Cifar(), image, labels=[f"c{i}" for i in range(10)])
+    assert panel.layer == "pool" and panel.heatmap.shape == (32, 32)
+    panel.layer = "conv"
+    panel.close()
+    with pytest.raises(CamwidgetError, match="224×224 probe.*explain an image"):
+        Explainer(Cifar()).layers  # noqa: B018
