@@ -115,3 +115,18 @@ def test_argparse_errors_and_help():
         result = run(*args)
         assert result.returncode == 0 and "usage: camwidget" in result.stdout
     assert "grace_hopper" in run("render", "--help").stdout
+
+
+def test_demo_opens_jupyterlab_on_the_quickstart(monkeypatch):
+    launched = {}
+
+    def fake_call(command, cwd):
+        launched.update(command=command, cwd=cwd)
+        return 0
+
+    monkeypatch.setattr(cli.subprocess, "call", fake_call)
+    assert cli.main(["demo", "--port", "8899"]) == 0
+    command = launched["command"]
+    assert command[:4] == [sys.executable, "-m", "jupyter", "lab"]
+    assert command[4].endswith("notebooks/quickstart.ipynb") and "--port=8899" in command
+    assert launched["cwd"].name == "notebooks"
