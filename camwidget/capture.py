@@ -164,17 +164,19 @@ def forward(
 
 
 def backward(
-    capture: Capture, scores: Tensor, layers: Collection[str] | None = None
+    capture: Capture, scores: Tensor, layers: Collection[str] | None = None, retain: bool = True
 ) -> dict[str, Tensor]:
     """Gradients of the scalar ``scores`` with respect to the kept maps, in one pass.
 
-    Only the gradients with respect to the maps are computed (no parameter gradients);
-    the graph is retained so that another target can be explained later. A map that
-    does not influence the score gets a zero gradient.
+    Only the gradients with respect to the maps are computed (no parameter gradients).
+    With ``retain`` the graph is kept so that another target can be explained later.
+    A map that does not influence the score gets a zero gradient.
     """
     names = [n for n in capture.activations if layers is None or n in layers]
     unique = {id(capture.activations[n]): capture.activations[n] for n in names}
-    grads = torch.autograd.grad(scores, list(unique.values()), retain_graph=True, allow_unused=True)
+    grads = torch.autograd.grad(
+        scores, list(unique.values()), retain_graph=retain, allow_unused=True
+    )
     by_id = {
         key: (torch.zeros_like(a) if g is None else g).detach()
         for (key, a), g in zip(unique.items(), grads, strict=True)

@@ -157,7 +157,9 @@ class Explainer:
         self._maps: OrderedDict[tuple[str, int, str, str], np.ndarray] = OrderedDict()
         self._layers: list[LayerInfo] | None = None
         self._num_classes: int | None = None
-        self._copies: set[str] | None = None  # maps that in-place ops downstream rewrite
+        # Maps that in-place ops downstream rewrite, so that forwards hand on copies of
+        # them; learned when a pass finds one of its kept maps rewritten.
+        self._copies: set[str] = set()
 
     # ----------------------------------------------------------------- catalogue
 
@@ -266,9 +268,7 @@ class Explainer:
     def _forward(self, inputs: Tensor, layers: set[str] | None = None) -> Capture:
         start = time.perf_counter()
         capture = capture_.forward(self.model, inputs, layers, self._copies)
-        if self._copies is None:  # the first pass copied every map: learn which need it
-            self._copies = set(capture.modified)
-        elif capture.modified - self._copies:  # a kept map was rewritten in place: redo
+        if capture.modified - self._copies:  # a kept map was rewritten in place: redo
             self._copies |= capture.modified
             self.passes["forward"] += 1
             capture = capture_.forward(self.model, inputs, layers, self._copies)
@@ -326,7 +326,7 @@ class Explainer:
         self._gradients.clear()
         self._maps.clear()
         self._layers = None
-        self._copies = None
+        self._copies = set()
 
     close = clear
 
@@ -396,7 +396,8 @@ class Explainer:
             if method in methods.NEEDS_GRADIENTS:
                 rows = torch.arange(len(indices), device=capture.logits.device)
                 scores = capture.logits[rows, torch.tensor(group_targets, device=rows.device)]
-                grads = capture_.backward(capture, scores.sum(), {info.name})[info.name]
+                grads = capture_.backward(capture, scores.sum(), {info.name}, retain=False)
+                grads = grads[info.name]
                 self.passes["backward"] += 1
             classifier = final_linear(self.model, capture)
             for row, i in enumerate(indices):
