@@ -198,7 +198,7 @@ def _drive(page, panel, root: Path, tag: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{tag}-0-loaded.png"), full_page=False)
 
     layer = panel.locator(".camwidget-layer select")
-    for name in ("blocks.15", "blocks.13", "head", "blocks.14", "blocks.15"):
+    for name in ("blocks.13", "head", "blocks.14", "blocks.12", "blocks.15"):
         option = layer.locator("option", has_text=f"{name} · ").first.get_attribute("value")
         _changes(page, panel, lambda o=option: layer.select_option(value=o), name, "layer")
     radios = panel.locator(".camwidget-classes .widget-radio-box label")
