@@ -622,16 +622,18 @@ class _Inspector:
         view = panel._views[0]
         rgb, heat = panel._frame_rgb, view.frame_heat
         self.values = heat
-        if self.photo is None:
+        if self.photo is None or self.photo.get_array().shape != rgb.shape:
+            self.axes.clear()  # a new image size: new artists and a figure of its shape
+            self.axes.set_axis_off()
+            height, width = rgb.shape[:2]
+            self.figure.set_size_inches(width / self.figure.dpi, height / self.figure.dpi)
             self.photo = self.axes.imshow(rgb)
-            self.heat = self.axes.imshow(
-                heat, cmap=panel.colormap, alpha=panel.alpha, vmin=0.0, vmax=1.0
-            )
+            self.heat = self.axes.imshow(heat, cmap=panel.colormap, vmin=0.0, vmax=1.0)
         else:
             self.photo.set_data(rgb)
             self.heat.set_data(heat)
             self.heat.set_cmap(panel.colormap)
-            self.heat.set_alpha(panel.alpha)
+        self.heat.set_alpha(panel.alpha)
         self.canvas.draw_idle()
 
     def _readout(self, x: float, y: float) -> str:

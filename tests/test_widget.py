@@ -309,6 +309,9 @@ def test_inspector_follows_the_panel(panel):
     np.testing.assert_array_equal(inspector.heat.get_array(), panel._views[0].frame_heat)
     y, x = np.unravel_index(panel._views[0].frame_heat.argmax(), panel._views[0].frame_heat.shape)
     assert inspector._readout(x, y).endswith("heat=1.000")
+    panel.set_image(samples.load("coffee"))  # another shape: the figure follows it
+    assert inspector.photo.get_array().shape == panel._frame_rgb.shape == (299, 448, 3)
+    assert tuple(inspector.figure.get_size_inches() * inspector.figure.dpi) == (448, 299)
     panel._inspect_control.value = False
     assert panel._inspector is None and panel._inspect_box.children == ()
 
