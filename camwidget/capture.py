@@ -55,11 +55,6 @@ class Capture:
     classifier: str | None = None
     modified: set[str] = field(default_factory=set)
 
-    def nbytes(self) -> int:
-        """Bytes held by the kept maps (the graph holds about as much again)."""
-        unique = {id(a): a for a in self.activations.values()}
-        return sum(a.numel() * a.element_size() for a in unique.values())
-
 
 def forward(
     model: nn.Module,

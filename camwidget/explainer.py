@@ -354,7 +354,7 @@ class Explainer:
         capture = self._capture(image)
         info = self.layer(layer)
         target = self._target(capture, target)
-        self._check_method(method, info)
+        self.check_method(method, info.name)
         key = (image.key, target, info.name, self._variant(method))
         raw = self._maps.get(key)
         self.timings["backward"] = self.timings["map"] = 0.0
@@ -379,7 +379,7 @@ class Explainer:
         if len(targets) != len(prepared):
             raise CamwidgetError(f"got {len(prepared)} images but {len(targets)} targets")
         info = self.layer(layer)
-        self._check_method(method, info)
+        self.check_method(method, info.name)
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, image in enumerate(prepared):
             groups.setdefault(tuple(image.inputs.shape), []).append(index)
@@ -440,7 +440,9 @@ class Explainer:
             return f"scorecam:{self.scorecam_channels}"
         return method
 
-    def _check_method(self, method: str, info: LayerInfo) -> None:
+    def check_method(self, method: str, layer: str | None = None) -> None:
+        """Raise, saying why, unless ``method`` is known and applies at ``layer``."""
+        info = self.layer(layer)
         if method not in methods.REGISTRY:
             raise CamwidgetError(
                 f"unknown method {method!r}: choose one of {', '.join(methods.METHODS)}"

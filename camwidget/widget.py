@@ -363,18 +363,11 @@ class CAMWidget(widgets.VBox):
 
     @validate("method")
     def _valid_method(self, proposal: Mapping) -> str:
-        method = proposal["value"]
-        if method not in methods.REGISTRY:
-            raise TraitError(
-                f"unknown method {method!r}: choose one of {', '.join(methods.METHODS)}"
-            )
-        if method == "cam" and not self.explainer.layer(self.layer).cam:
-            raise TraitError(
-                f"CAM does not apply at layer {self.layer!r}: it needs the layer to feed "
-                "global average pooling and then the final fully connected layer"
-                f"{_where_cam(self.explainer)}. Grad-CAM works at any layer."
-            )
-        return method
+        try:
+            self.explainer.check_method(proposal["value"], self.layer)
+        except CamwidgetError as error:
+            raise TraitError(str(error)) from None
+        return proposal["value"]
 
     @validate("target", "compare_target")
     def _valid_target(self, proposal: Mapping) -> int:

@@ -235,22 +235,18 @@ def _drive(page, panel, root: Path, tag: str) -> None:
     panel.screenshot(path=str(ARTIFACTS / f"{tag}-3-upload.png"))
 
 
-def test_quickstart_in_jupyterlab(server, browser):
+@pytest.mark.parametrize(
+    ("path", "tag"),
+    [("lab/tree", "lab"), ("notebooks", "notebook7")],
+    ids=["jupyterlab", "notebook7"],
+)
+def test_quickstart(server, browser, path, tag):
     url, root = server
-    page = _open(browser, f"{url}/lab/tree/quickstart.ipynb")
+    page = _open(browser, f"{url}/{path}/quickstart.ipynb")
     _run_all_cells(page)
     panel = _panel_ready(page)
-    _drive(page, panel, root, "lab")
+    _drive(page, panel, root, tag)
     assert page.locator(".camwidget").count() == 2  # the own-model panel rendered too
-    page.close()
-
-
-def test_quickstart_in_notebook7(server, browser):
-    url, root = server
-    page = _open(browser, f"{url}/notebooks/quickstart.ipynb")
-    _run_all_cells(page)
-    panel = _panel_ready(page)
-    _drive(page, panel, root, "notebook7")
     page.close()
 
 
