@@ -56,6 +56,91 @@ class Capture:
     modified: set[str] = field(default_factory=set)
 
 
+class _Recorder:
+    """The forward hooks of one pass: keeps every 4-D map, says why it left a module out,
+    and hands on copies of the maps named in ``copy`` (None: all)."""
+
+    def __init__(self, input_size: tuple[int, int], copy: Collection[str] | None) -> None:
+        self.input_size = input_size
+        self.copy = copy
+        self.kept: dict[str, Tensor] = {}
+        self.kinds: dict[str, str] = {}
+        self.skipped: dict[str, str] = {}
+        self.calls: Counter[str] = Counter()
+        self.linears: list[str] = []
+        self.handed_on: dict[str, tuple[Tensor, int]] = {}  # name -> (passed on, version)
+        self.copies: dict[int, tuple[Tensor, str]] = {}  # id -> (a copy we made, whose)
+
+    def hook(self, name: str) -> Callable[[nn.Module, object, object], object]:
+        """A forward hook for the module ``name``."""
+
+        def record(module: nn.Module, args: object, output: object) -> object:
+            self.calls[name] += 1
+            if isinstance(module, nn.Linear):
+                self.linears.append(name)
+            if not (isinstance(output, Tensor) and output.dim() == 4):
+                return None
+            if not output.is_floating_point():
+                return None
+            reason = self._refusal(name, output)
+            if reason is not None:
+                self.kept.pop(name, None)
+                self.handed_on.pop(name, None)
+                self.skipped[name] = reason
+                return None
+            self.kinds[name] = type(module).__name__
+            return self._keep(name, output)
+
+        return record
+
+    def _refusal(self, name: str, output: Tensor) -> str | None:
+        """Why ``output`` is not kept as the map of ``name``, or None."""
+        if not is_spatial(output.shape, self.input_size):
+            return (
+                f"its 4-D output {tuple(output.shape)} is not laid out as (N, C, H, W): "
+                f"its last two sizes do not scale like the input's {self.input_size}"
+            )
+        if self.calls[name] > 1:
+            return (
+                f"runs {self.calls[name]} times per forward pass (one module reused), so "
+                "its output is not one feature map; the maps it produces are "
+                "available as the outputs of the blocks that use it"
+            )
+        if not output.requires_grad:
+            return "its output does not depend on the input through autograd"
+        return None
+
+    def _keep(self, name: str, output: Tensor) -> Tensor | None:
+        """Keep ``output``; return the copy to hand on downstream, if one is made."""
+        duplicate, source = self.copies.get(id(output), (None, ""))
+        if (
+            duplicate is output
+            and source in self.kept
+            and output._version == self.handed_on[source][1]
+        ):
+            self.kept[name] = self.kept[source]  # our copy, passed on unchanged: same map
+            return None
+        self.kept[name] = output
+        if self.copy is not None and name not in self.copy:
+            self.handed_on[name] = (output, output._version)
+            return None
+        duplicate = output.clone()
+        self.copies[id(duplicate)] = (duplicate, name)
+        self.handed_on[name] = (duplicate, duplicate._version)
+        return duplicate
+
+    def capture(self, logits: Tensor) -> Capture:
+        """What the pass recorded, with the model's ``logits``."""
+        return Capture(
+            logits=logits,
+            activations=self.kept,
+            kinds=self.kinds,
+            skipped=self.skipped,
+            classifier=self.linears[-1] if self.linears else None,
+            modified={n for n, (t, version) in self.handed_on.items() if t._version != version},
+        )
+
+
 def forward(
     model: nn.Module,
     inputs: Tensor,
@@ -76,63 +161,12 @@ def forward(
     name in ``copy``. A container passing on a copy unchanged shares the kept map of
     the module inside it.
     """
-    kept: dict[str, Tensor] = {}
-    kinds: dict[str, str] = {}
-    skipped: dict[str, str] = {}
-    calls: Counter[str] = Counter()
-    linears: list[str] = []
-    handed_on: dict[str, tuple[Tensor, int]] = {}  # name -> (tensor passed on, its version)
-    copies: dict[int, tuple[Tensor, str]] = {}  # id -> (a copy we made, whose output)
-
-    def make_hook(name: str):
-        def hook(module: nn.Module, args: object, output: object) -> object:
-            calls[name] += 1
-            if isinstance(module, nn.Linear):
-                linears.append(name)
-            if not (isinstance(output, Tensor) and output.dim() == 4):
-                return None
-            if not output.is_floating_point():
-                return None
-            if not is_spatial(output.shape, input_size):
-                skipped[name] = (
-                    f"its 4-D output {tuple(output.shape)} is not laid out as (N, C, H, W): "
-                    f"its last two sizes do not scale like the input's {input_size}"
-                )
-                return None
-            if calls[name] > 1:
-                kept.pop(name, None)
-                handed_on.pop(name, None)
-                skipped[name] = (
-                    f"runs {calls[name]} times per forward pass (one module reused), so "
-                    "its output is not one feature map; the maps it produces are "
-                    "available as the outputs of the blocks that use it"
-                )
-                return None
-            if not output.requires_grad:
-                skipped[name] = "its output does not depend on the input through autograd"
-                return None
-            kinds[name] = type(module).__name__
-            duplicate, source = copies.get(id(output), (None, ""))
-            if duplicate is output and source in kept and output._version == handed_on[source][1]:
-                kept[name] = kept[source]  # our copy, passed on unchanged: the same map
-                return None
-            kept[name] = output
-            if copy is not None and name not in copy:
-                handed_on[name] = (output, output._version)
-                return None
-            duplicate = output.clone()
-            copies[id(duplicate)] = (duplicate, name)
-            handed_on[name] = (duplicate, duplicate._version)
-            return duplicate
-
-        return hook
-
-    input_size = (inputs.shape[-2], inputs.shape[-1])
+    recorder = _Recorder((inputs.shape[-2], inputs.shape[-1]), copy)
     wanted = None if layers is None else set(layers)
     with guarded(model) as handles, torch.enable_grad():
         for name, module in model.named_modules():
             if name and (wanted is None or name in wanted or isinstance(module, nn.Linear)):
-                handles.append(module.register_forward_hook(make_hook(name)))
+                handles.append(module.register_forward_hook(recorder.hook(name)))
         inputs = inputs.detach().requires_grad_(True)
         try:
             output = model(inputs)
@@ -148,14 +182,7 @@ def forward(
         raise CamwidgetError(
             f"the model returned {logits.shape[0]} rows of logits for {inputs.shape[0]} images"
         )
-    return Capture(
-        logits=logits,
-        activations=kept,
-        kinds=kinds,
-        skipped=skipped,
-        classifier=linears[-1] if linears else None,
-        modified={name for name, (t, version) in handed_on.items() if t._version != version},
-    )
+    return recorder.capture(logits)
 
 
 def backward(

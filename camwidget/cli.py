@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="T|LABEL",
         help="class index or name, any case, or an unambiguous prefix (default: top-1)",
     )
-    render.add_argument("--method", default="gradcam", choices=methods.METHODS)
+    render.add_argument("--method", default="gradcam", choices=list(methods.REGISTRY))
     render.add_argument("--colormap", default="jet", help="any matplotlib colormap name")
     render.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1]")
     render.add_argument("--out", default="cam.png", help="output PNG path (default: cam.png)")
@@ -83,19 +83,17 @@ def _render(args: argparse.Namespace) -> int:
 
     from . import render
     from .explainer import Explainer
-    from .labels import resolve_target
 
     image = _image(args.image)
     model, preprocess, labels = zoo.load(args.model)
     explainer = Explainer(model, preprocess=preprocess, labels=labels)
-    target = None if args.target is None else resolve_target(args.target, labels)
-    explanation = explainer.explain(image, layer=args.layer, target=target, method=args.method)
     prepared = explainer.prepare(image)
+    explanation = explainer.explain(prepared, args.layer, args.target, args.method)
     rgb = render.blend(prepared.rgb, explanation.heatmap, args.colormap, args.alpha)
     info = explainer.layer(explanation.layer)
     lines = [
         f"{explanation.label} · p = {explanation.probability:.2f} · class {explanation.target}",
-        f"{methods.TITLES.get(args.method, args.method)} at {info.label} · {args.model}",
+        f"{explanation.title} at {info.label} · {args.model}",
     ]
     lines += [note for note in (explanation.message, *prepared.notes) if note]
     out = Path(args.out)

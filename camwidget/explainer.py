@@ -13,6 +13,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -22,12 +23,14 @@ from . import capture as capture_
 from . import images, methods, render
 from .capture import Capture
 from .errors import CamwidgetError
+from .labels import check_index, resolve_target
 from .layers import LayerInfo, catalogue, default_layer, final_linear
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Preprocess = Callable[[object], Tensor]
+Progress = Callable[[int, int], None]
 
 
 def imagenet_preprocess(image: object) -> Tensor:
@@ -67,7 +70,8 @@ class Explanation:
 
     ``raw``: the method's map (h', w') at feature resolution, as its paper defines it;
     ``size``: (H, W) of the image; ``score``: the target's logit; ``probability``: its
-    softmax probability.
+    softmax probability; ``timings``: milliseconds spent on this call in ``forward``,
+    ``backward`` and ``map`` (0 where a cache answered).
     """
 
     raw: np.ndarray
@@ -78,6 +82,12 @@ class Explanation:
     score: float
     label: str
     probability: float
+    timings: Mapping[str, float] = field(default_factory=dict, compare=False)
+
+    @property
+    def title(self) -> str:
+        """The method as its paper writes it, e.g. ``Grad-CAM``."""
+        return methods.get(self.method).title
 
     @cached_property
     def heatmap(self) -> np.ndarray:
@@ -91,20 +101,31 @@ class Explanation:
     @property
     def message(self) -> str | None:
         """A remark in words when the map shows nothing (no positive evidence, constant)."""
-        raw = self.raw
+        raw, method = self.raw, methods.get(self.method)
         if not np.isfinite(raw).all():
             return f"the map at {self.layer} is not finite: the model produced NaN or inf"
-        if self.method in methods.RECTIFIED and raw.max() <= 0:
+        if method.rectified and raw.max() <= 0:
             return (
                 f"no positive evidence for {self.label!r} at {self.layer}: the "
-                f"{methods.TITLES[self.method]} map is zero everywhere"
+                f"{method.title} map is zero everywhere"
             )
         if raw.max() - raw.min() <= 1e-12 * max(abs(float(raw.max())), 1e-30):
             return (
-                f"the {methods.TITLES[self.method]} map at {self.layer} is constant "
+                f"the {method.title} map at {self.layer} is constant "
                 f"({raw.shape[0]}×{raw.shape[1]} feature map): nothing to localise"
             )
         return None
+
+
+class Resolved(NamedTuple):
+    """What :meth:`Explainer.resolve` makes of a request: the method and layer that will
+    be shown, the class index (None: the top-1 class), and a remark in words where the
+    method was replaced by its fallback."""
+
+    method: str
+    layer: str
+    target: int | None
+    note: str | None
 
 
 class Explainer:
@@ -117,7 +138,8 @@ class Explainer:
     ``max_side`` are downscaled for the model. The passes of the last ``max_images``
     images are kept so that other classes, layers and methods cost no forward; the
     gradients of the most recent classes are kept within ``gradient_bytes`` (the latest
-    class's are always kept).
+    class's are always kept). Score-CAM scores masked inputs ``scorecam_batch_size`` at
+    a time, and only the ``scorecam_channels`` most active channels when that is set.
     """
 
     def __init__(
@@ -130,6 +152,8 @@ class Explainer:
         max_side: int = 1024,
         max_images: int = 2,
         gradient_bytes: int = 256 * 2**20,
+        scorecam_batch_size: int = 32,
+        scorecam_channels: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise CamwidgetError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -139,22 +163,16 @@ class Explainer:
         self.max_side = max_side
         self.max_images = max(1, max_images)
         self.gradient_bytes = gradient_bytes
+        self.scorecam_batch_size = scorecam_batch_size
+        self.scorecam_channels = scorecam_channels
         self.device, self.dtype = _placement(model, device)
         #: Counts of model passes run so far: "forward", "backward", and "scored" masked
         #: inputs (Score-CAM).
         self.passes: Counter[str] = Counter()
-        #: Milliseconds spent in each step of the last call (0 where a cache answered).
-        self.timings: dict[str, float] = {}
-        #: Score-CAM: masked inputs per forward, and the number of channels to score
-        #: (None: all; else those with the largest mean activation).
-        self.scorecam_batch_size = 32
-        self.scorecam_channels: int | None = None
-        #: Called as progress(done, total) while Score-CAM scores masked inputs.
-        self.progress: Callable[[int, int], None] | None = None
         self._captures: OrderedDict[str, Capture] = OrderedDict()
         self._catalogues: dict[str, list[LayerInfo]] = {}
         self._gradients: OrderedDict[tuple[str, int], dict[str, Tensor]] = OrderedDict()
-        self._maps: OrderedDict[tuple[str, int, str, str], np.ndarray] = OrderedDict()
+        self._maps: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._layers: list[LayerInfo] | None = None
         self._num_classes: int | None = None
         # Maps that in-place ops downstream rewrite, so that forwards hand on copies of
@@ -218,6 +236,65 @@ class Explainer:
             ) from None
         return catalogue(self.model, capture)
 
+    # ----------------------------------------------------------------- policy
+
+    def check_target(self, target: int | str | None) -> int | None:
+        """The class index ``target`` means: an index, or a class name (any case, or an
+        unambiguous prefix). None stays None (the top-1 class). Raises in words."""
+        if target is None:
+            return None
+        if isinstance(target, str):
+            names = [self.label(i) for i in range(self.num_classes)] if self.labels else None
+            return resolve_target(target, names, self.num_classes)
+        if isinstance(target, bool) or not isinstance(target, (int, np.integer)):
+            raise CamwidgetError(
+                f"target must be a class index (int) or a class name, not {target!r}"
+            )
+        return check_index(int(target), self.num_classes)
+
+    def why_not(self, method: str, layer: str | None = None) -> str | None:
+        """Why ``method`` does not apply at ``layer``, in words; None where it does."""
+        spec, info = methods.get(method), self.layer(layer)
+        if spec.applies(info):
+            return None
+        return (
+            f"{spec.title} does not apply at layer {info.name!r}: "
+            f"{spec.requirement.format(layer=info.name)}"
+        )
+
+    def resolve(
+        self,
+        method: str = "gradcam",
+        layer: str | None = None,
+        target: int | str | None = None,
+        *,
+        fallback: bool = False,
+    ) -> Resolved:
+        """Check a request and fill in its defaults: the layer (None: the default layer),
+        the method, and the class index (see :meth:`check_target`).
+
+        A method that does not apply at the layer raises, saying where it applies;
+        with ``fallback`` its fallback method is chosen instead, with a note.
+        """
+        info = self.layer(layer)
+        spec = methods.get(method)
+        target = self.check_target(target)
+        reason = self.why_not(method, info.name)
+        if reason is None:
+            return Resolved(spec.name, info.name, target, None)
+        if fallback and spec.fallback is not None:
+            instead = methods.get(spec.fallback).title
+            note = f"{spec.title} does not apply at {info.name}: switched to {instead}"
+            return Resolved(spec.fallback, info.name, target, note)
+        where = [other.name for other in self.layers if spec.applies(other)]
+        applies = (
+            f"{spec.title} applies at: {', '.join(where)}."
+            if where
+            else (f"{spec.title} applies at no layer of this model.")
+        )
+        suggestion = f" Use method={spec.fallback!r}." if spec.fallback else ""
+        raise CamwidgetError(f"{reason}. {applies}{suggestion}")
+
     # ----------------------------------------------------------------- images
 
     def prepare(self, image: object) -> PreparedImage:
@@ -266,7 +343,6 @@ class Explainer:
     # ----------------------------------------------------------------- passes
 
     def _forward(self, inputs: Tensor, layers: set[str] | None = None) -> Capture:
-        start = time.perf_counter()
         capture = capture_.forward(self.model, inputs, layers, self._copies)
         if capture.modified - self._copies:  # a kept map was rewritten in place: redo
             self._copies |= capture.modified
@@ -274,7 +350,6 @@ class Explainer:
             capture = capture_.forward(self.model, inputs, layers, self._copies)
         self._num_classes = capture.logits.shape[1]
         self.passes["forward"] += 1
-        self.timings["forward"] = _ms(start)
         if not capture.activations and layers is None:
             raise CamwidgetError(
                 "this model has no layer whose output is a 4-D feature map (N, C, H, W); "
@@ -282,13 +357,14 @@ class Explainer:
             )
         return capture
 
-    def _capture(self, image: PreparedImage) -> Capture:
+    def _capture(self, image: PreparedImage, timings: dict[str, float]) -> Capture:
         capture = self._captures.get(image.key)
         if capture is not None:
             self._captures.move_to_end(image.key)
-            self.timings["forward"] = 0.0
         else:
+            start = time.perf_counter()
             capture = self._forward(image.inputs)
+            timings["forward"] = _ms(start)
             self._captures[image.key] = capture
             self._catalogues[image.key] = catalogue(self.model, capture)
             while len(self._captures) > self.max_images:
@@ -303,17 +379,18 @@ class Explainer:
             for entry in [k for k in cache if k[0] == key]:
                 del cache[entry]
 
-    def _grads(self, image: PreparedImage, capture: Capture, target: int) -> dict[str, Tensor]:
+    def _grads(
+        self, image: PreparedImage, capture: Capture, target: int, timings: dict[str, float]
+    ) -> dict[str, Tensor]:
         key = (image.key, target)
         grads = self._gradients.get(key)
         if grads is not None:
             self._gradients.move_to_end(key)
-            self.timings["backward"] = 0.0
             return grads
         start = time.perf_counter()
         grads = capture_.backward(capture, capture.logits[0, target])
         self.passes["backward"] += 1
-        self.timings["backward"] = _ms(start)
+        timings["backward"] = _ms(start)
         self._gradients[key] = grads
         while len(self._gradients) > 1 and _nbytes(self._gradients) > self.gradient_bytes:
             self._gradients.popitem(last=False)
@@ -334,7 +411,7 @@ class Explainer:
 
     def predict(self, image: object, k: int = 5) -> list[tuple[int, str, float]]:
         """The ``k`` most probable classes: (index, label, probability), best first."""
-        capture = self._capture(self.prepare(image))
+        capture = self._capture(self.prepare(image), {})
         probs = _probabilities(capture.logits[0])
         top = torch.topk(probs, min(k, probs.numel()))
         return [
@@ -346,30 +423,40 @@ class Explainer:
         self,
         image: object,
         layer: str | None = None,
-        target: int | None = None,
+        target: int | str | None = None,
         method: str = "gradcam",
+        *,
+        progress: Progress | None = None,
     ) -> Explanation:
-        """Explain ``target`` (None: the top-1 class) at ``layer`` with ``method``."""
+        """Explain ``target`` (None: the top-1 class) at ``layer`` with ``method``.
+
+        ``progress(done, total)`` is called while a method scores masked inputs.
+        """
         image = self.prepare(image)
-        capture = self._capture(image)
-        info = self.layer(layer)
-        target = self._target(capture, target)
-        self.check_method(method, info.name)
-        key = (image.key, target, info.name, self._variant(method))
+        timings = {"forward": 0.0, "backward": 0.0, "map": 0.0}
+        capture = self._capture(image, timings)
+        method, layer, target, _ = self.resolve(method, layer, target)
+        spec = methods.get(method)
+        target = int(capture.logits[0].argmax()) if target is None else target
+        key = (image.key, target, layer, method, *self._options(spec).values())
         raw = self._maps.get(key)
-        self.timings["backward"] = self.timings["map"] = 0.0
         if raw is None:
-            raw = self._compute(image, capture, info.name, target, method)
+            grads = None
+            if spec.needs_gradients:
+                grads = self._grads(image, capture, target, timings)[layer][0]
+            start = time.perf_counter()
+            raw = self._raw(spec, capture, layer, 0, target, grads, image.inputs, progress)
+            timings["map"] = _ms(start)
             self._maps[key] = raw
             while len(self._maps) > 1024:
                 self._maps.popitem(last=False)
-        return self._finish(raw, image.size, capture.logits[0], info.name, target, method)
+        return self._finish(raw, image.size, capture.logits[0], layer, target, method, timings)
 
     def explain_batch(
         self,
         images_: Sequence[object],
         layer: str | None = None,
-        targets: Sequence[int | None] | None = None,
+        targets: Sequence[int | str | None] | None = None,
         method: str = "gradcam",
     ) -> list[Explanation]:
         """Explain many images at once: one batched forward and one backward per group of
@@ -378,114 +465,66 @@ class Explainer:
         targets = [None] * len(prepared) if targets is None else list(targets)
         if len(targets) != len(prepared):
             raise CamwidgetError(f"got {len(prepared)} images but {len(targets)} targets")
-        info = self.layer(layer)
-        self.check_method(method, info.name)
+        method, layer, _, _ = self.resolve(method, layer)
+        targets = [self.check_target(target) for target in targets]
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, image in enumerate(prepared):
             groups.setdefault(tuple(image.inputs.shape), []).append(index)
-        results: list[Explanation | None] = [None] * len(prepared)
+        results: dict[int, Explanation] = {}
         for indices in groups.values():
-            inputs = torch.cat([prepared[i].inputs for i in indices])
-            capture = self._forward(inputs, {info.name})
-            if info.name not in capture.activations:
-                raise CamwidgetError(f"layer {info.name!r} did not run for this batch")
-            group_targets = [
-                self._target(capture, targets[i], row) for row, i in enumerate(indices)
-            ]
-            grads = None
-            if method in methods.NEEDS_GRADIENTS:
-                rows = torch.arange(len(indices), device=capture.logits.device)
-                scores = capture.logits[rows, torch.tensor(group_targets, device=rows.device)]
-                grads = capture_.backward(capture, scores.sum(), {info.name}, retain=False)
-                grads = grads[info.name]
-                self.passes["backward"] += 1
-            classifier = final_linear(self.model, capture)
-            for row, i in enumerate(indices):
-                raw = self._method(
-                    method,
-                    capture.activations[info.name][row],
-                    None if grads is None else grads[row],
-                    classifier if info.cam else None,
-                    group_targets[row],
-                    inputs[row : row + 1],
-                )
-                results[i] = self._finish(
-                    raw,
-                    prepared[i].size,
-                    capture.logits[row],
-                    info.name,
-                    group_targets[row],
-                    method,
-                )
-        return [r for r in results if r is not None]
+            group = [(prepared[i], targets[i]) for i in indices]
+            explained = self._explain_group(group, layer, methods.get(method))
+            results.update(zip(indices, explained, strict=True))
+        return [results[i] for i in range(len(prepared))]
+
+    def _explain_group(
+        self, group: list[tuple[PreparedImage, int | None]], layer: str, spec: methods.Method
+    ) -> list[Explanation]:
+        """Images of one input size with their targets: one forward, one backward."""
+        inputs = torch.cat([image.inputs for image, _ in group])
+        capture = self._forward(inputs, {layer})
+        if layer not in capture.activations:
+            raise CamwidgetError(f"layer {layer!r} did not run for this batch")
+        logits = capture.logits
+        targets = [
+            int(logits[row].argmax()) if t is None else t for row, (_, t) in enumerate(group)
+        ]
+        grads = None
+        if spec.needs_gradients:
+            rows = torch.arange(len(group), device=logits.device)
+            scores = logits[rows, torch.tensor(targets, device=logits.device)].sum()
+            grads = capture_.backward(capture, scores, {layer}, retain=False)[layer]
+            self.passes["backward"] += 1
+        explained = []
+        for row, ((image, _), target) in enumerate(zip(group, targets, strict=True)):
+            gradients = None if grads is None else grads[row]
+            raw = self._raw(spec, capture, layer, row, target, gradients, inputs[row : row + 1])
+            explained.append(
+                self._finish(raw, image.size, logits[row], layer, target, spec.name, {})
+            )
+        return explained
 
     # ----------------------------------------------------------------- helpers
 
-    def _target(self, capture: Capture, target: int | None, row: int = 0) -> int:
-        classes = capture.logits.shape[1]
-        if target is None:
-            return int(capture.logits[row].argmax())
-        if isinstance(target, bool) or not isinstance(target, (int, np.integer)):
-            raise CamwidgetError(f"target must be a class index (int), not {target!r}")
-        if not 0 <= int(target) < classes:
-            raise CamwidgetError(
-                f"target {target} is out of range: this model has {classes} classes, "
-                f"indices 0 to {classes - 1}"
-            )
-        return int(target)
+    def _options(self, spec: methods.Method) -> dict[str, object]:
+        """The settings of this explainer that change ``spec``'s map."""
+        return {name: getattr(self, name) for name in spec.options}
 
-    def _variant(self, method: str) -> str:
-        """The method and the options that change its map (part of the cache key)."""
-        if method == "scorecam" and self.scorecam_channels is not None:
-            return f"scorecam:{self.scorecam_channels}"
-        return method
-
-    def check_method(self, method: str, layer: str | None = None) -> None:
-        """Raise, saying why, unless ``method`` is known and applies at ``layer``."""
-        info = self.layer(layer)
-        if method not in methods.REGISTRY:
-            raise CamwidgetError(
-                f"unknown method {method!r}: choose one of {', '.join(methods.METHODS)}"
-            )
-        if method == "cam" and not info.cam:
-            where = [layer.name for layer in self.layers if layer.cam]
-            applies = (
-                f"CAM applies at: {', '.join(where)}."
-                if where
-                else "No layer of this model feeds GAP and then its final nn.Linear."
-            )
-            raise CamwidgetError(
-                f"CAM does not apply at layer {info.name!r}: CAM needs the layer to feed "
-                "global average pooling and then the final fully connected layer, and the "
-                f"model's logits are not fc(GAP({info.name})). {applies} Use "
-                "method='gradcam', which generalises CAM to any layer."
-            )
-
-    def _compute(
-        self, image: PreparedImage, capture: Capture, layer: str, target: int, method: str
-    ) -> np.ndarray:
-        grads = None
-        if method in methods.NEEDS_GRADIENTS:
-            grads = self._grads(image, capture, target)[layer][0]
-        classifier = final_linear(self.model, capture) if method == "cam" else None
-        start = time.perf_counter()
-        raw = self._method(
-            method, capture.activations[layer][0], grads, classifier, target, image.inputs
-        )
-        self.timings["map"] = _ms(start)
-        return raw
-
-    def _method(
+    def _raw(
         self,
-        method: str,
-        activations: Tensor,
-        gradients: Tensor | None,
-        classifier: nn.Linear | None,
+        spec: methods.Method,
+        capture: Capture,
+        layer: str,
+        row: int,
         target: int,
+        gradients: Tensor | None,
         inputs: Tensor,
+        progress: Progress | None = None,
     ) -> np.ndarray:
-        activations = activations.detach().float()
+        """``spec``'s raw map for row ``row`` of ``capture`` at ``layer``."""
+        activations = capture.activations[layer][row].detach().float()
         gradients = torch.zeros_like(activations) if gradients is None else gradients.float()
+        classifier = final_linear(self.model, capture) if self.layer(layer).cam else None
         weights = None if classifier is None else classifier.weight.detach()[target].float()
 
         def score(masks: Tensor) -> Tensor:
@@ -495,7 +534,7 @@ class Explainer:
                 masks.to(inputs.dtype),
                 target,
                 self.scorecam_batch_size,
-                self.progress,
+                progress,
             )
             self.passes["scored"] += len(masks)
             return scores
@@ -504,9 +543,9 @@ class Explainer:
             class_weights=weights,
             score=score,
             input_size=(inputs.shape[-2], inputs.shape[-1]),
-            max_channels=self.scorecam_channels,
+            options=self._options(spec),
         )
-        raw = methods.REGISTRY[method](activations, gradients, context)
+        raw = spec.fn(activations, gradients, context)
         return raw.detach().cpu().numpy().astype(np.float32)
 
     def _finish(
@@ -517,6 +556,7 @@ class Explainer:
         layer: str,
         target: int,
         method: str,
+        timings: Mapping[str, float],
     ) -> Explanation:
         return Explanation(
             raw=raw,
@@ -527,6 +567,7 @@ class Explainer:
             score=float(logits[target].detach()),
             label=self.label(target),
             probability=float(_probabilities(logits)[target]),
+            timings=timings,
         )
 
 

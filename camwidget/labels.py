@@ -13,18 +13,16 @@ def resolve_target(
     """The class index meant by ``text``: an index, a label (any case), or an
     unambiguous prefix of one. An ambiguous prefix lists its matches."""
     if isinstance(text, int) or str(text).strip().isdigit():
-        index = int(text)
         count = classes if classes is not None else (len(labels) if labels else None)
-        if count is not None and not 0 <= index < count:
-            raise CamwidgetError(
-                f"class {index} is out of range: there are {count} classes, 0 to {count - 1}"
-            )
-        return index
+        return int(text) if count is None else check_index(int(text), count)
     query = str(text).strip().lower()
     if not query:
         raise CamwidgetError("type a class name or index")
     if not labels:
-        raise CamwidgetError(f"no class names are known, so {text!r} cannot be looked up")
+        raise CamwidgetError(
+            f"no class names are known, so {text!r} cannot be looked up: use a class "
+            "index, or give the class names (labels=...)"
+        )
     lowered = [label.lower() for label in labels]
     exact = [i for i, label in enumerate(lowered) if label == query]
     matches = exact or [i for i, label in enumerate(lowered) if label.startswith(query)]
@@ -36,6 +34,16 @@ def resolve_target(
     if len(matches) > 1:
         raise CamwidgetError(f"{text!r} is ambiguous: {_listing(labels, matches)}")
     return matches[0]
+
+
+def check_index(index: int, classes: int) -> int:
+    """``index`` if it is a valid class index of a model with ``classes`` classes."""
+    if not 0 <= index < classes:
+        raise CamwidgetError(
+            f"target {index} is out of range: this model has {classes} classes, "
+            f"indices 0 to {classes - 1}"
+        )
+    return index
 
 
 def _listing(labels: Sequence[str], indices: list[int], limit: int = 12) -> str:

@@ -9,12 +9,18 @@ Nothing here knows about hooks, caches or widgets.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .errors import CamwidgetError
+
+if TYPE_CHECKING:
+    from .layers import LayerInfo
 
 
 @dataclass(frozen=True)
@@ -25,17 +31,16 @@ class MethodContext:
     target class, where CAM applies at this layer, else None. ``score``: for Score-CAM,
     maps masks (M, 1, H, W) in [0, 1] at the input's size to the target's softmax
     probability on the masked inputs (M,). ``input_size``: the model input's (H, W).
-    ``max_channels``: Score-CAM scores only the channels with the largest mean
-    activation when set.
+    ``options``: the method's settings by name (see :attr:`Method.options`).
     """
 
     class_weights: Tensor | None = None
     score: Callable[[Tensor], Tensor] | None = None
     input_size: tuple[int, int] | None = None
-    max_channels: int | None = None
+    options: Mapping[str, object] = field(default_factory=dict)
 
 
-Method = Callable[[Tensor, Tensor, MethodContext], Tensor]
+MapFunction = Callable[[Tensor, Tensor, MethodContext], Tensor]
 
 
 def _weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
@@ -128,15 +133,16 @@ def scorecam(activations: Tensor, gradients: Tensor, context: MethodContext) -> 
     Each channel A^k, upsampled (bilinear, align_corners=False) to the input's size and
     min-max normalised to H^k in [0, 1], masks the input; alpha_k = softmax(f(X * H^k))_c,
     the target's probability on the masked input, as in the authors' code. Constant
-    channels (no mask) get alpha_k = 0. With ``max_channels``, only the channels with
-    the largest mean activation are scored.
+    channels (no mask) get alpha_k = 0. With the option ``scorecam_channels`` = n, only
+    the n channels with the largest mean activation are scored.
     """
     if context.score is None or context.input_size is None:
         raise ValueError("Score-CAM needs a scoring function and the input size")
     channels = activations.shape[0]
     chosen = torch.arange(channels, device=activations.device)
-    if context.max_channels is not None and context.max_channels < channels:
-        chosen = activations.mean(dim=(1, 2)).topk(context.max_channels).indices.sort().values
+    cap = context.options.get("scorecam_channels")
+    if isinstance(cap, int) and cap < channels:
+        chosen = activations.mean(dim=(1, 2)).topk(cap).indices.sort().values
     masks = F.interpolate(
         activations[chosen][:, None], size=context.input_size, mode="bilinear", align_corners=False
     )
@@ -150,42 +156,73 @@ def scorecam(activations: Tensor, gradients: Tensor, context: MethodContext) -> 
     return torch.relu(_weighted_sum(alpha, activations))
 
 
-#: name -> method. The order is the order the panel offers them in.
-REGISTRY: dict[str, Method] = {
-    "gradcam": gradcam,
-    "gradcam++": gradcam_plus_plus,
-    "hirescam": hirescam,
-    "xgradcam": xgradcam,
-    "layercam": layercam,
-    "scorecam": scorecam,
-    "eigencam": eigencam,
-    "cam": cam,
-}
+def _everywhere(layer: LayerInfo) -> bool:
+    return True
 
-#: How each method is written in the papers.
-TITLES: dict[str, str] = {
-    "gradcam": "Grad-CAM",
-    "gradcam++": "Grad-CAM++",
-    "hirescam": "HiResCAM",
-    "xgradcam": "XGrad-CAM",
-    "layercam": "LayerCAM",
-    "scorecam": "Score-CAM",
-    "eigencam": "Eigen-CAM",
-    "cam": "CAM",
-}
 
-#: Method names the engine supports (contract).
+def _where_cam_applies(layer: LayerInfo) -> bool:
+    return layer.cam
+
+
+@dataclass(frozen=True)
+class Method:
+    """Everything camwidget needs to know about one method.
+
+    ``fn`` computes the raw map; ``needs_gradients``: it reads dy_c/dA (one partial
+    backward per class); ``rectified``: the paper ends with a ReLU, so a zero map means
+    no positive evidence; ``class_agnostic``: the map is the same for every class;
+    ``pixel_level``: the map lies on the input's pixels, not on a layer's grid;
+    ``needs_layer``: the method reads a layer's activations; ``applies``: whether it is
+    defined at a catalogued layer, with ``requirement`` saying what it needs there (its
+    ``{layer}`` is filled in) and ``fallback`` the method to show instead; ``options``:
+    the names of the Explainer settings that change the map (passed in the context,
+    part of the cache key).
+    """
+
+    name: str
+    title: str
+    fn: MapFunction
+    needs_gradients: bool = False
+    rectified: bool = True
+    class_agnostic: bool = False
+    pixel_level: bool = False
+    needs_layer: bool = True
+    applies: Callable[[LayerInfo], bool] = _everywhere
+    requirement: str = ""
+    fallback: str | None = None
+    options: tuple[str, ...] = ()
+
+
+_BUILT_IN = (
+    Method("gradcam", "Grad-CAM", gradcam, needs_gradients=True),
+    Method("gradcam++", "Grad-CAM++", gradcam_plus_plus, needs_gradients=True),
+    Method("hirescam", "HiResCAM", hirescam, needs_gradients=True),
+    Method("xgradcam", "XGrad-CAM", xgradcam, needs_gradients=True),
+    Method("layercam", "LayerCAM", layercam, needs_gradients=True),
+    Method("scorecam", "Score-CAM", scorecam, options=("scorecam_channels", "scorecam_batch_size")),
+    Method("eigencam", "Eigen-CAM", eigencam, rectified=False, class_agnostic=True),
+    Method(
+        "cam",
+        "CAM",
+        cam,
+        rectified=False,
+        applies=_where_cam_applies,
+        requirement="CAM needs the layer to feed global average pooling and then the final "
+        "fully connected layer, and the model's logits are not fc(GAP({layer}))",
+        fallback="gradcam",
+    ),
+)
+
+#: name -> :class:`Method`, in the order the panel offers them. Adding a method is one
+#: function and one entry here.
+REGISTRY: dict[str, Method] = {method.name: method for method in _BUILT_IN}
+
+#: Method names the engine supports (contract): the built-in ones.
 METHODS: tuple[str, ...] = tuple(REGISTRY)
 
-#: Methods that need the gradients dy_c/dA (one partial backward per class).
-NEEDS_GRADIENTS: frozenset[str] = frozenset(
-    {"gradcam", "gradcam++", "hirescam", "xgradcam", "layercam"}
-)
 
-#: Methods whose map does not depend on the target class.
-CLASS_AGNOSTIC: frozenset[str] = frozenset({"eigencam"})
-
-#: Methods whose map the paper defines with a final ReLU: a zero map means no evidence.
-RECTIFIED: frozenset[str] = frozenset(
-    {"gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "scorecam"}
-)
+def get(name: str) -> Method:
+    """The registered method ``name``, or an error that lists the known ones."""
+    if name not in REGISTRY:
+        raise CamwidgetError(f"unknown method {name!r}: choose one of {', '.join(REGISTRY)}")
+    return REGISTRY[name]

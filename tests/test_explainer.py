@@ -197,9 +197,18 @@ def test_target_out_of_range(resnet18, photo, target):
         Explainer(resnet18).explain(photo, target=target)
 
 
-def test_target_must_be_an_index(resnet18, photo):
+def test_target_is_an_index_or_a_class_name(resnet18, photo_tensor):
     with pytest.raises(CamwidgetError, match="class index"):
-        Explainer(resnet18).explain(photo, target="cat")
+        Explainer(resnet18).explain(photo_tensor, target=2.5)
+    with pytest.raises(CamwidgetError, match="no class names are known.*class index"):
+        Explainer(resnet18).explain(photo_tensor, target="cat")
+    labels = [f"thing {i}" for i in range(1000)]
+    ex = Explainer(resnet18, labels=labels)
+    by_name = ex.explain(photo_tensor, layer="layer3", target="Thing 281")
+    assert by_name.target == 281 and ex.explain(photo_tensor, target="12").target == 12
+    np.testing.assert_array_equal(by_name.raw, ex.explain(photo_tensor, "layer3", 281).raw)
+    with pytest.raises(CamwidgetError, match="ambiguous"):
+        ex.explain(photo_tensor, target="thin")
 
 
 def test_cam_where_it_does_not_apply(resnet18, photo):
@@ -333,19 +342,23 @@ def test_model_is_never_moved(resnet18):
 
 
 def test_gradient_cache_is_bounded_by_bytes(resnet18, photo_tensor):
-    ex = Explainer(resnet18)
-    ex.explain(photo_tensor, target=0)
-    per_class = sum(
-        g.numel() * 4
-        for g in {id(g): g for g in next(iter(ex._gradients.values())).values()}.values()
-    )
-    ex.gradient_bytes = int(2.5 * per_class)
-    for target in range(1, 6):
+    from camwidget import capture
+
+    kept = capture.forward(resnet18, photo_tensor[None])
+    grads = capture.backward(kept, kept.logits[0, 0])
+    per_class = sum(g.numel() * 4 for g in {id(g): g for g in grads.values()}.values())
+    ex = Explainer(resnet18, gradient_bytes=int(2.5 * per_class))
+    for target in range(6):
         ex.explain(photo_tensor, target=target)
-    assert list(ex._gradients) == [(k, t) for k, t in ex._gradients if t in (4, 5)]
-    assert len(ex._gradients) == 2
-    ex.explain(photo_tensor, target=5, layer="layer1")  # still cached
     assert ex.passes["backward"] == 6
+    for target in (5, 4):  # the two latest classes fit: another layer costs no backward
+        ex.explain(photo_tensor, target=target, layer="layer1")
+    assert ex.passes["backward"] == 6
+    ex.explain(photo_tensor, target=3, layer="layer1")  # dropped: a backward again
+    assert ex.passes["backward"] == 7
     ex.gradient_bytes = 0  # the latest class is always kept
     ex.explain(photo_tensor, target=6)
-    assert [t for _, t in ex._gradients] == [6]
+    ex.explain(photo_tensor, target=6, layer="layer2")
+    assert ex.passes["backward"] == 8
+    ex.explain(photo_tensor, target=5, layer="layer2")
+    assert ex.passes["backward"] == 9

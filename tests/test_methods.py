@@ -214,11 +214,9 @@ def test_scorecam_against_a_direct_float64_evaluation():
 
 def test_scorecam_batches_caps_channels_and_reports_progress(resnet18, photo_tensor):
     small = torch.nn.functional.interpolate(photo_tensor[None], size=(64, 64))[0]
-    ex = Explainer(resnet18)
-    ex.scorecam_batch_size, ex.scorecam_channels = 7, 20
+    ex = Explainer(resnet18, scorecam_batch_size=7, scorecam_channels=20)
     seen = []
-    ex.progress = lambda done, total: seen.append((done, total))
-    e = ex.explain(small, "layer3", 281, "scorecam")
+    e = ex.explain(small, "layer3", 281, "scorecam", progress=lambda *p: seen.append(p))
     assert ex.passes["scored"] <= 20 and seen[-1][0] == seen[-1][1] == ex.passes["scored"]
     assert len(seen) == -(-ex.passes["scored"] // 7)  # one call per batch
     assert np.count_nonzero(e.raw) > 0

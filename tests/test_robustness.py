@@ -59,8 +59,8 @@ def test_a_huge_image_is_downscaled_for_the_model(resnet18):
     e = ex.explain(prepared, layer="layer2")
     assert e.raw.shape == (86, 128) and e.heatmap.shape == (4000, 6000)
     panel = CAMWidget(resnet18, huge, layer="layer2")
-    assert "downscaled" in panel._messages.value
-    assert panel._frame_rgb.shape == (299, 448, 3)
+    assert "downscaled" in panel.controls["messages"].value
+    assert panel.main_view.rgb.shape == (299, 448, 3)
     panel.close()
 
 
@@ -69,7 +69,7 @@ def test_a_decompression_bomb_upload_is_refused_in_the_panel(resnet18, photo):
     buffer = io.BytesIO()
     Image.new("1", (12000, 12000)).save(buffer, format="PNG")
     content = buffer.getvalue()
-    panel._upload.set_state(
+    panel.controls["upload"].set_state(
         {
             "value": [
                 {
@@ -82,7 +82,7 @@ def test_a_decompression_bomb_upload_is_refused_in_the_panel(resnet18, photo):
             ]
         }
     )
-    assert "decompression bomb" in panel._messages.value
+    assert "decompression bomb" in panel.controls["messages"].value
     assert panel.heatmap.shape == (600, 512)  # the photo is still there
     panel.close()
 

@@ -41,21 +41,26 @@ def expected(panel, image=None, **options):
 
 def shown(panel, view=0):
     """The bytes the view shows must be the blend of the current state at frame size."""
-    e = panel._views[view].explanation
+    view = panel.views[view]
+    e = view.explanation
     frame = render.blend(
-        panel._frame_rgb,
-        e.heatmap_at(panel._frame_rgb.shape[:2]),
-        panel.colormap,
-        panel.alpha,
-        panel.threshold,
+        view.rgb, e.heatmap_at(view.rgb.shape[:2]), panel.colormap, panel.alpha, panel.threshold
     )
-    assert panel._views[view].image.value == render.encode(frame, "jpeg")
-    return panel._views[view].image.value
+    assert view.image.value == render.encode(frame, "jpeg")
+    return view.image.value
+
+
+def descendants(widget):
+    """Every widget inside ``widget``."""
+    found = []
+    for child in getattr(widget, "children", ()):
+        found += [child, *descendants(child)]
+    return found
 
 
 def upload(panel, name, content):
     """A file chosen in the browser's upload button, as the front end sends it."""
-    panel._upload.set_state(
+    panel.controls["upload"].set_state(
         {
             "value": [
                 {
@@ -82,14 +87,18 @@ CHANGES = [
 
 @pytest.mark.parametrize(("trait", "value"), CHANGES)
 def test_setting_a_trait_shows_what_the_engine_gives(panel, trait, value):
-    before = shown(panel)
+    before, heat_before = shown(panel), panel.heatmap
     setattr(panel, trait, value)
     heatmap, overlay = expected(panel)
     np.testing.assert_array_equal(panel.heatmap, heatmap)
     np.testing.assert_array_equal(panel.overlay, overlay)
     after = shown(panel)
-    # CAM and Grad-CAM normalise to the same map where CAM >= 0 (true here at head)
-    assert (after != before) == (trait in ("colormap", "alpha", "layer", "target"))
+    if trait in ("method", "threshold"):
+        # CAM and Grad-CAM normalise to the same map where CAM >= 0 (true here at head),
+        # up to float rounding; a zero threshold is the default
+        np.testing.assert_allclose(panel.heatmap, heat_before, atol=1e-5)
+    else:
+        assert after != before
 
 
 def test_threshold_hides_heat_below_it(panel):
@@ -105,34 +114,37 @@ def test_threshold_hides_heat_below_it(panel):
 def test_controls_drive_the_traits(panel):
     """Browser-style changes: set_state as the front end sends it (ipywidgets 8 syncs
     a selection's index, a slider's value)."""
-    layers = [name for _, name in panel._layer_control.options]
-    panel._layer_control.set_state({"index": layers.index("blocks.9")})
+    layers = [name for _, name in panel.controls["layer"].options]
+    panel.controls["layer"].set_state({"index": layers.index("blocks.9")})
     assert panel.layer == "blocks.9"
-    panel._colormap_control.set_state(
-        {"index": list(panel._colormap_control.options).index("magma")}
+    panel.controls["colormap"].set_state(
+        {"index": list(panel.controls["colormap"].options).index("magma")}
     )
     assert panel.colormap == "magma"
-    panel._alpha_control.set_state({"value": 0.25})
-    panel._threshold_control.set_state({"value": 0.1})
+    panel.controls["opacity"].set_state({"value": 0.25})
+    panel.controls["threshold"].set_state({"value": 0.1})
     assert (panel.alpha, panel.threshold) == (0.25, 0.1)
-    panel._picker.quick.set_state({"index": 2})
-    assert panel.target == panel._picker.quick.options[2][1]
-    panel._picker.search.set_state({"value": "Espresso"})
+    panel.controls["classes"].quick.set_state({"index": 2})
+    assert panel.target == panel.controls["classes"].quick.options[2][1]
+    panel.controls["classes"].search.set_state({"value": "Espresso"})
     assert panel.target == 967
     heatmap, overlay = expected(panel)
     np.testing.assert_array_equal(panel.heatmap, heatmap)
     np.testing.assert_array_equal(panel.overlay, overlay)
     shown(panel)
-    assert "espresso (967)" in panel._status.value and "blocks.9" in panel._status.value
+    assert (
+        "espresso (967)" in panel.controls["status"].value
+        and "blocks.9" in panel.controls["status"].value
+    )
 
 
 def test_traits_drive_the_controls(panel):
     panel.layer = "blocks.14"
     panel.colormap = "twilight"  # any matplotlib name, not only the short list
     panel.target = 0
-    assert panel._layer_control.value == "blocks.14"
-    assert panel._colormap_control.value == "twilight"
-    assert panel._picker.quick.value is None  # 'tench' is not among the top 5
+    assert panel.controls["layer"].value == "blocks.14"
+    assert panel.controls["colormap"].value == "twilight"
+    assert panel.controls["classes"].quick.value is None  # 'tench' is not among the top 5
 
 
 def test_counted_passes(panel):
@@ -155,7 +167,7 @@ def test_counted_passes(panel):
     assert ex.passes["forward"] == 0 and ex.passes["backward"] == 1
     panel.set_image(samples.load("coffee"))
     assert ex.passes["forward"] == 1 and ex.passes["backward"] == 2
-    assert panel._picker.quick.options[0][0].startswith("espresso")
+    assert panel.controls["classes"].quick.options[0][0].startswith("espresso")
 
 
 def test_class_change_runs_one_backward_and_no_forward_independently(panel, monkeypatch):
@@ -178,13 +190,15 @@ def test_class_change_runs_one_backward_and_no_forward_independently(panel, monk
 
 def test_cam_offered_only_where_it_applies(panel):
     panel.layer = "head"
-    assert ("CAM", "cam") in panel._method_control.options and panel._method_control.tooltip is None
+    assert ("CAM", "cam") in panel.controls["method"].options and panel.controls[
+        "method"
+    ].tooltip is None
     panel.method = "cam"
     panel.layer = "blocks.12"  # CAM does not apply: the panel switches to Grad-CAM
     assert panel.method == "gradcam"
-    assert ("CAM", "cam") not in panel._method_control.options
-    assert "global average pooling" in panel._method_control.tooltip
-    assert "switched to Grad-CAM" in panel._messages.value
+    assert ("CAM", "cam") not in panel.controls["method"].options
+    assert "global average pooling" in panel.controls["method"].tooltip
+    assert "switched to Grad-CAM" in panel.controls["messages"].value
     with pytest.raises(TraitError, match="CAM does not apply at layer 'blocks.12'"):
         panel.method = "cam"
 
@@ -195,12 +209,12 @@ def test_compare_mode_two_classes(lite0):
     panel = CAMWidget(model, image, preprocess=preprocess, labels=labels)
     panel.compare = True
     panel.target, panel.compare_target = 285, 967
-    assert panel._compare_box.layout.display == "flex"
-    cat, cup = panel._views[0].explanation, panel._views[1].explanation
+    assert panel.controls["compare_panel"].layout.display == "flex"
+    cat, cup = panel.main_view.explanation, panel.compare_view.explanation
     assert (cat.label, cup.label) == ("Egyptian cat", "espresso")
     assert shown(panel, 0) != shown(panel, 1)
     panel.compare_layer = "blocks.12"
-    assert panel._views[1].explanation.layer == "blocks.12" and panel.layer == "head"
+    assert panel.compare_view.explanation.layer == "blocks.12" and panel.layer == "head"
     panel.colormap = "viridis"  # shared look: both views repaint
     shown(panel, 0), shown(panel, 1)
     panel.close()
@@ -212,15 +226,18 @@ def test_rapid_changes_end_on_the_final_state(panel):
     for name in ("blocks.8", "blocks.11", "blocks.15", "head"):
         panel.layer = name
     panel.alpha = 0.35
-    assert panel._views[0].explanation.layer == "head"
+    assert panel.explanation.layer == "head"
     shown(panel)
 
 
 def test_bad_upload_is_reported_and_the_panel_keeps_working(panel):
-    before = panel._views[0].image.value
+    before = panel.main_view.image.value
     upload(panel, "notes.txt", b"hello")
-    assert "notes.txt" in panel._messages.value and "could not read" in panel._messages.value
-    assert panel._views[0].image.value == before
+    assert (
+        "notes.txt" in panel.controls["messages"].value
+        and "could not read" in panel.controls["messages"].value
+    )
+    assert panel.main_view.image.value == before
     panel.colormap = "magma"
     shown(panel)
 
@@ -230,13 +247,13 @@ def test_good_upload(panel, tmp_path):
     samples.load("coffee").save(path)
     upload(panel, "cup.png", path.read_bytes())
     assert panel.explanation.label == "espresso" and panel.heatmap.shape == (400, 600)
-    assert "600×400" in panel._status.value
+    assert "600×400" in panel.controls["status"].value
 
 
 def test_unknown_class_in_the_search_box(panel):
     target = panel.target
-    panel._picker.search.set_state({"value": "unicornfish"})
-    assert "unknown class 'unicornfish'" in panel._messages.value
+    panel.controls["classes"].search.set_state({"value": "unicornfish"})
+    assert "unknown class 'unicornfish'" in panel.controls["messages"].value
     assert panel.target == target
 
 
@@ -251,7 +268,7 @@ def test_invalid_values_are_refused_in_words(panel):
         panel.alpha = 2.0
     with pytest.raises(camwidget.CamwidgetError, match="could not read"):
         panel.set_image(b"junk")
-    assert "could not read" in panel._messages.value
+    assert "could not read" in panel.controls["messages"].value
     shown(panel)
 
 
@@ -275,7 +292,7 @@ def test_a_model_that_fails_on_an_image(tmp_path):
     path = tmp_path / "wide.png"
     wide.save(path)
     upload(panel, "wide.png", path.read_bytes())
-    assert "input too wide for this model" in panel._messages.value
+    assert "input too wide for this model" in panel.controls["messages"].value
     assert panel.heatmap.shape == (64, 64)  # the previous image is still explained
     panel.alpha = 0.7
     shown(panel)
@@ -285,12 +302,12 @@ def test_a_model_that_fails_on_an_image(tmp_path):
 def test_no_image_yet(lite0):
     model, preprocess, labels = lite0
     panel = CAMWidget(model, preprocess=preprocess, labels=labels)
-    assert "No image yet" in panel._status.value
+    assert "No image yet" in panel.controls["status"].value
     with pytest.raises(camwidget.CamwidgetError, match="no image yet"):
         panel.heatmap  # noqa: B018
     panel.colormap = "gray"  # no image: nothing to render, no error
-    panel._save_button.click()
-    assert "nothing to save" in panel._messages.value
+    panel.controls["save"].click()
+    assert "nothing to save" in panel.controls["messages"].value
     panel.set_image(samples.load("grace_hopper"))
     assert panel.explanation.label == "military uniform"
     panel.close()
@@ -302,18 +319,19 @@ def test_save(panel, tmp_path):
 
 
 def test_inspector_follows_the_panel(panel):
-    panel._inspect_control.value = True
-    inspector = panel._inspector
-    assert panel._inspect_box.children == (inspector.canvas,)
+    panel.controls["inspect"].value = True
+    inspector = panel.inspector
+    assert panel.controls["inspector"].children == (inspector.canvas,)
     panel.layer = "blocks.12"
-    np.testing.assert_array_equal(inspector.heat.get_array(), panel._views[0].frame_heat)
-    y, x = np.unravel_index(panel._views[0].frame_heat.argmax(), panel._views[0].frame_heat.shape)
-    assert inspector._readout(x, y).endswith("heat=1.000")
+    heat = panel.main_view.heat
+    np.testing.assert_array_equal(inspector.heat.get_array(), heat)
+    y, x = np.unravel_index(heat.argmax(), heat.shape)
+    assert inspector.readout(x, y).endswith("heat=1.000")
     panel.set_image(samples.load("coffee"))  # another shape: the figure follows it
-    assert inspector.photo.get_array().shape == panel._frame_rgb.shape == (299, 448, 3)
+    assert inspector.photo.get_array().shape == panel.main_view.rgb.shape == (299, 448, 3)
     assert tuple(inspector.figure.get_size_inches() * inspector.figure.dpi) == (448, 299)
-    panel._inspect_control.value = False
-    assert panel._inspector is None and panel._inspect_box.children == ()
+    panel.controls["inspect"].value = False
+    assert panel.inspector is None and panel.controls["inspector"].children == ()
 
 
 def test_close_leaves_the_model_as_it_was(resnet18, photo):
@@ -321,8 +339,8 @@ def test_close_leaves_the_model_as_it_was(resnet18, photo):
     before = ModelState.of(model)
     panel = CAMWidget(model, photo)
     panel.target, panel.layer, panel.compare = 3, "layer2", True
-    panel._inspect_control.value = True
-    children = panel._all_controls()
+    panel.controls["inspect"].value = True
+    children = descendants(panel)
     panel.close()
     before.assert_same(model)
     assert all(child.comm is None for child in children)
@@ -339,12 +357,12 @@ def test_method_switches_run_no_pass_except_the_first_scorecam(panel):
         shown(panel)
     assert sum(ex.passes.values()) == 0
     panel.method = "eigencam"
-    assert "class-agnostic" in panel._messages.value
+    assert "class-agnostic" in panel.controls["messages"].value
     panel.method = "scorecam"
     scored = ex.passes["scored"]
     assert 0 < scored <= 8 and ex.passes["forward"] == ex.passes["backward"] == 0
-    assert panel._progress.value == panel._progress.max == scored
-    assert panel._progress.layout.display == "none"  # hidden again when done
+    assert panel.controls["progress"].value == panel.controls["progress"].max == scored
+    assert panel.controls["progress"].layout.display == "none"  # hidden again when done
     panel.method = "gradcam"
     panel.method = "scorecam"
     assert ex.passes["scored"] == scored  # cached

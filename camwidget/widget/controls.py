@@ -1,0 +1,122 @@
+"""The panel's controls: the class picker and the named widgets the panel binds to its
+traits. Nothing here knows the panel."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import ipywidgets as widgets
+from traitlets import Int, observe
+
+from .. import render
+from ..errors import CamwidgetError
+
+
+class ClassPicker(widgets.VBox):
+    """Top-k quick picks plus a search box over all class names; ``target`` is the pick.
+
+    ``resolve`` turns typed text into a class index (or raises in words); ``on_error``
+    shows such an error.
+    """
+
+    target = Int(0)
+
+    def __init__(
+        self,
+        labels: list[str],
+        resolve: Callable[[str], int | None],
+        on_error: Callable[[str], None],
+        *,
+        quick: str,
+        description: str,
+    ) -> None:
+        self._resolve = resolve
+        self._on_error = on_error
+        if quick == "radio":
+            self.quick = widgets.RadioButtons(options=[], layout=widgets.Layout(width="auto"))
+        else:
+            self.quick = widgets.Dropdown(options=[], layout=widgets.Layout(width="260px"))
+        self.quick.description = description
+        self.search = widgets.Combobox(
+            options=labels,
+            placeholder="search all classes…",
+            tooltip="type a class name or index and press Enter",
+            ensure_option=False,
+            continuous_update=False,
+            layout=widgets.Layout(width="260px"),
+        )
+        self.quick.observe(self._quick_picked, "value")
+        self.search.observe(self._searched, "value")
+        super().__init__(children=[self.quick, self.search])
+
+    def set_top(self, top: Sequence[tuple[int, str, float]]) -> None:
+        """Offer these (index, label, probability) as quick picks."""
+        with self.quick.hold_sync():
+            self.quick.options = [(f"{label} · {p:.1%}", i) for i, label, p in top]
+            self._show(self.target)
+
+    @observe("target")
+    def _target_changed(self, change: Mapping) -> None:
+        self._show(change["new"])
+
+    def _show(self, target: int) -> None:
+        values = [value for _, value in self.quick.options]
+        self.quick.value = target if target in values else None
+
+    def _quick_picked(self, change: Mapping) -> None:
+        if change["new"] is not None:
+            self.target = change["new"]
+
+    def _searched(self, change: Mapping) -> None:
+        text = change["new"].strip()
+        if not text:
+            return
+        try:
+            self.target = self._resolve(text)
+        except CamwidgetError as error:
+            self._on_error(str(error))
+
+
+def build(
+    labels: list[str], resolve: Callable[[str], int | None], on_error: Callable[[str], None]
+) -> dict[str, widgets.Widget]:
+    """The panel's controls by name, each tagged with the CSS class ``camwidget-<name>``."""
+    slider = {"min": 0.0, "max": 1.0, "step": 0.05, "readout_format": ".2f"}
+    others = sorted(name for name in _all_colormaps() if name not in render.COLORMAPS)
+    built = {
+        "status": widgets.HTML(layout=widgets.Layout(margin="0 0 4px 0")),
+        "classes": ClassPicker(labels, resolve, on_error, quick="radio", description=""),
+        "compare_classes": ClassPicker(
+            labels, resolve, on_error, quick="dropdown", description="class"
+        ),
+        "layer": widgets.Dropdown(description="layer", layout=_wide(360)),
+        "compare_layer": widgets.Dropdown(description="layer", layout=_wide(360)),
+        "method": widgets.Dropdown(description="method", layout=_wide(220)),
+        "colormap": widgets.Dropdown(
+            options=[*render.COLORMAPS, *others], description="colormap", layout=_wide(220)
+        ),
+        "opacity": widgets.FloatSlider(description="opacity", **slider),
+        "threshold": widgets.FloatSlider(description="threshold", **slider),
+        "compare": widgets.Checkbox(description="compare", indent=False),
+        "upload": widgets.FileUpload(accept="image/*", multiple=False, description="image"),
+        "save": widgets.Button(description="save", icon="download"),
+        "inspect": widgets.ToggleButton(description="inspect", icon="search"),
+        "progress": widgets.IntProgress(
+            description="Score-CAM", layout=widgets.Layout(display="none")
+        ),
+        "messages": widgets.HTML(),
+        "inspector": widgets.Box(),
+    }
+    for name, control in built.items():
+        control.add_class(f"camwidget-{name.replace('_', '-')}")
+    return built
+
+
+def _all_colormaps() -> list[str]:
+    import matplotlib
+
+    return list(matplotlib.colormaps)
+
+
+def _wide(pixels: int) -> widgets.Layout:
+    return widgets.Layout(width=f"{pixels}px")

@@ -1,0 +1,75 @@
+"""One overlay of the panel: its own layer and class, what it shows, and its widgets."""
+
+from __future__ import annotations
+
+import html
+
+import ipywidgets as widgets
+import numpy as np
+from PIL import Image
+from traitlets import HasTraits, Int, Unicode
+
+from .. import methods, render
+from ..explainer import Explainer, Explanation, PreparedImage, Progress
+
+
+class View(HasTraits):
+    """An overlay of one (layer, class) on the photo at display size.
+
+    ``explanation`` is what it shows, ``rgb`` the photo and ``heat`` the heatmap, both
+    at display size; ``image`` and ``caption`` are its widgets.
+    """
+
+    layer = Unicode()
+    target = Int(0)
+
+    def __init__(self, display_size: int, css_class: str) -> None:
+        super().__init__()
+        self.image = widgets.Image(
+            format="jpeg", layout=widgets.Layout(max_width=f"{display_size}px", width="auto")
+        )
+        self.image.add_class(css_class)
+        self.caption = widgets.HTML()
+        self.explanation: Explanation | None = None
+        self.rgb: np.ndarray | None = None
+        self.heat: np.ndarray | None = None
+
+    def explain(
+        self,
+        explainer: Explainer,
+        image: PreparedImage,
+        rgb: np.ndarray,
+        method: str,
+        progress: Progress | None = None,
+    ) -> list[str]:
+        """Explain this view's layer and class with ``method`` (or its fallback where it
+        does not apply); return remarks in words."""
+        resolved = explainer.resolve(method, self.layer, self.target, fallback=True)
+        e = explainer.explain(
+            image, resolved.layer, resolved.target, resolved.method, progress=progress
+        )
+        self.explanation, self.rgb = e, rgb
+        self.heat = e.heatmap_at(rgb.shape[:2])
+        self.caption.value = (
+            f"<b>{html.escape(e.label)}</b> ({e.target}) · p = {e.probability:.3f} · "
+            f"{e.title} at <code>{html.escape(e.layer)}</code>"
+        )
+        remarks = [remark for remark in (resolved.note, e.message) if remark]
+        if methods.get(e.method).class_agnostic:
+            remarks.append(f"{e.title} is class-agnostic: its map is the same for every class")
+        return remarks
+
+    def paint(self, colormap: str, alpha: float, threshold: float) -> None:
+        """Blend the heatmap over the photo and show it."""
+        frame = render.blend(self.rgb, self.heat, colormap, alpha, threshold)
+        self.image.value = render.encode(frame, "jpeg")
+
+
+def display_frame(rgb: np.ndarray, display_size: int) -> np.ndarray:
+    """The image resized so that its long side is ``display_size`` pixels."""
+    height, width = rgb.shape[:2]
+    scale = display_size / max(height, width)
+    if scale == 1:
+        return rgb
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))

@@ -1,0 +1,110 @@
+"""Every registered method, checked from its descriptor alone (as Captum generates its
+hook-removal tests from a config), and a new method added in one function and one entry."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from conftest import ModelState
+
+import camwidget
+from camwidget import CAMWidget, CamwidgetError, Explainer, methods
+from camwidget.methods import Method, MethodContext
+
+SMALL = {"scorecam_channels": 6, "scorecam_batch_size": 4}  # keep Score-CAM quick
+
+
+@pytest.fixture(scope="module")
+def image(photo_tensor):
+    return torch.nn.functional.interpolate(photo_tensor[None], size=(96, 96))[0]
+
+
+def test_the_registry_is_the_contract():
+    assert tuple(methods.REGISTRY) == camwidget.METHODS
+    for name, spec in methods.REGISTRY.items():
+        assert spec.name == name and spec.title and callable(spec.fn)
+        assert spec.fallback is None or spec.fallback in methods.REGISTRY
+        assert set(spec.options) <= set(vars(Explainer(torch.nn.Conv2d(3, 1, 1))))
+
+
+@pytest.mark.parametrize("name", list(methods.REGISTRY))
+def test_each_method_from_its_descriptor(resnet18, image, name):
+    spec = methods.REGISTRY[name]
+    model = copy.deepcopy(resnet18).train()
+    before = ModelState.of(model)
+    ex = Explainer(model, **SMALL)
+    layer = next(info for info in reversed(ex.layers) if spec.applies(info)).name
+    first = ex.explain(image, layer, 3, name)
+    info = ex.layer(layer)
+    assert first.raw.shape == info.shape[1:] and np.isfinite(first.raw).all()
+    assert first.heatmap.shape == (96, 96) and 0 <= first.heatmap.min() <= first.heatmap.max() <= 1
+    assert ex.passes["backward"] == (1 if spec.needs_gradients else 0)
+    if spec.rectified:
+        assert first.raw.min() >= 0
+    passes = dict(ex.passes)
+    again = ex.explain(image, layer, 3, name)  # cached: no pass of any kind
+    assert dict(ex.passes) == passes and again.timings == {"forward": 0, "backward": 0, "map": 0}
+    np.testing.assert_array_equal(again.raw, first.raw)
+    other = ex.explain(image, layer, 7, name)
+    assert np.array_equal(other.raw, first.raw) == spec.class_agnostic
+    before.assert_same(model)
+
+
+@pytest.mark.parametrize(
+    "name", [name for name, spec in methods.REGISTRY.items() if spec.requirement]
+)
+def test_where_a_method_does_not_apply(resnet18, image, name):
+    spec = methods.REGISTRY[name]
+    ex = Explainer(resnet18)
+    ex.explain(image)
+    outside = next(info.name for info in ex.layers if not spec.applies(info))
+    reason = ex.why_not(name, outside)
+    assert reason.startswith(f"{spec.title} does not apply at layer {outside!r}")
+    with pytest.raises(CamwidgetError, match="does not apply") as error:
+        ex.explain(image, outside, 3, name)
+    assert spec.requirement.format(layer=outside) in str(error.value)
+    resolved = ex.resolve(name, outside, 3, fallback=True)
+    assert (resolved.method, resolved.layer, resolved.target) == (spec.fallback, outside, 3)
+    assert f"switched to {methods.REGISTRY[spec.fallback].title}" in resolved.note
+
+
+@pytest.mark.parametrize("name", [name for name, spec in methods.REGISTRY.items() if spec.options])
+def test_options_enter_the_cache_key(resnet18, image, name):
+    spec = methods.REGISTRY[name]
+    ex = Explainer(resnet18, **SMALL)
+    ex.explain(image, "layer3", 3, name)
+    for option in spec.options:
+        passes = sum(ex.passes.values())
+        setattr(ex, option, getattr(ex, option) + 1)
+        ex.explain(image, "layer3", 3, name)
+        assert sum(ex.passes.values()) > passes, f"{option} did not enter the cache key"
+
+
+def random_map(activations, gradients, context: MethodContext):
+    """A baseline: uniform noise on the layer's grid, seeded by the option ``seed``."""
+    generator = torch.Generator().manual_seed(int(context.options["seed"]))
+    return torch.rand(activations.shape[1:], generator=generator)
+
+
+def test_a_new_method_is_one_function_and_one_entry(resnet18, image, monkeypatch):
+    monkeypatch.setattr(Explainer, "seed", 0, raising=False)  # the method's one option
+    entry = Method("random", "Random", random_map, class_agnostic=True, options=("seed",))
+    monkeypatch.setitem(methods.REGISTRY, "random", entry)  # the one registry entry
+
+    ex = Explainer(resnet18)
+    e = ex.explain(image, "layer2", method="random")
+    expected = torch.rand((12, 12), generator=torch.Generator().manual_seed(0)).numpy()
+    np.testing.assert_array_equal(e.raw, expected)
+    assert e.title == "Random" and ex.passes["backward"] == 0
+    ex.seed = 1
+    assert not np.array_equal(ex.explain(image, "layer2", method="random").raw, expected)
+
+    panel = CAMWidget(resnet18, image, layer="layer2")
+    assert ("Random", "random") in panel.controls["method"].options
+    panel.method = "random"
+    assert panel.explanation.method == "random"
+    assert "Random is class-agnostic" in panel.controls["messages"].value
+    panel.close()
