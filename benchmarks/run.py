@@ -8,7 +8,9 @@
    forward and a backward for any change of layer, class or image; TorchCAM the same,
    except that a class change can reuse the forward (``retain_graph=True``). For a
    colormap change the peers' cheapest path is re-blending a heatmap the user kept
-   ("re-blend"); their re-run is shown beside it.
+   ("re-blend"); their re-run is shown beside it. A new image must be read and resized
+   to the display size by every contender (the panel does it; the peers' runs too).
+   The panel's class and image changes are measured at the default layer.
 2. Batch throughput: Grad-CAM maps per second on batches of 16 at 224 (ResNet-50).
 3. Memory: peak RSS growth of a process holding the panel with one image and every
    layer's gradients cached, against a plain forward + backward of the same model.
@@ -31,6 +33,8 @@ import torchvision
 
 import camwidget
 from camwidget import render, samples, zoo
+from camwidget.images import to_rgb
+from camwidget.widget.views import display_frame
 
 warnings.filterwarnings("ignore")
 
@@ -74,6 +78,12 @@ def interaction(runs: int) -> list[tuple]:
     photo = samples.load("chelsea").resize((224, 224))
     x = camwidget.explainer.imagenet_preprocess(np.asarray(photo))
     rgb = np.asarray(photo.resize((DISPLAY, DISPLAY)))
+
+    def shown(image):
+        """The photo at display size: kept for the first image; a new image must be
+        read and resized, as the panel does."""
+        return rgb if image is x else display_frame(to_rgb(image), DISPLAY)
+
     variants = [x.roll(shifts=s, dims=2) for s in range(1, 4 * runs + 2)]
     rows = []
     for name, (model, layer, others) in models().items():
@@ -85,9 +95,10 @@ def interaction(runs: int) -> list[tuple]:
         ours = {
             "colormap": median_ms(lambda: setattr(panel, "colormap", next(colormaps)), runs),
             "layer": median_ms(lambda: setattr(panel, "layer", next(layer_cycle)), runs),
-            "class": median_ms(lambda: setattr(panel, "target", next(classes)), runs),
-            "new image": median_ms(lambda: panel.set_image(next(images)), runs),
         }
+        panel.layer = layer  # class and image changes at the default layer, as the peers
+        ours["class"] = median_ms(lambda: setattr(panel, "target", next(classes)), runs)
+        ours["new image"] = median_ms(lambda: panel.set_image(next(images)), runs)
         panel.close()
 
         def module(name_):
@@ -96,13 +107,13 @@ def interaction(runs: int) -> list[tuple]:
         def grad_cam_run(layer_name, target, image=x):
             with GradCAM(model=model, target_layers=[module(layer_name)]) as cam:
                 heat = cam(image[None], targets=[ClassifierOutputTarget(target)])[0]
-            return frame(rgb, heat)
+            return frame(shown(image), heat)
 
         def torchcam_run(layer_name, target, image=x):
             with TorchCAMGradCAM(model, module(layer_name)) as extractor:
                 scores = model(image[None])
                 heat = extractor(target, scores)[0][0].detach().numpy()
-            return frame(rgb, render.normalise(render.upsample(heat, (224, 224))))
+            return frame(shown(image), render.normalise(render.upsample(heat, (224, 224))))
 
         kept = {}
 
@@ -119,7 +130,7 @@ def interaction(runs: int) -> list[tuple]:
             )
             heat = LayerAttribution.interpolate(attribution, (224, 224), "bilinear")
             heat = torch.relu(heat)[0, 0].detach().numpy()
-            return frame(rgb, render.normalise(heat))
+            return frame(shown(image), render.normalise(heat))
 
         with GradCAM(model=model, target_layers=[module(layer)]) as cam:
             kept_heat = cam(x[None], targets=[ClassifierOutputTarget(1)])[0]

@@ -27,21 +27,22 @@ def guarded(model: nn.Module) -> Iterator[list[RemovableHandle]]:
     and every module's ``training`` flag and every parameter's ``requires_grad`` are
     restored, also when the body raises.
     """
-    training = [(module, module.training) for module in model.modules()]
-    requires_grad = [(param, param.requires_grad) for param in model.parameters()]
+    training = [module for module in model.modules() if module.training]
+    trainable = [param for param in model.parameters() if param.requires_grad]
     handles: list[RemovableHandle] = []
     try:
-        model.eval()
-        for param, _ in requires_grad:
+        for module in training:
+            module.training = False
+        for param in trainable:
             param.requires_grad_(False)
         yield handles
     finally:
         for handle in handles:
             handle.remove()
-        for module, flag in training:
-            module.training = flag
-        for param, flag in requires_grad:
-            param.requires_grad_(flag)
+        for module in training:
+            module.training = True
+        for param in trainable:
+            param.requires_grad_(True)
 
 
 @dataclass
@@ -58,11 +59,19 @@ class Capture:
 
 class _Recorder:
     """The forward hooks of one pass: keeps every 4-D map, says why it left a module out,
-    and hands on copies of the maps named in ``copy`` (None: all)."""
+    and hands on copies of the maps named in ``copy`` (None: all). With ``graph_from``,
+    the pass runs without autograd until that module's output, which becomes a leaf of
+    the graph recorded from there on."""
 
-    def __init__(self, input_size: tuple[int, int], copy: Collection[str] | None) -> None:
+    def __init__(
+        self,
+        input_size: tuple[int, int],
+        copy: Collection[str] | None,
+        graph_from: str | None = None,
+    ) -> None:
         self.input_size = input_size
         self.copy = copy
+        self.graph_from = graph_from
         self.kept: dict[str, Tensor] = {}
         self.kinds: dict[str, str] = {}
         self.skipped: dict[str, str] = {}
@@ -82,6 +91,11 @@ class _Recorder:
                 return None
             if not output.is_floating_point():
                 return None
+            handed = None
+            if name == self.graph_from and self.calls[name] == 1:
+                torch.set_grad_enabled(True)  # the rest of the pass records the graph
+                output = output.detach().requires_grad_(True)
+                handed = output.clone()  # in-place ops downstream must not touch the leaf
             reason = self._refusal(name, output)
             if reason is not None:
                 self.kept.pop(name, None)
@@ -89,6 +103,9 @@ class _Recorder:
                 self.skipped[name] = reason
                 return None
             self.kinds[name] = type(module).__name__
+            if handed is not None:
+                self.kept[name] = output
+                return handed
             return self._keep(name, output)
 
         return record
@@ -146,6 +163,7 @@ def forward(
     inputs: Tensor,
     layers: Collection[str] | None = None,
     copy: Collection[str] | None = None,
+    graph_from: str | None = None,
 ) -> Capture:
     """Run ``model`` on ``inputs`` once, keeping 4-D module outputs.
 
@@ -160,14 +178,17 @@ def forward(
     capture whose ``modified`` holds an uncopied name is wrong: run it again with that
     name in ``copy``. A container passing on a copy unchanged shares the kept map of
     the module inside it.
+
+    ``graph_from``: a layer in ``layers``; autograd records the pass only from its
+    output on (the cheapest pass for gradients at that layer and later ones).
     """
-    recorder = _Recorder((inputs.shape[-2], inputs.shape[-1]), copy)
+    recorder = _Recorder((inputs.shape[-2], inputs.shape[-1]), copy, graph_from)
     wanted = None if layers is None else set(layers)
-    with guarded(model) as handles, torch.enable_grad():
+    with guarded(model) as handles, torch.set_grad_enabled(graph_from is None):
         for name, module in model.named_modules():
             if name and (wanted is None or name in wanted or isinstance(module, nn.Linear)):
                 handles.append(module.register_forward_hook(recorder.hook(name)))
-        inputs = inputs.detach().requires_grad_(True)
+        inputs = inputs.detach().requires_grad_(graph_from is None)
         try:
             output = model(inputs)
         except CamwidgetError:
@@ -194,7 +215,8 @@ def backward(
     With ``retain`` the graph is kept so that another target can be explained later.
     A map that does not influence the score gets a zero gradient.
     """
-    names = [n for n in capture.activations if layers is None or n in layers]
+    wanted = None if layers is None else set(layers)
+    names = [n for n in capture.activations if wanted is None or n in wanted]
     unique = {id(capture.activations[n]): capture.activations[n] for n in names}
     grads = torch.autograd.grad(
         scores, list(unique.values()), retain_graph=retain, allow_unused=True

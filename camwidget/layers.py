@@ -34,19 +34,27 @@ class LayerInfo:
         return f"{self.name} · {self.kind} · {'×'.join(map(str, self.shape))}"
 
 
-def catalogue(model: nn.Module, capture: Capture) -> list[LayerInfo]:
-    """The layers of one forward pass, in the order their outputs appeared."""
+def catalogue(
+    model: nn.Module, capture: Capture, known: dict[str, bool] | None = None
+) -> list[LayerInfo]:
+    """The layers of one forward pass, in the order their outputs appeared.
+
+    ``known``: whether CAM applies, by layer name, from earlier passes (the structure
+    decides it, not the image); layers not in it are checked and added to it.
+    """
+    known = {} if known is None else known
     classifier = final_linear(model, capture)
     applies: dict[int, bool] = {}  # by map: containers share their last module's map
-    for activations in capture.activations.values():
-        if id(activations) not in applies:
+    for name, activations in capture.activations.items():
+        if name not in known and id(activations) not in applies:
             applies[id(activations)] = cam_applies(activations, capture.logits, classifier)
+        known.setdefault(name, applies.get(id(activations), False))
     return [
         LayerInfo(
             name=name,
             kind=capture.kinds[name],
             shape=tuple(activations.shape[1:]),
-            cam=applies[id(activations)],
+            cam=known[name],
         )
         for name, activations in capture.activations.items()
     ]

@@ -48,9 +48,13 @@ def test_caches_spare_every_pass_they_can(resnet18, photo, monkeypatch):
     assert counted.take() == (2, 1)
     ex.explain(photo, layer="layer4", target=5)
     assert counted.take() == (1, 1)
-    ex.explain(photo, layer="layer2", target=5)  # another layer: cached gradients
+    ex.explain(photo, layer="avgpool", target=5)  # after the deepest reached: free
     ex.explain(photo, layer="layer4", target=5, method="cam")  # another method
+    assert counted.take() == (0, 0)
+    ex.explain(photo, layer="layer2", target=5)  # earlier: one backward completes all
+    assert counted.take() == (0, 1)
     ex.explain(photo.copy(), layer="layer3.0.conv2", target=5)  # same pixels, new object
+    ex.explain(photo, layer="conv1", target=5)
     assert counted.take() == (0, 0)
     ex.explain(photo, layer="layer4", target=6)  # another class: one partial backward
     assert counted.take() == (0, 1)
@@ -58,17 +62,45 @@ def test_caches_spare_every_pass_they_can(resnet18, photo, monkeypatch):
     assert counted.take() == (0, 0)
     ex.explain(photo.rotate(90), layer="layer4", target=6)  # a new image
     assert counted.take() == (1, 1)
-    assert ex.passes["forward"] == 4 and ex.passes["backward"] == 4
+    assert ex.passes["forward"] == 4 and ex.passes["backward"] == 5
 
 
-def test_one_backward_gives_every_layer(resnet18, photo):
+def test_backward_only_as_deep_as_needed(resnet18, photo_tensor, monkeypatch):
+    """A class change back-propagates to the shown layer and the layers after it; the
+    first visit to an earlier layer completes all of them in one more backward. The
+    maps are exactly those of a backward to every layer at once."""
+    requested = []
+    grad = torch.autograd.grad
+    monkeypatch.setattr(
+        torch.autograd,
+        "grad",
+        lambda outputs, inputs, **k: requested.append(len(inputs)) or grad(outputs, inputs, **k),
+    )
     ex = Explainer(resnet18)
     names = [layer.name for layer in ex.layers]
-    ex.explain(photo, target=1)
-    assert ex.passes["backward"] == 1
-    maps = [ex.explain(photo, layer=name, target=1).heatmap for name in names]
-    assert ex.passes["backward"] == 1 and ex.passes["forward"] == 3  # probe (2) + image
-    assert all(np.isfinite(m).all() and m.shape == (600, 512) for m in maps)
+    later = names[names.index("layer4") :]  # layer4.1.*, layer4, avgpool
+    ex.explain(photo_tensor, layer="layer4", target=1)
+    distinct = len({id(m) for m in capture_maps(resnet18, photo_tensor, later)})
+    assert requested == [distinct] and distinct < len(names) // 5
+    for name in later:
+        ex.explain(photo_tensor, layer=name, target=1)
+    assert len(requested) == 1
+    lazy = {name: ex.explain(photo_tensor, layer=name, target=1).raw for name in names}
+    assert len(requested) == 2  # one more backward for all the earlier layers
+    at_once = Explainer(resnet18)
+    at_once.explain(photo_tensor, layer="conv1", target=1)  # the earliest: every layer
+    for name in names:
+        np.testing.assert_allclose(
+            lazy[name], at_once.explain(photo_tensor, layer=name, target=1).raw, atol=1e-7
+        )
+    assert at_once.passes["backward"] == 1
+
+
+def capture_maps(model, image, names):
+    from camwidget import capture
+
+    kept = capture.forward(model, image[None])
+    return [kept.activations[name] for name in names]
 
 
 def test_model_untouched_and_hook_free(resnet18, photo):
@@ -348,8 +380,8 @@ def test_gradient_cache_is_bounded_by_bytes(resnet18, photo_tensor):
     grads = capture.backward(kept, kept.logits[0, 0])
     per_class = sum(g.numel() * 4 for g in {id(g): g for g in grads.values()}.values())
     ex = Explainer(resnet18, gradient_bytes=int(2.5 * per_class))
-    for target in range(6):
-        ex.explain(photo_tensor, target=target)
+    for target in range(6):  # the earliest layer: every layer's gradients
+        ex.explain(photo_tensor, target=target, layer="conv1")
     assert ex.passes["backward"] == 6
     for target in (5, 4):  # the two latest classes fit: another layer costs no backward
         ex.explain(photo_tensor, target=target, layer="layer1")
@@ -357,8 +389,41 @@ def test_gradient_cache_is_bounded_by_bytes(resnet18, photo_tensor):
     ex.explain(photo_tensor, target=3, layer="layer1")  # dropped: a backward again
     assert ex.passes["backward"] == 7
     ex.gradient_bytes = 0  # the latest class is always kept
-    ex.explain(photo_tensor, target=6)
+    ex.explain(photo_tensor, target=6, layer="conv1")
     ex.explain(photo_tensor, target=6, layer="layer2")
     assert ex.passes["backward"] == 8
     ex.explain(photo_tensor, target=5, layer="layer2")
     assert ex.passes["backward"] == 9
+
+
+def saved_for_backward(action) -> int:
+    """How many tensors autograd saves for a backward while ``action`` runs."""
+    count = [0]
+
+    def pack(tensor):
+        count[0] += 1
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        action()
+    return count[0]
+
+
+def test_explain_batch_records_the_graph_only_from_the_layer(resnet18, vgg11, photo_tensor):
+    images = [photo_tensor, photo_tensor.flip(-1)]
+    ex = Explainer(resnet18)
+    assert ex.layers  # the catalogue first, outside the count
+    batch = saved_for_backward(lambda: ex.explain_batch(images, layer="layer4"))
+    single = saved_for_backward(lambda: Explainer(resnet18).explain(photo_tensor, "layer4"))
+    assert 0 < batch <= 10 < 100 < single  # after layer4: a pool and the classifier
+    # an in-place ReLU right after the layer must not touch the kept map
+    assert isinstance(vgg11.features[17], torch.nn.ReLU) and vgg11.features[17].inplace
+    ex = Explainer(vgg11)
+    batch = ex.explain_batch(images, layer="features.16", targets=[3, 3], method="hirescam")
+    for image, e in zip(images, batch, strict=True):
+        single = ex.explain(image, "features.16", 3, "hirescam")
+        np.testing.assert_allclose(e.raw, single.raw, rtol=1e-4, atol=1e-6)
+    eigen = ex.explain_batch(images, layer="features.16", method="eigencam")[0].raw
+    np.testing.assert_allclose(
+        eigen, ex.explain(images[0], "features.16", None, "eigencam").raw, rtol=1e-4, atol=1e-5
+    )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ModelState
-from PIL import Image
+from PIL import Image, ImageOps
 from traitlets import TraitError
 
 import camwidget
@@ -150,24 +150,37 @@ def test_traits_drive_the_controls(panel):
 def test_counted_passes(panel):
     ex = panel.explainer
     ex.passes.clear()
+    for trait, value in [("colormap", "gray"), ("alpha", 0.9), ("threshold", 0.3)]:
+        setattr(panel, trait, value)
+    assert ex.passes["forward"] == 0 and ex.passes["backward"] == 0
+    panel.layer = "blocks.10"  # earlier than shown so far: one backward completes all
+    assert ex.passes["forward"] == 0 and ex.passes["backward"] == 1
     for trait, value in [
-        ("colormap", "gray"),
-        ("alpha", 0.9),
-        ("threshold", 0.3),
-        ("layer", "blocks.10"),
-        ("method", "gradcam"),
+        ("method", "gradcam++"),
+        ("layer", "blocks.3"),
         ("layer", "head"),
         ("method", "cam"),
     ]:
         setattr(panel, trait, value)
-    assert ex.passes["forward"] == 0 and ex.passes["backward"] == 0
-    panel.target = 281  # CAM needs no gradients: no pass at all
-    assert ex.passes["forward"] == 0 and ex.passes["backward"] == 0
-    panel.method = "gradcam"
     assert ex.passes["forward"] == 0 and ex.passes["backward"] == 1
+    panel.target = 281  # CAM needs no gradients: no pass at all
+    assert ex.passes["forward"] == 0 and ex.passes["backward"] == 1
+    panel.method = "gradcam"
+    assert ex.passes["forward"] == 0 and ex.passes["backward"] == 2
     panel.set_image(samples.load("coffee"))
-    assert ex.passes["forward"] == 1 and ex.passes["backward"] == 2
+    assert ex.passes["forward"] == 1 and ex.passes["backward"] == 3
     assert panel.controls["classes"].quick.options[0][0].startswith("espresso")
+
+
+def test_a_new_image_paints_each_view_once(panel):
+    panel.compare = True
+    painted = []
+    for view in panel.views:
+        paint = view.paint
+        view.paint = lambda *look, view=view, paint=paint: painted.append(view) or paint(*look)
+    panel.set_image(ImageOps.mirror(samples.load("chelsea")))  # the same top classes
+    assert painted == [panel.main_view, panel.compare_view]
+    assert panel.compare_target == panel.controls["compare_classes"].quick.options[1][1]
 
 
 def test_class_change_runs_one_backward_and_no_forward_independently(panel, monkeypatch):
@@ -180,10 +193,15 @@ def test_class_change_runs_one_backward_and_no_forward_independently(panel, monk
     )
     try:
         panel.colormap = "inferno"
-        panel.layer = "blocks.13"
         assert (len(forwards), len(backwards)) == (0, 0)
-        panel.target = 300
+        panel.layer = "blocks.13"  # earlier than shown so far: completes the backward
         assert (len(forwards), len(backwards)) == (0, 1)
+        panel.target = 300
+        panel.layer = "blocks.14"  # after the shown one: on the way
+        assert (len(forwards), len(backwards)) == (0, 2)
+        panel.layer = "blocks.2"
+        panel.layer = "blocks.5"
+        assert (len(forwards), len(backwards)) == (0, 3)
     finally:
         handle.remove()
 

@@ -32,6 +32,7 @@ class ClassPicker(widgets.VBox):
     ) -> None:
         self._resolve = resolve
         self._on_error = on_error
+        self._offering = False
         if quick == "radio":
             self.quick = widgets.RadioButtons(options=[], layout=widgets.Layout(width="auto"))
         else:
@@ -50,10 +51,14 @@ class ClassPicker(widgets.VBox):
         super().__init__(children=[self.quick, self.search])
 
     def set_top(self, top: Sequence[tuple[int, str, float]]) -> None:
-        """Offer these (index, label, probability) as quick picks."""
-        with self.quick.hold_sync():
-            self.quick.options = [(f"{label} · {p:.1%}", i) for i, label, p in top]
-            self._show(self.target)
+        """Offer these (index, label, probability) as quick picks (picks nothing)."""
+        self._offering = True
+        try:
+            with self.quick.hold_sync():
+                self.quick.options = [(f"{label} · {p:.1%}", i) for i, label, p in top]
+                self._show(self.target)
+        finally:
+            self._offering = False
 
     @observe("target")
     def _target_changed(self, change: Mapping) -> None:
@@ -64,7 +69,7 @@ class ClassPicker(widgets.VBox):
         self.quick.value = target if target in values else None
 
     def _quick_picked(self, change: Mapping) -> None:
-        if change["new"] is not None:
+        if change["new"] is not None and not self._offering:
             self.target = change["new"]
 
     def _searched(self, change: Mapping) -> None:

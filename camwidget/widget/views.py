@@ -66,10 +66,14 @@ class View(HasTraits):
 
 
 def display_frame(rgb: np.ndarray, display_size: int) -> np.ndarray:
-    """The image resized so that its long side is ``display_size`` pixels."""
+    """The image resized so that its long side is ``display_size`` pixels (Lanczos
+    when shrinking, bilinear when enlarging, as the heatmaps are)."""
     height, width = rgb.shape[:2]
     scale = display_size / max(height, width)
     if scale == 1:
         return rgb
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
+    if scale > 1:
+        return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
+    shrunk = Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return np.asarray(shrunk)

@@ -1,0 +1,64 @@
+"""CUDA: every path gives what the CPU gives (skipped where no GPU is present)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from camwidget import METHODS, CAMWidget, Explainer
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+LAYERS = ("layer1", "layer2.1.conv1", "layer3", "layer4")
+
+
+@pytest.fixture(scope="module")
+def pair(resnet18):
+    return Explainer(resnet18), Explainer(copy.deepcopy(resnet18).cuda())
+
+
+def close(cpu: np.ndarray, gpu: np.ndarray) -> None:
+    scale = max(1e-12, float(np.abs(cpu).max()))
+    np.testing.assert_allclose(gpu / scale, cpu / scale, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_explain_agrees_with_the_cpu(pair, photo, method):
+    cpu, gpu = pair
+    for ex in pair:
+        ex.scorecam_channels = 16
+    for layer in LAYERS if method != "cam" else ("layer4",):
+        a = cpu.explain(photo, layer, 7, method)
+        b = gpu.explain(photo, layer, 7, method)
+        assert b.raw.dtype == np.float32 and b.heatmap.shape == a.heatmap.shape
+        close(a.raw, b.raw)
+        assert abs(a.score - b.score) <= 1e-4 * max(1.0, abs(a.score))
+    assert gpu.device.type == "cuda"
+    assert gpu.prepare(photo).inputs.is_cuda
+
+
+def test_explain_batch_and_predict_agree_with_the_cpu(pair, photo):
+    cpu, gpu = pair
+    images = [photo, photo.rotate(90), photo.resize((300, 256))]
+    for a, b in zip(
+        cpu.explain_batch(images, "layer3"), gpu.explain_batch(images, "layer3"), strict=True
+    ):
+        assert a.target == b.target
+        close(a.raw, b.raw)
+    assert [i for i, _, _ in cpu.predict(photo)] == [i for i, _, _ in gpu.predict(photo)]
+
+
+def test_the_panel_on_a_gpu_model(resnet18, photo):
+    model = copy.deepcopy(resnet18).cuda()
+    panel = CAMWidget(model, photo)
+    panel.layer, panel.target, panel.method = "layer3", 5, "gradcam++"
+    reference = Explainer(resnet18).explain(photo, "layer3", 5, "gradcam++").heatmap
+    np.testing.assert_allclose(panel.heatmap, reference, atol=1e-3)
+    assert next(model.parameters()).is_cuda  # never moved
+    panel.close()
