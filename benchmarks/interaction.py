@@ -1,9 +1,12 @@
 """Kernel-side latency of each panel interaction: from setting a trait to the new frame's
 bytes being ready (the observers run synchronously), median of N runs.
 
-    python benchmarks/interaction.py [--runs 20]
+    python benchmarks/interaction.py [--runs 20] [--models lite0,vit]
 
-Targets (issues 4 and 15): colormap/opacity/threshold <= 15 ms; layer or method
+Models: EfficientNet-Lite0 (pretrained, embedded) and torchvision's ViT-B/16 (random
+weights, its zero-initialised head given small random ones), both at 224.
+
+Targets (issues 4, 10 and 15): colormap/opacity/threshold <= 15 ms; layer or method
 <= 25 ms; class (at the default layer) <= 1.2 x one partial backward to every layer;
 the first visit to the earliest layer after a class change <= 1.2 x that backward; new
 image <= 1.2 x (forward + that backward). The peers' figures are in benchmarks/run.py.
@@ -17,6 +20,7 @@ import statistics
 import time
 
 import torch
+import torchvision
 
 import camwidget
 from camwidget import capture, samples, zoo
@@ -32,38 +36,46 @@ def median_of(actions) -> float:
     return statistics.median(timed(action) for action in actions)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=20)
-    runs = parser.parse_args().runs
-    torch.set_grad_enabled(True)
+def vit_b_16():
+    torch.manual_seed(0)
+    model = torchvision.models.vit_b_16(weights=None).eval()
+    torch.nn.init.normal_(model.heads.head.weight, 0.0, 0.02)  # zeros at init
+    return model, None, None
 
-    model, preprocess, labels = zoo.load("efficientnet_lite0")
-    photo = samples.load("chelsea")
-    panel = camwidget.CAMWidget(model, photo, preprocess=preprocess, labels=labels)
+
+MODELS = {
+    "lite0": ("EfficientNet-Lite0", lambda: zoo.load("efficientnet_lite0")),
+    "vit": ("ViT-B/16 (torchvision, random weights)", vit_b_16),
+}
+
+
+def references(panel, photo, runs: int) -> tuple[float, float, float]:
+    """One plain forward; one partial backward to every layer, its result dropped, and
+    kept in a cache of two classes (as the panel must keep it)."""
     ex = panel.explainer
-    layers = [info.name for info in ex.layers if info.shape[1] > 1][-4 * runs :]
-
-    # references, measured directly on the engine's own pieces
-    prepared = ex.prepare(photo)
-    inputs = prepared.inputs.clone().requires_grad_(True)
-    forward = median_of([lambda: model(inputs)] * runs)  # plain, no hooks
-    kept = capture.forward(model, inputs)
+    inputs = ex.prepare(photo).inputs.clone().requires_grad_(True)
+    forward = median_of([lambda: ex.model(inputs)] * runs)  # plain, no hooks
+    kept = capture.forward(ex.model, inputs)
     classes = itertools.count(100)
     backward = median_of([lambda: capture.backward(kept, kept.logits[0, next(classes)])] * runs)
-    cache: list = []  # the same backward with its result kept, in a cache of two classes
+    cache: list = []
 
     def backward_kept() -> None:
         cache.append(capture.backward(kept, kept.logits[0, next(classes)]))
         del cache[:-2]
 
-    kept_ms = median_of([backward_kept] * runs)
+    return forward, backward, median_of([backward_kept] * runs)
 
+
+def rows_for(panel, photo, runs: int, forward: float, backward: float) -> list[tuple]:
+    ex = panel.explainer
+    default = panel.layer
+    layers = [info.name for info in ex.layers if info.shape[1] > 1][-4 * runs :]
     colormaps = itertools.cycle(["viridis", "jet"])
     alphas = itertools.cycle([0.3, 0.6])
     thresholds = itertools.cycle([0.2, 0.0])
     layer_cycle = itertools.cycle(layers)
-    methods_cycle = itertools.cycle(["cam", "gradcam"])
+    methods_cycle = itertools.cycle(["gradcam++", "gradcam"])
     targets = itertools.count(200)
     variants = (photo.rotate(angle) for angle in itertools.count(1))
 
@@ -71,17 +83,16 @@ def main() -> None:
         return [lambda: setattr(panel, trait, next(values))] * runs
 
     def earliest_after_a_class_change() -> float:
-        panel.layer, panel.target = "head", next(targets)  # not timed
+        panel.layer, panel.target = default, next(targets)  # not timed
         return timed(lambda: setattr(panel, "layer", ex.layers[0].name))
 
-    panel.layer = "head"
     rows = [
         ("colormap", median_of(setter("colormap", colormaps)), 15.0, None),
         ("opacity", median_of(setter("alpha", alphas)), 15.0, None),
         ("threshold", median_of(setter("threshold", thresholds)), 15.0, None),
         ("layer (first visit)", median_of(setter("layer", layer_cycle)), 25.0, None),
     ]
-    panel.layer = "head"
+    panel.layer = default
     rows += [
         ("method", median_of(setter("method", methods_cycle)), 25.0, None),
         ("class (new)", median_of(setter("target", targets)), 1.2 * backward, backward),
@@ -92,7 +103,7 @@ def main() -> None:
             backward,
         ),
     ]
-    panel.layer = "head"
+    panel.layer = default
     rows.append(
         (
             "new image",
@@ -101,25 +112,41 @@ def main() -> None:
             forward + backward,
         )
     )
-    panel.close()
+    return rows
 
-    print(
-        f"camwidget interaction latency, EfficientNet-Lite0 at 224, median of {runs}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
-    )
-    print(
-        f"reference: one plain forward {forward:.1f} ms; one partial backward to every "
-        f"layer {backward:.1f} ms (its result dropped), {kept_ms:.1f} ms (kept, as a "
-        "cache must)\n"
-    )
-    print(
-        f"| {'change':<20} | {'camwidget ms':>12} | {'target ms':>9} | {'vs reference':>12} | ok  |"
-    )
-    print(f"|{'-' * 22}|{'-' * 14}|{'-' * 11}|{'-' * 14}|-----|")
-    for name, ms, target, reference in rows:
-        ratio = f"{ms / reference:.2f}×" if reference else ""
-        ok = "yes" if ms <= target else "NO"
-        print(f"| {name:<20} | {ms:>12.1f} | {target:>9.1f} | {ratio:>12} | {ok:<3} |")
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--models", default="lite0,vit")
+    args = parser.parse_args()
+    torch.set_grad_enabled(True)
+    photo = samples.load("chelsea")
+    for key in args.models.split(","):
+        title, load = MODELS[key]
+        model, preprocess, labels = load()
+        panel = camwidget.CAMWidget(model, photo, preprocess=preprocess, labels=labels)
+        forward, backward, kept = references(panel, photo, args.runs)
+        rows = rows_for(panel, photo, args.runs, forward, backward)
+        panel.close()
+        print(
+            f"\ncamwidget interaction latency, {title} at 224, median of {args.runs}, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+        )
+        print(
+            f"reference: one plain forward {forward:.1f} ms; one partial backward to every "
+            f"layer {backward:.1f} ms (its result dropped), {kept:.1f} ms (kept, as a "
+            "cache must)\n"
+        )
+        print(
+            f"| {'change':<20} | {'camwidget ms':>12} | {'target ms':>9} | "
+            f"{'vs reference':>12} | ok  |"
+        )
+        print(f"|{'-' * 22}|{'-' * 14}|{'-' * 11}|{'-' * 14}|-----|")
+        for name, ms, target, reference in rows:
+            ratio = f"{ms / reference:.2f}×" if reference else ""
+            ok = "yes" if ms <= target else "NO"
+            print(f"| {name:<20} | {ms:>12.1f} | {target:>9.1f} | {ratio:>12} | {ok:<3} |")
 
 
 if __name__ == "__main__":

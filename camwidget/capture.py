@@ -1,8 +1,9 @@
 """Hooks and the model-state guard: the one place where camwidget touches the model.
 
 :func:`forward` runs the model once and keeps the output of every module whose output
-is a 4-D feature map (N, C, H, W); :func:`backward` takes the gradient of a score with
-respect to all kept maps at once. The model is left exactly as it was found.
+is a feature map, in whatever layout (:mod:`camwidget.layouts`); :func:`backward` takes
+the gradient of a score with respect to the kept maps in one pass. The model is left
+exactly as it was found.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from . import layouts
 from .errors import CamwidgetError
+from .layouts import Layout, Reshape
 
 
 @contextmanager
@@ -47,33 +50,40 @@ def guarded(model: nn.Module) -> Iterator[list[RemovableHandle]]:
 
 @dataclass
 class Capture:
-    """One forward pass: logits and the kept feature maps, still attached to the graph."""
+    """One forward pass: logits and the kept feature maps, still attached to the graph,
+    each in its own layout (``layouts`` reads them as (N, C, h, w))."""
 
     logits: Tensor
     activations: dict[str, Tensor]
     kinds: dict[str, str]
+    layouts: dict[str, Layout] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     classifier: str | None = None
     modified: set[str] = field(default_factory=set)
 
 
 class _Recorder:
-    """The forward hooks of one pass: keeps every 4-D map, says why it left a module out,
-    and hands on copies of the maps named in ``copy`` (None: all). With ``graph_from``,
-    the pass runs without autograd until that module's output, which becomes a leaf of
-    the graph recorded from there on."""
+    """The forward hooks of one pass: keeps every feature map (see :mod:`layouts`), says
+    why it left a module out, and hands on copies of the maps named in ``copy`` (None:
+    all). With ``graph_from``, the pass runs without autograd until that module's output,
+    which becomes a leaf of the graph recorded from there on. ``reshape`` maps layer
+    names to the user's functions output -> (N, C, h, w)."""
 
     def __init__(
         self,
-        input_size: tuple[int, int],
+        inputs: Tensor,
         copy: Collection[str] | None,
         graph_from: str | None = None,
+        reshape: Mapping[str, Reshape] | None = None,
     ) -> None:
-        self.input_size = input_size
+        self.input_size = (inputs.shape[-2], inputs.shape[-1])
+        self.batch = inputs.shape[0]
         self.copy = copy
         self.graph_from = graph_from
+        self.reshape = reshape or {}
         self.kept: dict[str, Tensor] = {}
         self.kinds: dict[str, str] = {}
+        self.layouts: dict[str, Layout] = {}
         self.skipped: dict[str, str] = {}
         self.calls: Counter[str] = Counter()
         self.linears: list[str] = []
@@ -87,7 +97,7 @@ class _Recorder:
             self.calls[name] += 1
             if isinstance(module, nn.Linear):
                 self.linears.append(name)
-            if not (isinstance(output, Tensor) and output.dim() == 4):
+            if not (isinstance(output, Tensor) and output.dim() in (3, 4)):
                 return None
             if not output.is_floating_point():
                 return None
@@ -96,13 +106,15 @@ class _Recorder:
                 torch.set_grad_enabled(True)  # the rest of the pass records the graph
                 output = output.detach().requires_grad_(True)
                 handed = output.clone()  # in-place ops downstream must not touch the leaf
-            reason = self._refusal(name, output)
+            layout = self._layout(name, module, output)
+            reason = layout if isinstance(layout, str) else self._refusal(name, output)
             if reason is not None:
                 self.kept.pop(name, None)
                 self.handed_on.pop(name, None)
                 self.skipped[name] = reason
                 return None
             self.kinds[name] = type(module).__name__
+            self.layouts[name] = layout
             if handed is not None:
                 self.kept[name] = output
                 return handed
@@ -110,13 +122,28 @@ class _Recorder:
 
         return record
 
+    def _layout(self, name: str, module: nn.Module, output: Tensor) -> Layout | str:
+        """The layout of ``output``: the user's reshape for ``name``, or found from its
+        shape; a string says why it is not a map."""
+        if name not in self.reshape:
+            last = isinstance(module, (nn.Linear, nn.LayerNorm))
+            return layouts.find(tuple(output.shape), self.input_size, self.batch, last)
+        try:
+            shape = tuple(self.reshape[name](output.detach()).shape)
+        except Exception as error:
+            raise CamwidgetError(
+                f"the reshape given for layer {name!r} failed on its output "
+                f"{tuple(output.shape)}: {type(error).__name__}: {error}"
+            ) from error
+        if len(shape) != 4 or shape[0] != self.batch:
+            raise CamwidgetError(
+                f"the reshape given for layer {name!r} must return (N, C, h, w) with "
+                f"N = {self.batch}; it turned {tuple(output.shape)} into {shape}"
+            )
+        return layouts.Layout("custom", shape[2:], reshape=self.reshape[name])
+
     def _refusal(self, name: str, output: Tensor) -> str | None:
         """Why ``output`` is not kept as the map of ``name``, or None."""
-        if not is_spatial(output.shape, self.input_size):
-            return (
-                f"its 4-D output {tuple(output.shape)} is not laid out as (N, C, H, W): "
-                f"its last two sizes do not scale like the input's {self.input_size}"
-            )
         if self.calls[name] > 1:
             return (
                 f"runs {self.calls[name]} times per forward pass (one module reused), so "
@@ -152,6 +179,7 @@ class _Recorder:
             logits=logits,
             activations=self.kept,
             kinds=self.kinds,
+            layouts=self.layouts,
             skipped=self.skipped,
             classifier=self.linears[-1] if self.linears else None,
             modified={n for n, (t, version) in self.handed_on.items() if t._version != version},
@@ -164,8 +192,10 @@ def forward(
     layers: Collection[str] | None = None,
     copy: Collection[str] | None = None,
     graph_from: str | None = None,
+    reshape: Mapping[str, Reshape] | None = None,
 ) -> Capture:
-    """Run ``model`` on ``inputs`` once, keeping 4-D module outputs.
+    """Run ``model`` on ``inputs`` once, keeping the module outputs that are feature maps
+    (:func:`layouts.find`; ``reshape``: the user's layouts, by layer name).
 
     ``layers``: the module names to keep (None: every module). A module that runs more
     than once per forward is left out, with the reason in ``skipped``. ``classifier``
@@ -182,7 +212,7 @@ def forward(
     ``graph_from``: a layer in ``layers``; autograd records the pass only from its
     output on (the cheapest pass for gradients at that layer and later ones).
     """
-    recorder = _Recorder((inputs.shape[-2], inputs.shape[-1]), copy, graph_from)
+    recorder = _Recorder(inputs, copy, graph_from, reshape)
     wanted = None if layers is None else set(layers)
     with guarded(model) as handles, torch.set_grad_enabled(graph_from is None):
         for name, module in model.named_modules():
@@ -226,17 +256,6 @@ def backward(
         for (key, a), g in zip(unique.items(), grads, strict=True)
     }
     return {name: by_id[id(capture.activations[name])] for name in names}
-
-
-def is_spatial(shape: torch.Size, input_size: tuple[int, int]) -> bool:
-    """Whether a 4-D shape reads as (N, C, H, W) for an input of ``input_size``.
-
-    A feature map scales both image axes by about the same stride s. Channels-last
-    tensors (N, H, W, C), as inside ConvNeXt blocks, fail this test.
-    """
-    height, width = shape[2], shape[3]
-    stride = input_size[0] / height
-    return abs(input_size[1] / stride - width) <= max(1.0, 0.15 * width)
 
 
 @torch.no_grad()

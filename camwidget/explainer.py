@@ -23,11 +23,10 @@ from . import capture as capture_
 from . import images, methods, render
 from .capture import Capture
 from .errors import CamwidgetError
+from .inputs import ModelInput, model_input
 from .labels import check_index, resolve_target
-from .layers import LayerInfo, catalogue, default_layer, final_linear
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .layers import LayerInfo, catalogue, default_layer, final_grid, final_linear
+from .layouts import Reshape
 
 Preprocess = Callable[[object], Tensor]
 Progress = Callable[[int, int], None]
@@ -35,9 +34,7 @@ Progress = Callable[[int, int], None]
 
 def imagenet_preprocess(image: object) -> Tensor:
     """ImageNet mean/std normalisation at the image's own size -> float tensor (3, H, W)."""
-    rgb = np.asarray(image, dtype=np.float32) / 255.0
-    rgb = (rgb - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
-    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+    return ModelInput()(np.asarray(image))[0]
 
 
 @dataclass(frozen=True)
@@ -128,13 +125,31 @@ class Resolved(NamedTuple):
     note: str | None
 
 
+@dataclass(frozen=True)
+class _Catalogue:
+    """The catalogue in force and the pass it came from."""
+
+    layers: list[LayerInfo]
+    capture: Capture
+
+    @cached_property
+    def by_name(self) -> dict[str, LayerInfo]:
+        return {info.name: info for info in self.layers}
+
+
 class Explainer:
     """Explains a PyTorch image classifier with class activation maps.
 
     ``preprocess`` maps a PIL RGB image to a float tensor (3, H, W) or (1, 3, H, W)
     (default: ImageNet mean/std at the image's own size). ``labels``: class names, a
     sequence or a mapping index -> name. ``device``: where inputs go; by default the
-    model's own device (the model is never moved). Images whose long side exceeds
+    model's own device (the model is never moved). Without ``preprocess``, images are
+    normalised as the model declares (timm's ``pretrained_cfg``, else ImageNet's mean
+    and std) and resized only for a model that takes one input size (declared, or
+    learned when it fails at the image's size and works at the size it was made for:
+    its declared ``input_size``, else 224×224).
+    ``reshape``: layer name -> a function that turns that layer's output into (N, C, h,
+    w), for layouts camwidget does not find itself. Images whose long side exceeds
     ``max_side`` are downscaled for the model. The passes of the last ``max_images``
     images are kept so that other classes, layers and methods cost no forward; the
     gradients of the most recent classes are kept within ``gradient_bytes`` (the latest
@@ -154,6 +169,7 @@ class Explainer:
         gradient_bytes: int = 256 * 2**20,
         scorecam_batch_size: int = 32,
         scorecam_channels: int | None = None,
+        reshape: Mapping[str, Reshape] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise CamwidgetError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -165,6 +181,9 @@ class Explainer:
         self.gradient_bytes = gradient_bytes
         self.scorecam_batch_size = scorecam_batch_size
         self.scorecam_channels = scorecam_channels
+        self.reshape = dict(reshape or {})
+        #: What the model wants as input when ``preprocess`` is None.
+        self.model_input = model_input(model)
         self.device, self.dtype = _placement(model, device)
         #: Counts of model passes run so far: "forward", "backward", and "scored" masked
         #: inputs (Score-CAM).
@@ -173,8 +192,10 @@ class Explainer:
         self._catalogues: dict[str, list[LayerInfo]] = {}
         self._gradients: OrderedDict[tuple[str, int], dict[str, Tensor]] = OrderedDict()
         self._maps: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._layers: list[LayerInfo] | None = None
+        self._current: _Catalogue | None = None
+        self._defaults: dict[tuple[str, ...], str] = {}  # by the final grid's layers
         self._num_classes: int | None = None
+        self._worked_at: set[tuple[int, int]] = set()  # input sizes the model took
         # Maps that in-place ops downstream rewrite, so that forwards hand on copies of
         # them; learned when a pass finds one of its kept maps rewritten.
         self._copies: set[str] = set()
@@ -186,30 +207,37 @@ class Explainer:
     @property
     def layers(self) -> list[LayerInfo]:
         """Catalogued layers in execution order, shapes for the last image's size."""
-        if self._layers is None:
-            self._layers = self._probe()
-        return self._layers
+        if self._current is None:
+            self._probe()
+        return self._current.layers
 
     @property
     def default_layer(self) -> str:
-        """The last layer with a spatial map (H·W > 1) before the classifier."""
-        return default_layer(self.layers)
+        """The last layer on the model's final grid whose gradient for the top-1 class
+        is not identically zero (see :func:`camwidget.layers.default_layer`)."""
+        current = self._current or self._probe()
+        key = tuple(final_grid(current.layers))
+        if key not in self._defaults:
+            self._defaults[key] = default_layer(current.layers, current.capture)
+        return self._defaults[key]
 
     @property
     def num_classes(self) -> int:
         """How many classes the model scores."""
         if self._num_classes is None:
-            self._layers = self._probe()
+            self._probe()
         return int(self._num_classes)
 
     def layer(self, name: str | None) -> LayerInfo:
         """The catalogued layer ``name`` (None: the default layer)."""
-        layers = self.layers
+        current = self._current or self._probe()
         name = self.default_layer if name is None else name
-        for info in layers:
-            if info.name == name:
-                return info
-        names = [info.name for info in layers]
+        if name in current.by_name:
+            return current.by_name[name]
+        skipped = current.capture.skipped
+        if name in skipped:
+            raise CamwidgetError(f"layer {name!r} is not offered: {skipped[name]}")
+        names = list(current.by_name)
         close = difflib.get_close_matches(str(name), names, n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise CamwidgetError(
@@ -226,17 +254,20 @@ class Explainer:
             return str(labels[index])
         return f"class {index}"
 
-    def _probe(self) -> list[LayerInfo]:
-        generator = torch.Generator().manual_seed(0)
-        probe = torch.randn(1, 3, 224, 224, generator=generator)
+    def _probe(self) -> _Catalogue:
+        """Catalogue the layers from a random input at the model's size (224×224 where
+        it takes any)."""
+        size = self.model_input.size or self.model_input.preferred
+        probe = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
         try:
             capture = self._forward(probe.to(self.device, self.dtype))
         except CamwidgetError as error:
             raise CamwidgetError(
-                f"could not list the layers with a 224×224 probe input ({error}); "
-                "explain an image of a size the model accepts first"
+                f"could not list the layers with a {size[0]}×{size[1]} probe input "
+                f"({error}); explain an image of a size the model accepts first"
             ) from None
-        return catalogue(self.model, capture, self._cam)
+        self._current = _Catalogue(catalogue(self.model, capture, self._cam), capture)
+        return self._current
 
     # ----------------------------------------------------------------- policy
 
@@ -302,7 +333,9 @@ class Explainer:
     def prepare(self, image: object) -> PreparedImage:
         """Read and preprocess ``image`` (path, bytes, PIL, HWC array, CHW tensor)."""
         if isinstance(image, PreparedImage):
-            return image
+            if not self._resizes(image):
+                return image
+            image = image.source  # prepared before the model's input size was learned
         if isinstance(image, Tensor):
             inputs = image.detach()
             if inputs.dim() == 3:
@@ -312,7 +345,7 @@ class Explainer:
         else:
             source = images.to_rgb(image)
             fitted, note = images.fit(source, self.max_side)
-            notes = (note,) if note else ()
+            notes = tuple(n for n in (note, self._resize_note(fitted)) if n)
             inputs = self._preprocess(fitted)
             size = source.shape[:2]
         if inputs.dim() != 4 or inputs.shape[:2] != (1, 3) or not inputs.is_floating_point():
@@ -325,9 +358,45 @@ class Explainer:
         inputs = inputs.to(self.device, self.dtype)
         return PreparedImage(inputs=inputs, key=key, size=size, notes=notes, source=source)
 
+    def _resizes(self, image: PreparedImage) -> bool:
+        """Whether ``image`` must be prepared again: the model's input size is now known
+        and ``image`` was read from pixels at another size."""
+        size = self.model_input.size
+        return (
+            self.preprocess is None
+            and size is not None
+            and isinstance(image.source, np.ndarray)
+            and tuple(image.inputs.shape[-2:]) != size
+        )
+
+    def _resize_note(self, rgb: np.ndarray) -> str | None:
+        size = self.model_input.size
+        if self.preprocess is not None or size is None or rgb.shape[:2] == size:
+            return None
+        return f"resized to {size[1]}×{size[0]} for the model ({self.model_input.source})"
+
+    def _learn_input_size(self, image: PreparedImage) -> bool:
+        """After the model failed on ``image``: whether it takes the size it was made for
+        instead (then every image is resized to it)."""
+        size = self.model_input.preferred
+        if self.preprocess is not None or self.model_input.size is not None:
+            return False
+        if not isinstance(image.source, np.ndarray) or self._worked_at - {size}:
+            return False  # the model has taken another size: it does not need one size
+        probe = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
+        try:
+            self._forward(probe.to(self.device, self.dtype))
+        except CamwidgetError:
+            return False
+        height, width = image.inputs.shape[-2:]
+        self.model_input = self.model_input.at_size(
+            size, f"it failed at {width}×{height} and works at {size[1]}×{size[0]}"
+        )
+        return True
+
     def _preprocess(self, rgb: np.ndarray) -> Tensor:
         if self.preprocess is None:
-            return imagenet_preprocess(rgb)[None]
+            return self.model_input(rgb)
         from PIL import Image
 
         try:
@@ -347,19 +416,40 @@ class Explainer:
     def _forward(
         self, inputs: Tensor, layers: set[str] | None = None, graph_from: str | None = None
     ) -> Capture:
-        capture = capture_.forward(self.model, inputs, layers, self._copies, graph_from)
+        def run() -> Capture:
+            return capture_.forward(
+                self.model, inputs, layers, self._copies, graph_from, self.reshape
+            )
+
+        capture = run()
         if capture.modified - self._copies:  # a kept map was rewritten in place: redo
             self._copies |= capture.modified
             self.passes["forward"] += 1
-            capture = capture_.forward(self.model, inputs, layers, self._copies, graph_from)
+            capture = run()
         self._num_classes = capture.logits.shape[1]
+        self._worked_at.add(tuple(inputs.shape[-2:]))
         self.passes["forward"] += 1
         if not capture.activations and layers is None:
             raise CamwidgetError(
-                "this model has no layer whose output is a 4-D feature map (N, C, H, W); "
-                "class activation maps need a convolutional layer"
+                "this model has no layer whose output is a feature map: (N, C, H, W) "
+                "from a convolution, (N, H, W, C) channels-last or (N, T, C) tokens on a "
+                "grid over the image; class activation maps need one (or give reshape=)"
             )
         return capture
+
+    def _prepared_capture(
+        self, image: object, timings: dict[str, float]
+    ) -> tuple[PreparedImage, Capture]:
+        """``image`` prepared, and its forward pass (cached). A model that fails at the
+        image's own size but works at 224×224 is given that size from then on."""
+        prepared = self.prepare(image)
+        try:
+            return prepared, self._capture(prepared, timings)
+        except CamwidgetError:
+            if not self._learn_input_size(prepared):
+                raise
+        prepared = self.prepare(prepared)
+        return prepared, self._capture(prepared, timings)
 
     def _capture(self, image: PreparedImage, timings: dict[str, float]) -> Capture:
         capture = self._captures.get(image.key)
@@ -373,7 +463,7 @@ class Explainer:
             self._catalogues[image.key] = catalogue(self.model, capture, self._cam)
             while len(self._captures) > self.max_images:
                 self._forget(next(iter(self._captures)))
-        self._layers = self._catalogues[image.key]
+        self._current = _Catalogue(self._catalogues[image.key], capture)
         return capture
 
     def _forget(self, key: str) -> None:
@@ -422,7 +512,8 @@ class Explainer:
         self._catalogues.clear()
         self._gradients.clear()
         self._maps.clear()
-        self._layers = None
+        self._current = None
+        self._defaults.clear()
         self._copies = set()
         self._cam = {}
 
@@ -432,7 +523,7 @@ class Explainer:
 
     def predict(self, image: object, k: int = 5) -> list[tuple[int, str, float]]:
         """The ``k`` most probable classes: (index, label, probability), best first."""
-        capture = self._capture(self.prepare(image), {})
+        _, capture = self._prepared_capture(image, {})
         probs = _probabilities(capture.logits[0])
         top = torch.topk(probs, min(k, probs.numel()))
         return [
@@ -453,9 +544,8 @@ class Explainer:
 
         ``progress(done, total)`` is called while a method scores masked inputs.
         """
-        image = self.prepare(image)
         timings = {"forward": 0.0, "backward": 0.0, "map": 0.0}
-        capture = self._capture(image, timings)
+        image, capture = self._prepared_capture(image, timings)
         method, layer, target, _ = self.resolve(method, layer, target)
         spec = methods.get(method)
         target = int(capture.logits[0].argmax()) if target is None else target
@@ -464,7 +554,7 @@ class Explainer:
         if raw is None:
             grads = None
             if spec.needs_gradients:
-                grads = self._gradient(image, capture, target, layer, timings)[0]
+                grads = self._gradient(image, capture, target, layer, timings)
             start = time.perf_counter()
             raw = self._raw(spec, capture, layer, 0, target, grads, image.inputs, progress)
             timings["map"] = _ms(start)
@@ -494,7 +584,12 @@ class Explainer:
         results: dict[int, Explanation] = {}
         for indices in groups.values():
             group = [(prepared[i], targets[i]) for i in indices]
-            explained = self._explain_group(group, layer, methods.get(method))
+            try:
+                explained = self._explain_group(group, layer, methods.get(method))
+            except CamwidgetError:
+                if not self._learn_input_size(group[0][0]):
+                    raise
+                return self.explain_batch(prepared, layer, targets, method)  # resized
             results.update(zip(indices, explained, strict=True))
         return [results[i] for i in range(len(prepared))]
 
@@ -524,8 +619,7 @@ class Explainer:
             self.passes["backward"] += 1
         explained = []
         for row, ((image, _), target) in enumerate(zip(group, targets, strict=True)):
-            gradients = None if grads is None else grads[row]
-            raw = self._raw(spec, capture, layer, row, target, gradients, inputs[row : row + 1])
+            raw = self._raw(spec, capture, layer, row, target, grads, inputs[row : row + 1])
             explained.append(
                 self._finish(raw, image.size, logits[row], layer, target, spec.name, {})
             )
@@ -548,9 +642,14 @@ class Explainer:
         inputs: Tensor,
         progress: Progress | None = None,
     ) -> np.ndarray:
-        """``spec``'s raw map for row ``row`` of ``capture`` at ``layer``."""
-        activations = capture.activations[layer][row].detach().float()
-        gradients = torch.zeros_like(activations) if gradients is None else gradients.float()
+        """``spec``'s raw map for row ``row`` of ``capture`` at ``layer``; ``gradients``
+        of the whole batch in the layer's own layout (None: not needed)."""
+        layout = capture.layouts[layer]
+        activations = layout.to_nchw(capture.activations[layer].detach())[row].float()
+        if gradients is None:
+            gradients = torch.zeros_like(activations)
+        else:
+            gradients = layout.to_nchw(gradients)[row].float()
         classifier = final_linear(self.model, capture) if self.layer(layer).cam else None
         weights = None if classifier is None else classifier.weight.detach()[target].float()
 

@@ -1,4 +1,4 @@
-"""The layer catalogue: every module whose output is a feature map (N, C, H, W).
+"""The layer catalogue: every module whose output is a feature map, in any layout.
 
 Layers are found by a real forward pass with hooks (see :mod:`camwidget.capture`),
 never by guessing from class names, and listed in the order their outputs appear.
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from . import capture as capture_
 from .capture import Capture
 
 
@@ -19,19 +20,24 @@ class LayerInfo:
     """One catalogued layer.
 
     ``name`` as in ``model.named_modules()``; ``kind`` the module's class name;
-    ``shape`` (C, H, W) of its output for the current input; ``cam`` whether CAM
-    applies here (the logits equal fc(GAP(output)) for the model's final nn.Linear).
+    ``shape`` (C, h, w) of its map for the current input; ``cam`` whether CAM applies
+    here (the logits equal fc(GAP(map)) for the model's final nn.Linear); ``layout``
+    how the output lies on its grid: ``"nchw"``, ``"nhwc"``, ``"tokens"`` or
+    ``"custom"`` (see :mod:`camwidget.layouts`).
     """
 
     name: str
     kind: str
     shape: tuple[int, int, int]
     cam: bool
+    layout: str = "nchw"
 
     @property
     def label(self) -> str:
-        """E.g. ``layer4.1 · BasicBlock · 512×7×7``."""
-        return f"{self.name} · {self.kind} · {'×'.join(map(str, self.shape))}"
+        """E.g. ``layer4.1 · BasicBlock · 512×7×7`` or
+        ``blocks.11.norm1 · LayerNorm · tokens · 192×14×14``."""
+        layout = "" if self.layout == "nchw" else f" · {self.layout}"
+        return f"{self.name} · {self.kind}{layout} · {'×'.join(map(str, self.shape))}"
 
 
 def catalogue(
@@ -44,19 +50,21 @@ def catalogue(
     """
     known = {} if known is None else known
     classifier = final_linear(model, capture)
+    maps = {name: capture.layouts[name].to_nchw(a) for name, a in capture.activations.items()}
     applies: dict[int, bool] = {}  # by map: containers share their last module's map
     for name, activations in capture.activations.items():
         if name not in known and id(activations) not in applies:
-            applies[id(activations)] = cam_applies(activations, capture.logits, classifier)
+            applies[id(activations)] = cam_applies(maps[name], capture.logits, classifier)
         known.setdefault(name, applies.get(id(activations), False))
     return [
         LayerInfo(
             name=name,
             kind=capture.kinds[name],
-            shape=tuple(activations.shape[1:]),
+            shape=tuple(maps[name].shape[1:]),
             cam=known[name],
+            layout=capture.layouts[name].kind,
         )
-        for name, activations in capture.activations.items()
+        for name in capture.activations
     ]
 
 
@@ -90,17 +98,35 @@ def cam_applies(activations: Tensor, logits: Tensor, classifier: nn.Linear | Non
     return bool((predicted - expected).abs().max() <= tolerance * scale)
 
 
-def default_layer(layers: list[LayerInfo]) -> str:
-    """The last layer whose map has spatial size > 1 and is no larger than any map
-    before it; the last layer if none is.
+def final_grid(layers: list[LayerInfo]) -> list[str]:
+    """The layers on the model's final grid, in execution order: the grid of the last
+    map with spatial size > 1 that is no larger than the map before it (which skips an
+    adaptive pool that upsamples a smaller map, as VGG's at small inputs); the last
+    layer if no map has spatial size > 1."""
+    areas = [layer.shape[1] * layer.shape[2] for layer in layers]
+    for index in reversed(range(len(layers))):
+        if areas[index] > 1 and (index == 0 or areas[index] <= areas[index - 1]):
+            grid = layers[index].shape[1:]
+            return [layer.name for layer in layers if layer.shape[1:] == grid]
+    return [layers[-1].name]
 
-    The second condition skips an adaptive pool that upsamples a smaller map (VGG's
-    7×7 average pool after 1×1 features at small inputs).
+
+def default_layer(layers: list[LayerInfo], capture: Capture) -> str:
+    """The last layer on the final grid whose gradient for the top-1 class is not
+    identically zero on the grid; the last one on it if all are.
+
+    In a class-token ViT the last block's output reaches the logits only through its
+    class token, so its grid has zero gradient: the default is then inside that block.
+    The backward goes only as deep as needed: the last 8 candidates, then 32, then all.
     """
-    best, smallest = None, float("inf")
-    for layer in layers:
-        area = layer.shape[1] * layer.shape[2]
-        if 1 < area <= smallest:
-            best = layer.name
-        smallest = min(smallest, area)
-    return best or layers[-1].name
+    candidates = final_grid(layers)
+    score = capture.logits[0].max()
+    for depth in (8, 32, len(candidates)):
+        names = candidates[-depth:]
+        grads = capture_.backward(capture, score, names)
+        for name in reversed(names):
+            if capture.layouts[name].to_nchw(grads[name]).abs().amax() > 0:
+                return name
+        if depth >= len(candidates):
+            break
+    return candidates[-1]

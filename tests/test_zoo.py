@@ -50,7 +50,7 @@ def test_architecture_names_read_well(lite0):
     assert names[:4] == ["stem.conv", "stem.bn", "stem.act", "stem"]
     assert "blocks.0.expand" not in names and "blocks.1.expand.act" in names
     assert Explainer(model).default_layer == "head"
-    assert {layer.name for layer in layers if layer.cam} == {"head.act", "head", "pool"}
+    assert {layer.name for layer in layers if layer.cam} == {"head.act", "head"}
     info = {layer.name: layer for layer in layers}
     assert info["head"].shape == (1280, 7, 7) and info["blocks.15"].shape == (320, 7, 7)
     assert info["blocks.1.depthwise.conv"].kind == "Conv2dSame"

@@ -387,8 +387,9 @@ class CAMWidget(widgets.VBox):
         look = f"{self.colormap} · opacity {self.alpha:.2f}"
         if self.threshold > 0:
             look += f" · threshold {self.threshold:.2f}"
+        notes = "".join(f" ({html.escape(note)})" for note in self._image.notes)
         self._controls["status"].value = (
-            f"<b>{width}×{height}</b> px · <code>{html.escape(e.layer)}</code> · "
+            f"<b>{width}×{height}</b> px{notes} · <code>{html.escape(e.layer)}</code> · "
             f"{html.escape(e.label, quote=False)} ({e.target}) · {e.title} · "
             f"{look} <span style='color:#666'>— forward {t['forward']:.0f} ms · backward "
             f"{t['backward']:.0f} ms · render {t['render']:.0f} ms</span>"
@@ -399,6 +400,7 @@ class CAMWidget(widgets.VBox):
         start = time.perf_counter()
         top = self.explainer.predict(prepared, k=self.top_k)
         forward = (time.perf_counter() - start) * 1000.0
+        prepared = self.explainer.prepare(prepared)  # again if the model's size was learned
         target = top[0][0] if target is None else self.explainer.check_target(target)
         self._image = prepared
         self._frame_rgb = display_frame(prepared.rgb, self.display_size)

@@ -115,6 +115,7 @@ def _run_all_cells(page) -> None:
         ".some(p => /\\[(\\*|\\d+)\\]/.test(p.innerText))"
     )
     for _ in range(4):
+        _accept_dialogs(page)
         page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
         page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
         try:
@@ -123,6 +124,24 @@ def _run_all_cells(page) -> None:
         except Exception:
             page.keyboard.press("Escape")
     pytest.fail("Run All Cells did not start any cell")
+
+
+def _accept_dialogs(page) -> None:
+    """A dialog that JupyterLab opens on its own (a kernel choice, a server notice) would
+    block every click: accept it, as a user would, and keep its text for the record."""
+    dialogs = page.locator(".jp-Dialog")
+    for _ in range(3):
+        if not dialogs.count():
+            return
+        text = dialogs.first.inner_text().replace("\n", " | ")
+        with (ARTIFACTS / "dialogs.txt").open("a") as record:
+            record.write(text + "\n")
+        accept = page.locator(".jp-Dialog .jp-mod-accept")
+        if accept.count():
+            accept.first.click()
+        else:
+            page.keyboard.press("Escape")
+        page.wait_for_timeout(500)
 
 
 def _open(browser, url: str):

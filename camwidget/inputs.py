@@ -1,0 +1,78 @@
+"""What a model wants as input when the user gives no ``preprocess``: its size (any, or
+one fixed size) and its normalisation, read from the model where it declares them.
+
+Sources, in order: timm's ``pretrained_cfg`` (``input_size``, ``fixed_input_size``,
+``mean``, ``std``, ``interpolation``), torchvision's ``image_size`` attribute (ViT), and
+otherwise ImageNet's mean and std at the image's own size. A model that fails at the
+image's size but works at the size it was made for (the declared ``input_size``, else
+224×224) is given that size (the :class:`~camwidget.Explainer` learns it by trying).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_RESAMPLING = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """``size`` (H, W) the model requires, or None for any size; ``preferred`` the size it
+    was made for (tried first when it fails at an image's size); ``mean`` and ``std`` per
+    channel; ``resample`` the PIL filter for resizing; ``source`` where these came from,
+    in words."""
+
+    size: tuple[int, int] | None = None
+    preferred: tuple[int, int] = (224, 224)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    resample: str = "bilinear"
+    source: str = "ImageNet mean/std at the image's own size"
+
+    def at_size(self, size: tuple[int, int], source: str) -> ModelInput:
+        """The same normalisation at one fixed ``size``."""
+        return ModelInput(size, size, self.mean, self.std, self.resample, source)
+
+    def __call__(self, rgb: np.ndarray) -> Tensor:
+        """uint8 (H, W, 3) -> float tensor (1, 3, h, w): resized to ``size`` if fixed,
+        then normalised."""
+        if self.size is not None and rgb.shape[:2] != self.size:
+            resized = Image.fromarray(rgb).resize(self.size[::-1], _RESAMPLING[self.resample])
+            rgb = np.asarray(resized)
+        scaled = np.asarray(rgb, dtype=np.float32) / 255.0
+        normalised = (scaled - np.float32(self.mean)) / np.float32(self.std)
+        return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))[None]
+
+
+def model_input(model: nn.Module) -> ModelInput:
+    """What ``model`` declares about its input (see the module's docstring)."""
+    config = getattr(model, "pretrained_cfg", None)
+    if isinstance(config, Mapping) and config.get("input_size"):
+        size = tuple(config["input_size"][-2:])
+        resample = str(config.get("interpolation") or "bilinear")
+        return ModelInput(
+            size=size if config.get("fixed_input_size") else None,
+            preferred=size,
+            mean=tuple(config.get("mean") or IMAGENET_MEAN),
+            std=tuple(config.get("std") or IMAGENET_STD),
+            resample=resample if resample in _RESAMPLING else "bilinear",
+            source="the model's pretrained_cfg (timm)",
+        )
+    image_size = getattr(model, "image_size", None)
+    if isinstance(image_size, int) and not isinstance(image_size, bool):
+        size = (image_size, image_size)
+        return ModelInput(size, size, source="the model's image_size (torchvision)")
+    return ModelInput()
