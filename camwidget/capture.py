@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from . import layouts
+from . import layouts, outputs
 from .errors import CamwidgetError
 from .layouts import Layout, Reshape
 
@@ -50,16 +50,23 @@ def guarded(model: nn.Module) -> Iterator[list[RemovableHandle]]:
 
 @dataclass
 class Capture:
-    """One forward pass: logits and the kept feature maps, still attached to the graph,
-    each in its own layout (``layouts`` reads them as (N, C, h, w))."""
+    """One forward pass: the model's output (the part to explain, see
+    :mod:`camwidget.outputs`) and the kept feature maps, still attached to the graph, each
+    in its own layout (``layouts`` reads them as (N, C, h, w))."""
 
-    logits: Tensor
+    output: Tensor | list[dict]
     activations: dict[str, Tensor]
     kinds: dict[str, str]
     layouts: dict[str, Layout] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     classifier: str | None = None
     modified: set[str] = field(default_factory=set)
+
+    @property
+    def logits(self) -> Tensor | None:
+        """The class logits (N, K) where the model is a classifier, else None."""
+        output = self.output
+        return output if isinstance(output, Tensor) and output.dim() == 2 else None
 
 
 class _Recorder:
@@ -173,10 +180,10 @@ class _Recorder:
         self.handed_on[name] = (duplicate, duplicate._version)
         return duplicate
 
-    def capture(self, logits: Tensor) -> Capture:
-        """What the pass recorded, with the model's ``logits``."""
+    def capture(self, output: Tensor | list[dict]) -> Capture:
+        """What the pass recorded, with the model's ``output``."""
         return Capture(
-            logits=logits,
+            output=output,
             activations=self.kept,
             kinds=self.kinds,
             layouts=self.layouts,
@@ -193,6 +200,7 @@ def forward(
     copy: Collection[str] | None = None,
     graph_from: str | None = None,
     reshape: Mapping[str, Reshape] | None = None,
+    select: Callable[[object], Tensor | list[dict]] = outputs.select,
 ) -> Capture:
     """Run ``model`` on ``inputs`` once, keeping the module outputs that are feature maps
     (:func:`layouts.find`; ``reshape``: the user's layouts, by layer name).
@@ -210,7 +218,8 @@ def forward(
     the module inside it.
 
     ``graph_from``: a layer in ``layers``; autograd records the pass only from its
-    output on (the cheapest pass for gradients at that layer and later ones).
+    output on (the cheapest pass for gradients at that layer and later ones). ``select``
+    picks the part of the model's output to explain.
     """
     recorder = _Recorder(inputs, copy, graph_from, reshape)
     wanted = None if layers is None else set(layers)
@@ -228,12 +237,12 @@ def forward(
                 f"the model failed on this input of shape {tuple(inputs.shape)}: "
                 f"{type(error).__name__}: {error}"
             ) from error
-    logits = logits_of(output)
-    if logits.shape[0] != inputs.shape[0]:
+    selected = select(output)
+    if outputs.rows(selected) != inputs.shape[0]:
         raise CamwidgetError(
-            f"the model returned {logits.shape[0]} rows of logits for {inputs.shape[0]} images"
+            f"the model returned {outputs.rows(selected)} outputs for {inputs.shape[0]} images"
         )
-    return recorder.capture(logits)
+    return recorder.capture(selected)
 
 
 def backward(
@@ -248,9 +257,12 @@ def backward(
     wanted = None if layers is None else set(layers)
     names = [n for n in capture.activations if wanted is None or n in wanted]
     unique = {id(capture.activations[n]): capture.activations[n] for n in names}
-    grads = torch.autograd.grad(
-        scores, list(unique.values()), retain_graph=retain, allow_unused=True
-    )
+    if not scores.requires_grad:  # a target that does not depend on the maps (a constant)
+        grads = [None] * len(unique)
+    else:
+        grads = torch.autograd.grad(
+            scores, list(unique.values()), retain_graph=retain, allow_unused=True
+        )
     by_id = {
         key: (torch.zeros_like(a) if g is None else g).detach()
         for (key, a), g in zip(unique.items(), grads, strict=True)
@@ -263,46 +275,20 @@ def score_masked(
     model: nn.Module,
     inputs: Tensor,
     masks: Tensor,
-    target: int,
+    score: Callable[[Tensor | list[dict]], Tensor],
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
+    select: Callable[[object], Tensor | list[dict]] = outputs.select,
 ) -> Tensor:
-    """softmax(model(inputs * mask))[target] for each mask (M, 1, H, W), in batches.
-
-    ``progress(done, total)`` is called after each batch.
+    """``score(output)`` (one number per image) of the model on ``inputs * mask`` for
+    each mask (M, 1, H, W), in batches; ``output`` is the selected part of the model's
+    output for the batch. ``progress(done, total)`` is called after each batch.
     """
     scores = []
     with guarded(model):
         for start in range(0, len(masks), max(1, batch_size)):
             batch = inputs * masks[start : start + batch_size]
-            logits = logits_of(model(batch))
-            scores.append(torch.softmax(logits.float(), dim=1)[:, target])
+            scores.append(score(select(model(batch))).float())
             if progress is not None:
                 progress(min(start + batch_size, len(masks)), len(masks))
     return torch.cat(scores)
-
-
-def logits_of(output: object) -> Tensor:
-    """The logits (N, K) in a model's output: a tensor, a tuple's first element, or a
-    mapping's / object's ``logits``."""
-    found = output
-    if isinstance(found, Mapping):
-        found = found.get("logits", None)
-    elif isinstance(found, (tuple, list)) and found:
-        found = found[0]
-    elif not isinstance(found, Tensor) and hasattr(found, "logits"):
-        found = found.logits
-    if not isinstance(found, Tensor):
-        raise CamwidgetError(
-            f"the model returned a {type(output).__name__}; camwidget needs logits: a "
-            "tensor (N, K), a tuple whose first element is one, or an object or dict "
-            "with 'logits'"
-        )
-    if found.dim() > 2 and all(s == 1 for s in found.shape[2:]):
-        found = found.flatten(1)
-    if found.dim() != 2 or not found.is_floating_point():
-        raise CamwidgetError(
-            f"the model's output has shape {tuple(found.shape)} ({found.dtype}); "
-            "camwidget needs class logits of shape (N, K)"
-        )
-    return found

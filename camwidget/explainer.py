@@ -1,7 +1,7 @@
-"""The engine: one forward per image, one partial backward per class, maps cached.
+"""The engine: one forward per image, one partial backward per target, maps cached.
 
-image -> prepare -> forward (cache: image) -> backward (cache: image, class)
-      -> method (cache: image, class, layer, method) -> upsample + normalise
+image -> prepare -> forward (cache: image) -> backward (cache: image, target)
+      -> method (cache: image, target, layer, method) -> upsample + normalise
 """
 
 from __future__ import annotations
@@ -11,118 +11,33 @@ import hashlib
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
-from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from . import capture as capture_
-from . import images, methods, render
+from . import images, methods, outputs, render
 from .capture import Capture
 from .errors import CamwidgetError
+from .explanation import Explanation, PreparedImage, Resolved
 from .inputs import ModelInput, model_input
 from .labels import check_index, resolve_target
 from .layers import LayerInfo, catalogue, default_layer, final_grid, final_linear
 from .layouts import Reshape
+from .targets import Box, Class, Region, Target, describe
+from .targets import key as target_key
 
 Preprocess = Callable[[object], Tensor]
+ACTIVATIONS = (None, "softmax", "sigmoid")
 Progress = Callable[[int, int], None]
 
 
 def imagenet_preprocess(image: object) -> Tensor:
     """ImageNet mean/std normalisation at the image's own size -> float tensor (3, H, W)."""
     return ModelInput()(np.asarray(image))[0]
-
-
-@dataclass(frozen=True)
-class PreparedImage:
-    """An image made ready for the model.
-
-    ``inputs``: the model input (1, 3, h, w); ``key``: a hash of ``inputs``; ``size``:
-    (H, W) of the image, the size of every heatmap; ``notes``: what was done to the
-    image on the way, in words; ``source``: the RGB array, or the input tensor itself.
-    """
-
-    inputs: Tensor
-    key: str
-    size: tuple[int, int]
-    notes: tuple[str, ...] = ()
-    source: np.ndarray | Tensor | None = field(default=None, repr=False)
-
-    @cached_property
-    def rgb(self) -> np.ndarray:
-        """uint8 (H, W, 3) at the image's own size: what the panel shows (a tensor
-        input is shown as its min-max stretch)."""
-        if isinstance(self.source, np.ndarray):
-            return self.source
-        return images.to_rgb(self.source if self.source is not None else self.inputs)
-
-
-@dataclass(frozen=True)
-class Explanation:
-    """One explained (image, layer, target, method).
-
-    ``raw``: the method's map (h', w') at feature resolution, as its paper defines it;
-    ``size``: (H, W) of the image; ``score``: the target's logit; ``probability``: its
-    softmax probability; ``timings``: milliseconds spent on this call in ``forward``,
-    ``backward`` and ``map`` (0 where a cache answered).
-    """
-
-    raw: np.ndarray
-    size: tuple[int, int]
-    layer: str
-    target: int
-    method: str
-    score: float
-    label: str
-    probability: float
-    timings: Mapping[str, float] = field(default_factory=dict, compare=False)
-
-    @property
-    def title(self) -> str:
-        """The method as its paper writes it, e.g. ``Grad-CAM``."""
-        return methods.get(self.method).title
-
-    @cached_property
-    def heatmap(self) -> np.ndarray:
-        """float32 (H, W) in [0, 1]: ``raw`` upsampled to the image's size, normalised."""
-        return self.heatmap_at(self.size)
-
-    def heatmap_at(self, size: tuple[int, int]) -> np.ndarray:
-        """The heatmap at another (H, W), e.g. the panel's display size."""
-        return render.normalise(render.upsample(self.raw, size))
-
-    @property
-    def message(self) -> str | None:
-        """A remark in words when the map shows nothing (no positive evidence, constant)."""
-        raw, method = self.raw, methods.get(self.method)
-        if not np.isfinite(raw).all():
-            return f"the map at {self.layer} is not finite: the model produced NaN or inf"
-        if method.rectified and raw.max() <= 0:
-            return (
-                f"no positive evidence for {self.label!r} at {self.layer}: the "
-                f"{method.title} map is zero everywhere"
-            )
-        if raw.max() - raw.min() <= 1e-12 * max(abs(float(raw.max())), 1e-30):
-            return (
-                f"the {method.title} map at {self.layer} is constant "
-                f"({raw.shape[0]}×{raw.shape[1]} feature map): nothing to localise"
-            )
-        return None
-
-
-class Resolved(NamedTuple):
-    """What :meth:`Explainer.resolve` makes of a request: the method and layer that will
-    be shown, the class index (None: the top-1 class), and a remark in words where the
-    method was replaced by its fallback."""
-
-    method: str
-    layer: str
-    target: int | None
-    note: str | None
 
 
 @dataclass(frozen=True)
@@ -138,7 +53,9 @@ class _Catalogue:
 
 
 class Explainer:
-    """Explains a PyTorch image classifier with class activation maps.
+    """Explains a PyTorch image model with class activation maps: a classifier, a
+    segmentation or detection model, or an embedding (see :mod:`camwidget.outputs` and
+    :mod:`camwidget.targets`).
 
     ``preprocess`` maps a PIL RGB image to a float tensor (3, H, W) or (1, 3, H, W)
     (default: ImageNet mean/std at the image's own size). ``labels``: class names, a
@@ -155,6 +72,10 @@ class Explainer:
     gradients of the most recent classes are kept within ``gradient_bytes`` (the latest
     class's are always kept). Score-CAM scores masked inputs ``scorecam_batch_size`` at
     a time, and only the ``scorecam_channels`` most active channels when that is set.
+    ``output``: a function picking the part of the model's output to explain, where
+    camwidget cannot find it itself. ``activation``: how a classifier's logits become
+    probabilities: None (softmax, or sigmoid for a single output), ``"softmax"`` or
+    ``"sigmoid"`` (multi-label).
     """
 
     def __init__(
@@ -170,9 +91,15 @@ class Explainer:
         scorecam_batch_size: int = 32,
         scorecam_channels: int | None = None,
         reshape: Mapping[str, Reshape] | None = None,
+        output: Callable[[object], object] | None = None,
+        activation: str | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise CamwidgetError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+        if activation not in ACTIVATIONS:
+            raise CamwidgetError(
+                f"activation must be None, 'softmax' or 'sigmoid', not {activation!r}"
+            )
         self.model = model
         self.preprocess = preprocess
         self.labels = labels
@@ -182,25 +109,33 @@ class Explainer:
         self.scorecam_batch_size = scorecam_batch_size
         self.scorecam_channels = scorecam_channels
         self.reshape = dict(reshape or {})
+        self.output = output
+        self.activation = activation
         #: What the model wants as input when ``preprocess`` is None.
         self.model_input = model_input(model)
         self.device, self.dtype = _placement(model, device)
         #: Counts of model passes run so far: "forward", "backward", and "scored" masked
         #: inputs (Score-CAM).
         self.passes: Counter[str] = Counter()
+        self._num_classes: int | None = None
+        self._worked_at: set[tuple[int, int]] = set()  # input sizes the model took
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget every cached pass and map (e.g. after changing the model's weights)."""
         self._captures: OrderedDict[str, Capture] = OrderedDict()
         self._catalogues: dict[str, list[LayerInfo]] = {}
-        self._gradients: OrderedDict[tuple[str, int], dict[str, Tensor]] = OrderedDict()
+        self._gradients: OrderedDict[tuple, dict[str, Tensor]] = OrderedDict()
         self._maps: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._current: _Catalogue | None = None
         self._defaults: dict[tuple[str, ...], str] = {}  # by the final grid's layers
-        self._num_classes: int | None = None
-        self._worked_at: set[tuple[int, int]] = set()  # input sizes the model took
         # Maps that in-place ops downstream rewrite, so that forwards hand on copies of
         # them; learned when a pass finds one of its kept maps rewritten.
         self._copies: set[str] = set()
         # Whether CAM applies, by layer: checked once per layer, not per image.
         self._cam: dict[str, bool] = {}
+
+    close = clear
 
     # ----------------------------------------------------------------- catalogue
 
@@ -213,20 +148,32 @@ class Explainer:
 
     @property
     def default_layer(self) -> str:
-        """The last layer on the model's final grid whose gradient for the top-1 class
-        is not identically zero (see :func:`camwidget.layers.default_layer`)."""
+        """The layer shown first: for a classifier, the last layer on the model's final
+        grid whose gradient for the top-1 class is not identically zero (see
+        :func:`camwidget.layers.default_layer`)."""
         current = self._current or self._probe()
         key = tuple(final_grid(current.layers))
         if key not in self._defaults:
-            self._defaults[key] = default_layer(current.layers, current.capture)
+            capture = current.capture
+
+            def score() -> Tensor:
+                return self._score(capture, self._target(capture, None, 0), 0)
+
+            self._defaults[key] = default_layer(current.layers, capture, score)
         return self._defaults[key]
 
     @property
     def num_classes(self) -> int:
-        """How many classes the model scores."""
+        """How many classes the model scores (for a detector: as many as its labels)."""
         if self._num_classes is None:
             self._probe()
         return int(self._num_classes)
+
+    @property
+    def output_kind(self) -> str:
+        """What the model returns: ``"logits"``, ``"dense"`` or ``"detections"`` (see
+        :mod:`camwidget.outputs`)."""
+        return outputs.kind((self._current or self._probe()).capture.output)
 
     def layer(self, name: str | None) -> LayerInfo:
         """The catalogued layer ``name`` (None: the default layer)."""
@@ -271,17 +218,19 @@ class Explainer:
 
     # ----------------------------------------------------------------- policy
 
-    def check_target(self, target: int | str | None) -> int | None:
+    def check_target(self, target: int | str | Target | None) -> int | Target | None:
         """The class index ``target`` means: an index, or a class name (any case, or an
-        unambiguous prefix). None stays None (the top-1 class). Raises in words."""
-        if target is None:
-            return None
+        unambiguous prefix). A callable target (see :mod:`camwidget.targets`) and None
+        (the model's top answer) stay as they are. Raises in words."""
+        if target is None or (callable(target) and not isinstance(target, type)):
+            return target
         if isinstance(target, str):
             names = [self.label(i) for i in range(self.num_classes)] if self.labels else None
             return resolve_target(target, names, self.num_classes)
         if isinstance(target, bool) or not isinstance(target, (int, np.integer)):
             raise CamwidgetError(
-                f"target must be a class index (int) or a class name, not {target!r}"
+                f"target must be a class index (int), a class name or a callable "
+                f"(camwidget.targets), not {target!r}"
             )
         return check_index(int(target), self.num_classes)
 
@@ -299,12 +248,12 @@ class Explainer:
         self,
         method: str = "gradcam",
         layer: str | None = None,
-        target: int | str | None = None,
+        target: int | str | Target | None = None,
         *,
         fallback: bool = False,
     ) -> Resolved:
         """Check a request and fill in its defaults: the layer (None: the default layer),
-        the method, and the class index (see :meth:`check_target`).
+        the method, and the target (see :meth:`check_target`).
 
         A method that does not apply at the layer raises, saying where it applies;
         with ``fallback`` its fallback method is chosen instead, with a note.
@@ -418,7 +367,7 @@ class Explainer:
     ) -> Capture:
         def run() -> Capture:
             return capture_.forward(
-                self.model, inputs, layers, self._copies, graph_from, self.reshape
+                self.model, inputs, layers, self._copies, graph_from, self.reshape, self._select
             )
 
         capture = run()
@@ -426,7 +375,7 @@ class Explainer:
             self._copies |= capture.modified
             self.passes["forward"] += 1
             capture = run()
-        self._num_classes = capture.logits.shape[1]
+        self._num_classes = self._classes(capture.output)
         self._worked_at.add(tuple(inputs.shape[-2:]))
         self.passes["forward"] += 1
         if not capture.activations and layers is None:
@@ -436,6 +385,55 @@ class Explainer:
                 "grid over the image; class activation maps need one (or give reshape=)"
             )
         return capture
+
+    def _select(self, output: object) -> Tensor | list[dict]:
+        """The part of the model's ``output`` to explain: the user's ``output`` function
+        first, then :func:`camwidget.outputs.select`."""
+        if self.output is not None:
+            try:
+                output = self.output(output)
+            except CamwidgetError:
+                raise
+            except Exception as error:
+                raise CamwidgetError(
+                    f"the output function failed: {type(error).__name__}: {error}"
+                ) from error
+        return outputs.select(output)
+
+    def _classes(self, output: Tensor | list[dict]) -> int:
+        if outputs.kind(output) != "detections":
+            return output.shape[1]
+        return (
+            len(self.labels)
+            if self.labels
+            else 1 + max((int(d["labels"].max()) for d in output if len(d["labels"])), default=0)
+        )
+
+    def _target(self, capture: Capture, target: int | Target | None, row: int) -> Target:
+        """The target object for image ``row``: a callable as it is, a class index as
+        its kind of output reads it, None as the model's top answer."""
+        one = outputs.one(capture.output, row)
+        if target is None:
+            return outputs.default_target(one)
+        if callable(target):
+            return target
+        return outputs.as_target(int(target), one)
+
+    def _score(self, capture: Capture, target: Target, row: int) -> Tensor:
+        """``target``'s value on image ``row``'s output: one number, on the graph."""
+        try:
+            value = target(outputs.one(capture.output, row))
+        except CamwidgetError:
+            raise
+        except Exception as error:
+            raise CamwidgetError(f"the target failed: {type(error).__name__}: {error}") from error
+        if not isinstance(value, Tensor) or value.numel() != 1 or not value.is_floating_point():
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise CamwidgetError(
+                f"the target returned {shape}; a target must return one number (a float "
+                "scalar tensor computed from the model's output)"
+            )
+        return value.reshape(())
 
     def _prepared_capture(
         self, image: object, timings: dict[str, float]
@@ -477,17 +475,18 @@ class Explainer:
         self,
         image: PreparedImage,
         capture: Capture,
-        target: int,
+        target: Target,
         layer: str,
         timings: dict[str, float],
     ) -> Tensor:
-        """dy_target/dA at ``layer``, backward only as deep as needed.
+        """d target / dA at ``layer``, backward only as deep as needed.
 
         The first request for (image, target) back-propagates to ``layer`` and every
         layer after it (they lie on the way); the first request for an earlier layer
         completes every layer in one more partial backward. Everything else is a lookup.
+        Targets are told apart by value (:func:`camwidget.targets.key`).
         """
-        key = (image.key, target)
+        key = (image.key, target_key(target))
         grads = self._gradients.get(key)
         if grads is not None:
             self._gradients.move_to_end(key)
@@ -497,7 +496,7 @@ class Explainer:
         wanted = names[names.index(layer) :] if grads is None else names
         wanted = [name for name in wanted if grads is None or name not in grads]
         start = time.perf_counter()
-        found = capture_.backward(capture, capture.logits[0, target], wanted)
+        found = capture_.backward(capture, self._score(capture, target, 0), wanted)
         self.passes["backward"] += 1
         timings["backward"] = _ms(start)
         grads = self._gradients.setdefault(key, {})
@@ -506,50 +505,57 @@ class Explainer:
             self._gradients.popitem(last=False)
         return grads[layer]
 
-    def clear(self) -> None:
-        """Forget every cached pass and map (e.g. after changing the model's weights)."""
-        self._captures.clear()
-        self._catalogues.clear()
-        self._gradients.clear()
-        self._maps.clear()
-        self._current = None
-        self._defaults.clear()
-        self._copies = set()
-        self._cam = {}
-
-    close = clear
-
     # ----------------------------------------------------------------- answers
 
     def predict(self, image: object, k: int = 5) -> list[tuple[int, str, float]]:
-        """The ``k`` most probable classes: (index, label, probability), best first."""
+        """The model's top answers, (class index, label, value), best first: the ``k``
+        most probable classes (with ``activation="sigmoid"``: every class above 0.5),
+        the ``k`` classes with the most predicted pixels (value: their share), or the
+        ``k`` best detections (value: their score)."""
         _, capture = self._prepared_capture(image, {})
-        probs = _probabilities(capture.logits[0])
-        top = torch.topk(probs, min(k, probs.numel()))
-        return [
-            (int(i), self.label(int(i)), float(p))
-            for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
-        ]
+        ranked = outputs.ranking(outputs.one(capture.output, 0), self.activation, k)
+        return [(index, self.label(index), value) for index, value in ranked]
+
+    def detections(self, image: object) -> list[outputs.Detection]:
+        """A detector's detections in ``image``, best first: each with its ``box`` in the
+        image's own pixels and the ``target`` that explains it."""
+        prepared, capture = self._prepared_capture(image, {})
+        one = outputs.one(capture.output, 0)
+        if not isinstance(one, dict):
+            raise CamwidgetError("this model is not a detector: it returns no boxes")
+        return [d._replace(box=_to_image(d.box, prepared)) for d in outputs.detections(one)]
+
+    def embedding(self, image: object) -> Tensor:
+        """The model's output for ``image`` as one flat vector, detached: the reference
+        for :class:`camwidget.targets.Similarity`."""
+        _, capture = self._prepared_capture(image, {})
+        one = outputs.one(capture.output, 0)
+        if not isinstance(one, Tensor):
+            raise CamwidgetError("this model's output is not a tensor: it has no embedding")
+        return one.detach().flatten().float()
 
     def explain(
         self,
         image: object,
         layer: str | None = None,
-        target: int | str | None = None,
+        target: int | str | Target | None = None,
         method: str = "gradcam",
         *,
         progress: Progress | None = None,
     ) -> Explanation:
-        """Explain ``target`` (None: the top-1 class) at ``layer`` with ``method``.
+        """Explain ``target`` at ``layer`` with ``method``.
 
-        ``progress(done, total)`` is called while a method scores masked inputs.
+        ``target``: a class index or name, a callable (see :mod:`camwidget.targets`), or
+        None for the model's top answer (the top-1 class, the class with the most
+        predicted pixels, the best detection). ``progress(done, total)`` is called while
+        a method scores masked inputs.
         """
         timings = {"forward": 0.0, "backward": 0.0, "map": 0.0}
         image, capture = self._prepared_capture(image, timings)
         method, layer, target, _ = self.resolve(method, layer, target)
         spec = methods.get(method)
-        target = int(capture.logits[0].argmax()) if target is None else target
-        key = (image.key, target, layer, method, *self._options(spec).values())
+        target = self._target(capture, target, 0)
+        key = (image.key, target_key(target), layer, method, *self._options(spec).values())
         raw = self._maps.get(key)
         if raw is None:
             grads = None
@@ -561,13 +567,13 @@ class Explainer:
             self._maps[key] = raw
             while len(self._maps) > 1024:
                 self._maps.popitem(last=False)
-        return self._finish(raw, image.size, capture.logits[0], layer, target, method, timings)
+        return self._finish(raw, image, capture, 0, layer, target, method, timings)
 
     def explain_batch(
         self,
         images_: Sequence[object],
         layer: str | None = None,
-        targets: Sequence[int | str | None] | None = None,
+        targets: Sequence[int | str | Target | None] | None = None,
         method: str = "gradcam",
     ) -> list[Explanation]:
         """Explain many images at once: one batched forward and one backward per group of
@@ -594,7 +600,7 @@ class Explainer:
         return [results[i] for i in range(len(prepared))]
 
     def _explain_group(
-        self, group: list[tuple[PreparedImage, int | None]], layer: str, spec: methods.Method
+        self, group: list[tuple[PreparedImage, object]], layer: str, spec: methods.Method
     ) -> list[Explanation]:
         """Images of one input size with their targets: one forward, one backward.
 
@@ -607,22 +613,16 @@ class Explainer:
         capture = self._forward(inputs, {layer}, graph_from=layer)
         if layer not in capture.activations:
             raise CamwidgetError(f"layer {layer!r} did not run for this batch")
-        logits = capture.logits
-        targets = [
-            int(logits[row].argmax()) if t is None else t for row, (_, t) in enumerate(group)
-        ]
+        chosen = [self._target(capture, target, row) for row, (_, target) in enumerate(group)]
         grads = None
         if spec.needs_gradients:
-            rows = torch.arange(len(group), device=logits.device)
-            scores = logits[rows, torch.tensor(targets, device=logits.device)].sum()
-            grads = capture_.backward(capture, scores, {layer}, retain=False)[layer]
+            total = torch.stack([self._score(capture, t, row) for row, t in enumerate(chosen)])
+            grads = capture_.backward(capture, total.sum(), {layer}, retain=False)[layer]
             self.passes["backward"] += 1
         explained = []
-        for row, ((image, _), target) in enumerate(zip(group, targets, strict=True)):
+        for row, ((image, _), target) in enumerate(zip(group, chosen, strict=True)):
             raw = self._raw(spec, capture, layer, row, target, grads, inputs[row : row + 1])
-            explained.append(
-                self._finish(raw, image.size, logits[row], layer, target, spec.name, {})
-            )
+            explained.append(self._finish(raw, image, capture, row, layer, target, spec.name, {}))
         return explained
 
     # ----------------------------------------------------------------- helpers
@@ -637,7 +637,7 @@ class Explainer:
         capture: Capture,
         layer: str,
         row: int,
-        target: int,
+        target: Target,
         gradients: Tensor | None,
         inputs: Tensor,
         progress: Progress | None = None,
@@ -650,20 +650,22 @@ class Explainer:
             gradients = torch.zeros_like(activations)
         else:
             gradients = layout.to_nchw(gradients)[row].float()
-        classifier = final_linear(self.model, capture) if self.layer(layer).cam else None
-        weights = None if classifier is None else classifier.weight.detach()[target].float()
+        weights = None
+        if isinstance(target, Class) and capture.logits is not None and self.layer(layer).cam:
+            weights = final_linear(self.model, capture).weight.detach()[target.index].float()
 
         def score(masks: Tensor) -> Tensor:
-            scores = capture_.score_masked(
+            masked = capture_.score_masked(
                 self.model,
                 inputs,
                 masks.to(inputs.dtype),
-                target,
+                self._masked_score(target),
                 self.scorecam_batch_size,
                 progress,
+                self._select,
             )
             self.passes["scored"] += len(masks)
-            return scores
+            return masked
 
         context = methods.MethodContext(
             class_weights=weights,
@@ -674,26 +676,53 @@ class Explainer:
         raw = spec.fn(activations, gradients, context)
         return raw.detach().cpu().numpy().astype(np.float32)
 
+    def _masked_score(self, target: Target) -> Callable[[object], Tensor]:
+        """How Score-CAM scores a batch of masked inputs: a class's probability (the
+        authors' variant), any other target's value."""
+
+        def score(output: Tensor | list[dict]) -> Tensor:
+            if isinstance(target, Class) and outputs.kind(output) == "logits":
+                return outputs.activate(output, self.activation)[:, target.index]
+            count = outputs.rows(output)
+            return torch.stack([target(outputs.one(output, row)) for row in range(count)])
+
+        return score
+
     def _finish(
         self,
         raw: np.ndarray,
-        size: tuple[int, int],
-        logits: Tensor,
+        image: PreparedImage,
+        capture: Capture,
+        row: int,
         layer: str,
-        target: int,
+        target: Target,
         method: str,
         timings: Mapping[str, float],
     ) -> Explanation:
+        score = float(self._score(capture, target, row).detach())
+        logits = capture.logits
+        if isinstance(target, Class) and logits is not None:
+            probability = float(outputs.activate(logits[row], self.activation)[target.index])
+            shown, label = target.index, self.label(target.index)
+        else:
+            probability, shown, label = None, target, describe(target, self.label)
+        region = None
+        if isinstance(target, Region):
+            mask = target.region(outputs.one(capture.output, row).detach())
+            region = render.upsample(mask.cpu().numpy(), image.size) >= 0.5
+        box = _to_image(target.box, image) if isinstance(target, Box) else None
         return Explanation(
             raw=raw,
-            size=size,
+            size=image.size,
             layer=layer,
-            target=target,
+            target=shown,
             method=method,
-            score=float(logits[target].detach()),
-            label=self.label(target),
-            probability=float(_probabilities(logits)[target]),
+            score=score,
+            label=label,
+            probability=probability,
             timings=timings,
+            region=region,
+            box=box,
         )
 
 
@@ -703,8 +732,11 @@ def _nbytes(gradients: Mapping[object, dict[str, Tensor]]) -> int:
     return sum(g.numel() * g.element_size() for g in unique.values())
 
 
-def _probabilities(logits: Tensor) -> Tensor:
-    return torch.softmax(logits.detach().float(), dim=-1).cpu()
+def _to_image(box: tuple[float, ...], image: PreparedImage) -> tuple[float, ...]:
+    """A box in pixels of the model's input -> in pixels of the image."""
+    height, width = image.inputs.shape[-2:]
+    scale = (image.size[1] / width, image.size[0] / height) * 2
+    return tuple(float(v) * s for v, s in zip(box, scale, strict=True))
 
 
 def _placement(

@@ -2,10 +2,12 @@
 one fixed size) and its normalisation, read from the model where it declares them.
 
 Sources, in order: timm's ``pretrained_cfg`` (``input_size``, ``fixed_input_size``,
-``mean``, ``std``, ``interpolation``), torchvision's ``image_size`` attribute (ViT), and
-otherwise ImageNet's mean and std at the image's own size. A model that fails at the
-image's size but works at the size it was made for (the declared ``input_size``, else
-224×224) is given that size (the :class:`~camwidget.Explainer` learns it by trying).
+``mean``, ``std``, ``interpolation``), a torchvision detector's own ``transform`` (it
+resizes and normalises inside: pixels go in as [0, 1]), torchvision's ``image_size``
+attribute (ViT), and otherwise ImageNet's mean and std at the image's own size. A model
+that fails at the image's size but works at the size it was made for (the declared
+``input_size``, else 224×224) is given that size (the :class:`~camwidget.Explainer`
+learns it by trying).
 """
 
 from __future__ import annotations
@@ -70,6 +72,13 @@ def model_input(model: nn.Module) -> ModelInput:
             std=tuple(config.get("std") or IMAGENET_STD),
             resample=resample if resample in _RESAMPLING else "bilinear",
             source="the model's pretrained_cfg (timm)",
+        )
+    transform = getattr(model, "transform", None)
+    if hasattr(transform, "image_mean") and hasattr(transform, "image_std"):
+        return ModelInput(
+            mean=(0.0, 0.0, 0.0),
+            std=(1.0, 1.0, 1.0),
+            source="the model resizes and normalises inside (torchvision detection)",
         )
     image_size = getattr(model, "image_size", None)
     if isinstance(image_size, int) and not isinstance(image_size, bool):

@@ -6,6 +6,7 @@ never by guessing from class names, and listed in the order their outputs appear
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -77,13 +78,14 @@ def final_linear(model: nn.Module, capture: Capture) -> nn.Linear | None:
 
 
 @torch.no_grad()
-def cam_applies(activations: Tensor, logits: Tensor, classifier: nn.Linear | None) -> bool:
-    """Whether ``logits == classifier(GAP(activations))`` on this input, within tolerance.
+def cam_applies(activations: Tensor, logits: Tensor | None, classifier: nn.Linear | None) -> bool:
+    """Whether ``logits == classifier(GAP(activations))`` on this input, within tolerance
+    (never for a model that is not a classifier: ``logits`` None).
 
     Checked in at least float32; the tolerance is relative to the largest logit, looser
     for 16-bit models.
     """
-    if classifier is None or classifier.in_features != activations.shape[1]:
+    if logits is None or classifier is None or classifier.in_features != activations.shape[1]:
         return False
     if classifier.out_features != logits.shape[1]:
         return False
@@ -111,19 +113,27 @@ def final_grid(layers: list[LayerInfo]) -> list[str]:
     return [layers[-1].name]
 
 
-def default_layer(layers: list[LayerInfo], capture: Capture) -> str:
-    """The last layer on the final grid whose gradient for the top-1 class is not
-    identically zero on the grid; the last one on it if all are.
+def default_layer(layers: list[LayerInfo], capture: Capture, score: Callable[[], Tensor]) -> str:
+    """The layer to show first.
 
-    In a class-token ViT the last block's output reaches the logits only through its
-    class token, so its grid has zero gradient: the default is then inside that block.
-    The backward goes only as deep as needed: the last 8 candidates, then 32, then all.
+    A model with a ``backbone`` (torchvision's segmentation and detection models): the
+    last map of the backbone (of its ``body``, before a feature pyramid), which feeds
+    every head and every pyramid level, so it explains any region or box. Otherwise the
+    last layer on the final grid whose gradient of ``score()`` (the model's top answer)
+    is not identically zero on the grid; the last one on it if all are. In a class-token
+    ViT the last block's output reaches the logits only through the class token, so its
+    grid has zero gradient: the default is then inside that block. The backward goes
+    only as deep as needed: the last 8 candidates, then 32, then all.
     """
+    for prefix in ("backbone.body.", "backbone."):
+        inside = [layer.name for layer in layers if layer.name.startswith(prefix)]
+        if inside:
+            return inside[-1]
     candidates = final_grid(layers)
-    score = capture.logits[0].max()
+    value = score()
     for depth in (8, 32, len(candidates)):
         names = candidates[-depth:]
-        grads = capture_.backward(capture, score, names)
+        grads = capture_.backward(capture, value, names)
         for name in reversed(names):
             if capture.layouts[name].to_nchw(grads[name]).abs().amax() > 0:
                 return name

@@ -55,7 +55,10 @@ def cam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tenso
     mean(M) + b_c = y_c exactly. Needs ``context.class_weights``.
     """
     if context.class_weights is None:
-        raise ValueError("CAM needs the final layer's class weights")
+        raise CamwidgetError(
+            "CAM explains one class of a classifier with the final layer's weights for that "
+            "class; for this target use Grad-CAM"
+        )
     return _weighted_sum(context.class_weights.to(activations.dtype), activations)
 
 

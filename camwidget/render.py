@@ -107,6 +107,32 @@ def blend(
     return np.rint(out).astype(np.uint8)
 
 
+def outline(
+    rgb: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 255, 255)
+) -> np.ndarray:
+    """``rgb`` with the border of ``mask`` (bool (H, W), the same size) drawn in
+    ``color``, two pixels wide."""
+    inner = mask.copy()
+    for axis in (0, 1):
+        for shift in (1, -1, 2, -2):
+            inner &= np.roll(mask, shift, axis=axis)
+    border = mask & ~inner
+    out = rgb.copy()
+    out[border] = color
+    return out
+
+
+def draw_box(
+    rgb: np.ndarray, box: tuple[float, ...], color: tuple[int, int, int] = (255, 255, 255)
+) -> np.ndarray:
+    """``rgb`` with the rectangle ``box`` (x1, y1, x2, y2 in its pixels) drawn in ``color``."""
+    from PIL import ImageDraw
+
+    image = Image.fromarray(rgb)
+    ImageDraw.Draw(image).rectangle([round(v) for v in box], outline=color, width=2)
+    return np.asarray(image)
+
+
 def encode(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> bytes:
     """Encode a uint8 RGB array as JPEG or PNG bytes."""
     buffer = io.BytesIO()

@@ -138,6 +138,29 @@ def test_controls_drive_the_traits(panel):
     )
 
 
+def test_controls_start_at_the_traits_values(lite0):
+    model, preprocess, labels = lite0
+    panel = CAMWidget(
+        model,
+        samples.load("chelsea"),
+        preprocess=preprocess,
+        labels=labels,
+        colormap="magma",
+        alpha=0.35,
+        threshold=0.2,
+        layer="blocks.14",
+    )
+    c = panel.controls
+    assert (c["colormap"].value, c["opacity"].value, c["threshold"].value) == ("magma", 0.35, 0.2)
+    assert (c["layer"].value, c["method"].value, c["compare"].value) == (
+        "blocks.14",
+        "gradcam",
+        False,
+    )
+    assert c["classes"].target == panel.target and c["region"].value == "predicted"
+    panel.close()
+
+
 def test_traits_drive_the_controls(panel):
     panel.layer = "blocks.14"
     panel.colormap = "twilight"  # any matplotlib name, not only the short list

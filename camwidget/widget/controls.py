@@ -6,20 +6,22 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import ipywidgets as widgets
-from traitlets import Int, observe
+from traitlets import Any, observe
 
 from .. import render
 from ..errors import CamwidgetError
+from .choices import REGIONS
 
 
 class ClassPicker(widgets.VBox):
-    """Top-k quick picks plus a search box over all class names; ``target`` is the pick.
+    """Quick picks (the model's top answers) plus a search box over all class names;
+    ``target`` is the pick: a class index, or a target such as a detection's box.
 
     ``resolve`` turns typed text into a class index (or raises in words); ``on_error``
     shows such an error.
     """
 
-    target = Int(0)
+    target = Any(0)
 
     def __init__(
         self,
@@ -50,12 +52,12 @@ class ClassPicker(widgets.VBox):
         self.search.observe(self._searched, "value")
         super().__init__(children=[self.quick, self.search])
 
-    def set_top(self, top: Sequence[tuple[int, str, float]]) -> None:
-        """Offer these (index, label, probability) as quick picks (picks nothing)."""
+    def set_top(self, choices: Sequence[tuple[str, object]]) -> None:
+        """Offer these (caption, pick) as quick picks (picks nothing)."""
         self._offering = True
         try:
             with self.quick.hold_sync():
-                self.quick.options = [(f"{label} · {p:.1%}", i) for i, label, p in top]
+                self.quick.options = list(choices)
                 self._show(self.target)
         finally:
             self._offering = False
@@ -64,7 +66,7 @@ class ClassPicker(widgets.VBox):
     def _target_changed(self, change: Mapping) -> None:
         self._show(change["new"])
 
-    def _show(self, target: int) -> None:
+    def _show(self, target: object) -> None:
         values = [value for _, value in self.quick.options]
         self.quick.value = target if target in values else None
 
@@ -103,6 +105,19 @@ def build(
         "opacity": widgets.FloatSlider(description="opacity", **slider),
         "threshold": widgets.FloatSlider(description="threshold", **slider),
         "compare": widgets.Checkbox(description="compare", indent=False),
+        "region": widgets.ToggleButtons(
+            options=list(REGIONS),
+            description="region",
+            tooltip="explain the class over its predicted pixels, or over the whole image",
+            layout=widgets.Layout(display="none"),
+        ),
+        "reference": widgets.FileUpload(
+            accept="image/*",
+            multiple=False,
+            description="reference",
+            tooltip="the image whose embedding the map compares with",
+        ),
+        "reference_image": widgets.Image(format="jpeg", layout=widgets.Layout(width="160px")),
         "upload": widgets.FileUpload(accept="image/*", multiple=False, description="image"),
         "save": widgets.Button(description="save", icon="download"),
         "inspect": widgets.ToggleButton(description="inspect", icon="search"),

@@ -19,14 +19,16 @@ import ipywidgets as widgets
 import numpy as np
 import torch
 from PIL import Image
-from traitlets import Bool, Float, Int, TraitError, Unicode, observe, validate
+from traitlets import Any, Bool, Float, TraitError, Unicode, observe, validate
 
 from .. import methods, render
 from ..errors import CamwidgetError
 from ..explainer import Explainer, Explanation, PreparedImage
+from ..targets import Similarity
+from . import choices
 from . import controls as controls_
 from .inspector import Inspector
-from .views import View, display_frame
+from .views import View, caption, display_frame
 
 #: trait -> (control name, the control's attribute that shows it)
 _BINDINGS = {
@@ -39,26 +41,33 @@ _BINDINGS = {
     "compare": ("compare", "value"),
     "target": ("classes", "target"),
     "compare_target": ("compare_classes", "target"),
+    "region": ("region", "value"),
 }
 
 
 class CAMWidget(widgets.VBox):
-    """A live class activation map explorer for a PyTorch image classifier.
+    """A live class activation map explorer for a PyTorch image model.
 
     Set ``layer``, ``target``, ``method``, ``colormap``, ``alpha`` or ``threshold``
     (or use the controls) and the overlay re-renders. ``compare`` shows a second view
-    with its own ``compare_target`` and ``compare_layer``.
+    with its own ``compare_target`` and ``compare_layer``. ``target`` is a class index
+    (for a segmentation model: the class over its predicted pixels, or over the whole
+    image with ``region = "image"``), or any target of :mod:`camwidget.targets` (a
+    detection's box for a detector). With a ``reference`` image, the map explains the
+    similarity of the model's embedding of the image to that of the reference.
+    ``output``, ``activation`` and ``reshape`` go to the :class:`Explainer`.
     """
 
     layer = Unicode()
-    target = Int(0)
+    target = Any(0)
     method = Unicode("gradcam")
     colormap = Unicode("jet")
     alpha = Float(0.5)
     threshold = Float(0.0)
     compare = Bool(False)
-    compare_target = Int(0)
+    compare_target = Any(0)
     compare_layer = Unicode()
+    region = Unicode("predicted")
 
     def __init__(
         self,
@@ -76,17 +85,19 @@ class CAMWidget(widgets.VBox):
         device: str | torch.device | None = None,
         display_size: int = 448,
         top_k: int = 5,
+        reference: object = None,
+        **options: object,
     ) -> None:
-        self.explainer = Explainer(model, preprocess=preprocess, labels=labels, device=device)
+        self.explainer = Explainer(model, preprocess, labels, device, **options)
         if image is not None:  # the catalogue comes from this image, not a 224 probe
             image = self.explainer.prepare(image)
             self.explainer.predict(image, k=1)
-        self.display_size = display_size
-        self.top_k = top_k
+        self.display_size, self.top_k = display_size, top_k
         #: Milliseconds of the last update: forward, backward, render.
         self.timings: dict[str, float] = {}
         self._image: PreparedImage | None = None
         self._frame_rgb: np.ndarray | None = None
+        self._reference: Similarity | None = None
         self._suspended = False
         self._inspector: Inspector | None = None
         self.main_view = View(display_size, "camwidget-overlay")
@@ -97,17 +108,15 @@ class CAMWidget(widgets.VBox):
         self.add_class("camwidget")
         with self._quiet():
             self.layer = self.compare_layer = layer or self.explainer.default_layer
-            self.method = method
-            self.colormap = colormap
-            self.alpha = alpha
-            self.threshold = threshold
+            self.method, self.colormap = method, colormap
+            self.alpha, self.threshold = alpha, threshold
         self._offer_layers()
         self._offer_methods()
         self._wire()
+        if reference is not None:
+            self.set_reference(reference)
         if image is None:
-            self._controls[
-                "status"
-            ].value = "<i>No image yet: upload one or call <code>set_image(...)</code>.</i>"
+            self._say_status("<i>No image yet: upload one or call <code>set_image(...)</code>.</i>")
         else:
             self.set_image(image, target=target)
 
@@ -156,6 +165,17 @@ class CAMWidget(widgets.VBox):
             self._say_error(str(error))
             raise
 
+    def set_reference(self, image: object) -> None:
+        """Explain the similarity of the model's embedding of the shown image to that of
+        ``image`` (an embedding model: its output is a vector); the reference is shown
+        beside the overlay and the class list is hidden."""
+        prepared = self.explainer.prepare(image)
+        self._reference = Similarity(self.explainer.embedding(prepared))
+        thumbnail = display_frame(prepared.rgb, 160)
+        self._controls["reference_image"].value = render.encode(thumbnail, "jpeg")
+        self._show_mode()
+        self._update(self.views)
+
     def save(self, path: str | Path) -> Path:
         """Write the current overlay (full resolution) to ``path`` (PNG, JPEG, …)."""
         path = Path(path)
@@ -184,7 +204,13 @@ class CAMWidget(widgets.VBox):
             layout=widgets.Layout(display="none"),
         )
         predictions = widgets.VBox(
-            [widgets.HTML("<b>top predictions</b> (click to explain)"), c["classes"]]
+            [
+                widgets.HTML("<b>top predictions</b> (click to explain)"),
+                c["classes"],
+                c["region"],
+                c["reference"],
+                c["reference_image"],
+            ]
         )
         return [
             c["status"],
@@ -207,6 +233,7 @@ class CAMWidget(widgets.VBox):
         for trait, (name, attribute) in _BINDINGS.items():
             self._bind(self._controls[name], attribute, trait)
         self._controls["upload"].observe(self._uploaded, "value")
+        self._controls["reference"].observe(self._reference_uploaded, "value")
         self._controls["save"].on_click(self._save_clicked)
         self._controls["inspect"].observe(self._inspect_toggled, "value")
 
@@ -228,6 +255,8 @@ class CAMWidget(widgets.VBox):
             with self._quiet():
                 setattr(control, attribute, change["new"])
 
+        with self._quiet():
+            setattr(control, attribute, getattr(self, trait))
         control.observe(from_control, attribute)
         self.observe(to_control, trait)
 
@@ -285,11 +314,18 @@ class CAMWidget(widgets.VBox):
             raise TraitError(str(error)) from None
 
     @validate("target", "compare_target")
-    def _valid_target(self, proposal: Mapping) -> int:
+    def _valid_target(self, proposal: Mapping) -> object:
         try:
             return self.explainer.check_target(proposal["value"])
         except CamwidgetError as error:
             raise TraitError(str(error)) from None
+
+    @validate("region")
+    def _valid_region(self, proposal: Mapping) -> str:
+        regions = [value for _, value in choices.REGIONS]
+        if proposal["value"] not in regions:
+            raise TraitError(f"region must be one of {regions}; got {proposal['value']!r}")
+        return proposal["value"]
 
     @validate("colormap")
     def _valid_colormap(self, proposal: Mapping) -> str:
@@ -328,7 +364,7 @@ class CAMWidget(widgets.VBox):
         stale, note = self._follow_layer()
         self._update({view, *stale}, [note] if note else [])
 
-    @observe("method")
+    @observe("method", "region")
     def _method_changed(self, change: Mapping) -> None:
         self._update(self.views)
 
@@ -364,8 +400,16 @@ class CAMWidget(widgets.VBox):
         inspector."""
         remarks = list(notes)
         for view in stale:
+            target = self._reference or choices.explained(
+                view.target, self.explainer.output_kind, self.region, self._image.size
+            )
             remarks += view.explain(
-                self.explainer, self._image, self._frame_rgb, self.method, self._show_progress
+                self.explainer,
+                self._image,
+                self._frame_rgb,
+                self.method,
+                target,
+                self._show_progress,
             )
         start = time.perf_counter()
         for view in self.views:
@@ -390,33 +434,65 @@ class CAMWidget(widgets.VBox):
         notes = "".join(f" ({html.escape(note)})" for note in self._image.notes)
         self._controls["status"].value = (
             f"<b>{width}×{height}</b> px{notes} · <code>{html.escape(e.layer)}</code> · "
-            f"{html.escape(e.label, quote=False)} ({e.target}) · {e.title} · "
-            f"{look} <span style='color:#666'>— forward {t['forward']:.0f} ms · backward "
-            f"{t['backward']:.0f} ms · render {t['render']:.0f} ms</span>"
+            f"{caption(e, detail=False)} · {e.title} · {look} <span style='color:#666'>— forward "
+            f"{t['forward']:.0f} ms · backward {t['backward']:.0f} ms · render "
+            f"{t['render']:.0f} ms</span>"
         )
 
-    def _load(self, image: object, target: int | str | None) -> None:
+    def _load(self, image: object, target: object) -> None:
         prepared = self.explainer.prepare(image)
         start = time.perf_counter()
-        top = self.explainer.predict(prepared, k=self.top_k)
+        self.explainer.predict(prepared, k=1)
         forward = (time.perf_counter() - start) * 1000.0
         prepared = self.explainer.prepare(prepared)  # again if the model's size was learned
-        target = top[0][0] if target is None else self.explainer.check_target(target)
+        top = choices.offer(self.explainer, prepared, self.top_k)
+        if not top and self._reference is None:
+            raise CamwidgetError("the model gives no answer for this image to explain")
+        picks = [pick for _, pick in top] or [0]
+        target = picks[0] if target is None else self.explainer.check_target(target)
         self._image = prepared
         self._frame_rgb = display_frame(prepared.rgb, self.display_size)
         with self._quiet():
             self.layer = self.layer  # shapes may have changed; names stay
             self.target = target
-            self.compare_target = top[1][0] if len(top) > 1 else top[0][0]
+            self.compare_target = picks[1] if len(picks) > 1 else picks[0]
         for name in ("classes", "compare_classes"):
             self._controls[name].set_top(top)
+        self._show_mode()
         self._offer_layers()
         _, note = self._follow_layer()
         self._refresh(list(self.views), [n for n in (note, *prepared.notes) if n])
         self.timings["forward"] = forward
         self._write_status()
 
+    def _show_mode(self) -> None:
+        """Show the controls this kind of model needs: the region toggle for a
+        segmentation model; the reference instead of the class list for a similarity."""
+        shown = {
+            "region": self.explainer.output_kind == "dense" and self._reference is None,
+            "classes": self._reference is None,
+            "compare_classes": self._reference is None,
+            "reference": self._reference is not None,
+            "reference_image": self._reference is not None,
+        }
+        for name, visible in shown.items():
+            self._controls[name].layout.display = None if visible else "none"
+
+    def _say_status(self, html_text: str) -> None:
+        self._controls["status"].value = html_text
+
     # ----------------------------------------------------------------- events
+
+    def _reference_uploaded(self, change: Mapping) -> None:
+        files = change["new"]
+        if not files:
+            return
+        upload = files[0]
+        self._controls["reference"].value = ()
+        try:
+            self.set_reference(bytes(upload["content"]))
+        except CamwidgetError as error:
+            self._say_error(f"{upload.get('name', 'the reference')}: {error}")
 
     def _uploaded(self, change: Mapping) -> None:
         files = change["new"]

@@ -7,21 +7,23 @@ import html
 import ipywidgets as widgets
 import numpy as np
 from PIL import Image
-from traitlets import HasTraits, Int, Unicode
+from traitlets import Any, HasTraits, Unicode
 
 from .. import methods, render
 from ..explainer import Explainer, Explanation, PreparedImage, Progress
 
 
 class View(HasTraits):
-    """An overlay of one (layer, class) on the photo at display size.
+    """An overlay of one (layer, target) on the photo at display size.
 
-    ``explanation`` is what it shows, ``rgb`` the photo and ``heat`` the heatmap, both
-    at display size; ``image`` and ``caption`` are its widgets.
+    ``target`` is the pick (a class index, or a target object such as a detection's
+    box); ``explanation`` is what it shows; ``rgb`` the photo, ``heat`` the heatmap and
+    ``region`` the explained region's mask (if any), all at display size; ``image`` and
+    ``caption`` are its widgets.
     """
 
     layer = Unicode()
-    target = Int(0)
+    target = Any(0)
 
     def __init__(self, display_size: int, css_class: str) -> None:
         super().__init__()
@@ -33,6 +35,7 @@ class View(HasTraits):
         self.explanation: Explanation | None = None
         self.rgb: np.ndarray | None = None
         self.heat: np.ndarray | None = None
+        self.region: np.ndarray | None = None
 
     def explain(
         self,
@@ -40,29 +43,49 @@ class View(HasTraits):
         image: PreparedImage,
         rgb: np.ndarray,
         method: str,
+        target: object,
         progress: Progress | None = None,
     ) -> list[str]:
-        """Explain this view's layer and class with ``method`` (or its fallback where it
-        does not apply); return remarks in words."""
-        resolved = explainer.resolve(method, self.layer, self.target, fallback=True)
+        """Explain ``target`` (what this view's pick means) at this view's layer with
+        ``method`` (or its fallback where it does not apply); return remarks in words."""
+        resolved = explainer.resolve(method, self.layer, target, fallback=True)
         e = explainer.explain(
             image, resolved.layer, resolved.target, resolved.method, progress=progress
         )
         self.explanation, self.rgb = e, rgb
         self.heat = e.heatmap_at(rgb.shape[:2])
-        self.caption.value = (
-            f"<b>{html.escape(e.label)}</b> ({e.target}) · p = {e.probability:.3f} · "
-            f"{e.title} at <code>{html.escape(e.layer)}</code>"
-        )
+        self.region = None
+        if e.region is not None:
+            self.region = render.upsample(e.region.astype(np.float32), rgb.shape[:2]) >= 0.5
+        self.caption.value = f"{caption(e)} · {e.title} at <code>{html.escape(e.layer)}</code>"
         remarks = [remark for remark in (resolved.note, e.message) if remark]
         if methods.get(e.method).class_agnostic:
             remarks.append(f"{e.title} is class-agnostic: its map is the same for every class")
         return remarks
 
     def paint(self, colormap: str, alpha: float, threshold: float) -> None:
-        """Blend the heatmap over the photo and show it."""
+        """Blend the heatmap over the photo, outline the explained region or box, and
+        show it."""
         frame = render.blend(self.rgb, self.heat, colormap, alpha, threshold)
+        if self.region is not None:
+            frame = render.outline(frame, self.region)
+        box = self.explanation.box
+        if box is not None:
+            scale = self.rgb.shape[1] / self.explanation.size[1]
+            frame = render.draw_box(frame, tuple(v * scale for v in box))
         self.image.value = render.encode(frame, "jpeg")
+
+
+def caption(e: Explanation, detail: bool = True) -> str:
+    """What ``e`` explains, in HTML: the label (bold, with ``detail``), a class's index,
+    and with ``detail`` its probability."""
+    label = html.escape(e.label, quote=False)
+    text = f"<b>{label}</b>" if detail else label
+    if isinstance(e.target, int):
+        text += f" ({e.target})"
+    if detail and e.probability is not None:
+        text += f" · p = {e.probability:.3f}"
+    return text
 
 
 def display_frame(rgb: np.ndarray, display_size: int) -> np.ndarray:

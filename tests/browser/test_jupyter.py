@@ -46,7 +46,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
-    shutil.copy(REPO / "notebooks" / "quickstart.ipynb", root)
+    for notebook in ("quickstart.ipynb", "beyond_classification.ipynb"):
+        shutil.copy(REPO / "notebooks" / notebook, root)
     samples.load("coffee").save(root / "coffee.jpg")
     port = _free_port()
     log = open(root / "server.log", "w")  # noqa: SIM115 (closed below)
@@ -179,9 +180,8 @@ def _changes(page, panel, action, expect, name: str) -> None:
     action to the new image being loaded is recorded."""
     overlay = panel.locator("img.camwidget-overlay")
     before = overlay.get_attribute("src")
-    page.evaluate(
-        """(before) => {
-            const img = document.querySelector('.camwidget img.camwidget-overlay');
+    overlay.evaluate(
+        """(img, before) => {
             window.__camStart = performance.now();
             window.__camLoaded = null;
             const done = () => { if (img.src !== before && img.complete)
@@ -204,11 +204,7 @@ def _changes(page, panel, action, expect, name: str) -> None:
     assert overlay.get_attribute("src") != before
     status = panel.locator(".camwidget-status")
     expect = expect() if callable(expect) else expect
-    page.wait_for_function(
-        "(text) => document.querySelector('.camwidget .camwidget-status').innerText.includes(text)",
-        arg=expect,
-        timeout=30_000,
-    )
+    status.filter(has_text=expect).wait_for(timeout=30_000)
     assert expect in status.inner_text()
 
 
@@ -266,6 +262,38 @@ def test_quickstart(server, browser, path, tag):
     panel = _panel_ready(page)
     _drive(page, panel, root, tag)
     assert page.locator(".camwidget").count() == 2  # the own-model panel rendered too
+    page.close()
+
+
+def test_beyond_classification(server, browser):
+    """Similarity, segmentation and detection panels render; a detection and the
+    whole-image region can be picked in the page."""
+    url, _ = server
+    page = _open(browser, f"{url}/lab/tree/beyond_classification.ipynb")
+    _run_all_cells(page)
+    try:
+        page.wait_for_function(
+            "() => document.querySelectorAll('.camwidget img.camwidget-overlay[src]').length >= 3",
+            timeout=300_000,
+        )
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "failed-beyond.png"), full_page=True)
+        raise
+    panels = page.locator(".camwidget")
+    assert panels.count() == 3
+    similarity, segmentation, detection = (panels.nth(i) for i in range(3))
+    assert "similarity to the reference" in similarity.locator(".camwidget-status").inner_text()
+    _changes(
+        page,
+        segmentation,
+        lambda: segmentation.locator(".camwidget-region button", has_text="whole image").click(),
+        "over the given region",
+        "region",
+    )
+    boxes = detection.locator(".camwidget-classes .widget-radio-box label")
+    second = boxes.nth(1).inner_text().split(" · ")[0]
+    _changes(page, detection, lambda: boxes.nth(1).click(), f"{second} box", "detection")
+    page.screenshot(path=str(ARTIFACTS / "lab-beyond-classification.png"), full_page=True)
     page.close()
 
 

@@ -1,0 +1,109 @@
+"""What the engine hands out: an image made ready for the model, and an explanation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import NamedTuple
+
+import numpy as np
+from torch import Tensor
+
+from . import images, methods, render
+from .targets import Target
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image made ready for the model.
+
+    ``inputs``: the model input (1, 3, h, w); ``key``: a hash of ``inputs``; ``size``:
+    (H, W) of the image, the size of every heatmap; ``notes``: what was done to the
+    image on the way, in words; ``source``: the RGB array, or the input tensor itself.
+    """
+
+    inputs: Tensor
+    key: str
+    size: tuple[int, int]
+    notes: tuple[str, ...] = ()
+    source: np.ndarray | Tensor | None = field(default=None, repr=False)
+
+    @cached_property
+    def rgb(self) -> np.ndarray:
+        """uint8 (H, W, 3) at the image's own size: what the panel shows (a tensor
+        input is shown as its min-max stretch)."""
+        if isinstance(self.source, np.ndarray):
+            return self.source
+        return images.to_rgb(self.source if self.source is not None else self.inputs)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One explained (image, layer, target, method).
+
+    ``raw``: the method's map (h', w') at feature resolution, as its paper defines it;
+    ``size``: (H, W) of the image; ``target``: the class index for a class of a
+    classifier, else the target itself (see :mod:`camwidget.targets`); ``score``: the
+    target's value (a class's logit); ``label``: the target in words; ``probability``:
+    a class's probability (the explainer's activation), None for other targets;
+    ``timings``: milliseconds spent on this call in ``forward``, ``backward`` and
+    ``map`` (0 where a cache answered); ``region``: for a region target, its mask (H, W)
+    at the image's size; ``box``: for a box target, (x1, y1, x2, y2) in the image's
+    pixels.
+    """
+
+    raw: np.ndarray
+    size: tuple[int, int]
+    layer: str
+    target: int | Target
+    method: str
+    score: float
+    label: str
+    probability: float | None
+    timings: Mapping[str, float] = field(default_factory=dict, compare=False)
+    region: np.ndarray | None = field(default=None, compare=False, repr=False)
+    box: tuple[float, float, float, float] | None = None
+
+    @property
+    def title(self) -> str:
+        """The method as its paper writes it, e.g. ``Grad-CAM``."""
+        return methods.get(self.method).title
+
+    @cached_property
+    def heatmap(self) -> np.ndarray:
+        """float32 (H, W) in [0, 1]: ``raw`` upsampled to the image's size, normalised."""
+        return self.heatmap_at(self.size)
+
+    def heatmap_at(self, size: tuple[int, int]) -> np.ndarray:
+        """The heatmap at another (H, W), e.g. the panel's display size."""
+        return render.normalise(render.upsample(self.raw, size))
+
+    @property
+    def message(self) -> str | None:
+        """A remark in words when the map shows nothing (no positive evidence, constant)."""
+        raw, method = self.raw, methods.get(self.method)
+        if not np.isfinite(raw).all():
+            return f"the map at {self.layer} is not finite: the model produced NaN or inf"
+        if method.rectified and raw.max() <= 0:
+            return (
+                f"no positive evidence for {self.label!r} at {self.layer}: the "
+                f"{method.title} map is zero everywhere"
+            )
+        if raw.max() - raw.min() <= 1e-12 * max(abs(float(raw.max())), 1e-30):
+            return (
+                f"the {method.title} map at {self.layer} is constant "
+                f"({raw.shape[0]}×{raw.shape[1]} feature map): nothing to localise"
+            )
+        return None
+
+
+class Resolved(NamedTuple):
+    """What :meth:`Explainer.resolve` makes of a request: the method and layer that will
+    be shown, the target (a class index, a callable, or None: the model's top answer),
+    and a remark in words where the method was replaced by its fallback."""
+
+    method: str
+    layer: str
+    target: int | Target | None
+    note: str | None

@@ -1,0 +1,37 @@
+"""What the class picker offers for each kind of model, and what a pick explains."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..explainer import Explainer, PreparedImage
+from ..targets import Region
+
+#: The most quick picks shown (a multi-label model may have many classes above 0.5).
+MAX_PICKS = 20
+#: The region toggle of a segmentation model: the class's predicted pixels, or all.
+REGIONS = (("predicted pixels", "predicted"), ("whole image", "image"))
+
+
+def offer(explainer: Explainer, image: PreparedImage, k: int) -> list[tuple[str, object]]:
+    """(caption, pick) for the picker: the top classes with their probability, the
+    classes present with their share of pixels, or the detections with their score."""
+    kind = explainer.output_kind
+    if kind == "detections":
+        return [
+            (f"{explainer.label(d.label)} · {d.score:.2f}", d.target)
+            for d in explainer.detections(image)[:k]
+        ]
+    suffix = " of pixels" if kind == "dense" else ""
+    return [
+        (f"{label} · {value:.1%}{suffix}", index)
+        for index, label, value in explainer.predict(image, k)[:MAX_PICKS]
+    ]
+
+
+def explained(pick: object, kind: str, region: str, size: tuple[int, int]) -> object:
+    """The target a view explains for ``pick``: for a segmentation model with the whole
+    image chosen, the class over every pixel; else the pick itself."""
+    if kind == "dense" and region == "image" and isinstance(pick, int):
+        return Region(pick, np.ones(size, bool))
+    return pick
