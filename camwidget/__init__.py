@@ -1,8 +1,9 @@
-"""camwidget: a live Jupyter panel that shows what a PyTorch CNN looks at."""
+"""camwidget: a live Jupyter panel that shows what a PyTorch image model looks at."""
 
-from . import samples, zoo
+from . import metrics, samples, targets, zoo
 from .errors import CamwidgetError
-from .explainer import Explainer, Explanation, PreparedImage
+from .explainer import Explainer
+from .explanation import Explanation, PreparedImage
 from .layers import LayerInfo
 from .methods import METHODS
 from .render import overlay
@@ -16,8 +17,10 @@ __all__ = [
     "Explanation",
     "LayerInfo",
     "PreparedImage",
+    "metrics",
     "overlay",
     "samples",
+    "targets",
     "zoo",
 ]
 __version__ = "0.1.0"

@@ -525,6 +525,34 @@ class Explainer:
             raise CamwidgetError("this model is not a detector: it returns no boxes")
         return [d._replace(box=_to_image(d.box, prepared)) for d in outputs.detections(one)]
 
+    def scores(
+        self,
+        image: object,
+        target: int | str | Target | None = None,
+        inputs: Tensor | None = None,
+        *,
+        score: str = "probability",
+        batch_size: int = 32,
+        progress: Progress | None = None,
+    ) -> Tensor:
+        """``target``'s score on ``image`` (a 0-d tensor, from the cached forward), or on
+        each of ``inputs`` (M, 3, h, w): variants of the image's model input, scored in
+        batches of ``batch_size`` without autograd. ``score``: ``"probability"`` (a
+        class's probability by the explainer's activation; any other target's value)
+        or ``"logit"`` (the target's value)."""
+        if score not in ("probability", "logit"):
+            raise CamwidgetError(f"score must be 'probability' or 'logit', not {score!r}")
+        _, capture = self._prepared_capture(image, {})
+        chosen = self._target(capture, self.check_target(target), 0)
+        scorer = self._masked_score(chosen) if score == "probability" else _values(chosen)
+        if inputs is None:
+            return scorer(capture.output)[0].detach()
+        step = max(1, batch_size)
+        batches = (inputs[start : start + step] for start in range(0, len(inputs), step))
+        return capture_.score_inputs(
+            self.model, batches, scorer, len(inputs), progress, self._select
+        ).detach()
+
     def embedding(self, image: object) -> Tensor:
         """The model's output for ``image`` as one flat vector, detached: the reference
         for :class:`camwidget.targets.Similarity`."""
@@ -677,14 +705,14 @@ class Explainer:
         return raw.detach().cpu().numpy().astype(np.float32)
 
     def _masked_score(self, target: Target) -> Callable[[object], Tensor]:
-        """How Score-CAM scores a batch of masked inputs: a class's probability (the
-        authors' variant), any other target's value."""
+        """How a batch of perturbed inputs is scored (Score-CAM, the metrics): a class's
+        probability (Score-CAM's authors' variant), any other target's value."""
+        values = _values(target)
 
         def score(output: Tensor | list[dict]) -> Tensor:
             if isinstance(target, Class) and outputs.kind(output) == "logits":
                 return outputs.activate(output, self.activation)[:, target.index]
-            count = outputs.rows(output)
-            return torch.stack([target(outputs.one(output, row)) for row in range(count)])
+            return values(output)
 
         return score
 
@@ -730,6 +758,16 @@ def _nbytes(gradients: Mapping[object, dict[str, Tensor]]) -> int:
     """Bytes of the distinct gradient tensors held in a gradient cache."""
     unique = {id(g): g for grads in gradients.values() for g in grads.values()}
     return sum(g.numel() * g.element_size() for g in unique.values())
+
+
+def _values(target: Target) -> Callable[[object], Tensor]:
+    """``target``'s value on each image of a batch's output."""
+
+    def values(output: Tensor | list[dict]) -> Tensor:
+        count = outputs.rows(output)
+        return torch.stack([target(outputs.one(output, row)).reshape(()) for row in range(count)])
+
+    return values
 
 
 def _to_image(box: tuple[float, ...], image: PreparedImage) -> tuple[float, ...]:

@@ -410,3 +410,34 @@ def test_method_switches_run_no_pass_except_the_first_scorecam(panel):
     heatmap, overlay = expected(panel, scorecam_channels=8)
     np.testing.assert_array_equal(panel.heatmap, heatmap)
     np.testing.assert_array_equal(panel.overlay, overlay)
+
+
+def test_the_faithfulness_view(panel, monkeypatch):
+    ex = panel.explainer
+    ex.scorecam_channels = 8  # keep the ranking quick
+    panel.controls["faithfulness"].value = True
+    view = panel.faithfulness
+    assert view.box.layout.display == "flex" and bytes(view.plot.value[:4]) == b"\x89PNG"
+    e = panel.explanation
+    deleted, inserted = camwidget.metrics.deletion_insertion(
+        ex, samples.load("chelsea"), e.heatmap, e.target
+    )
+    assert f"insertion AUC {inserted.auc:.3f}" in view.summary.value
+    assert f"deletion AUC {deleted.auc:.3f}" in view.summary.value
+    forwards = []
+    handle = ex.model.register_forward_pre_hook(lambda m, a: forwards.append(len(a[0])))
+    try:
+        panel.colormap = "viridis"  # a look change: no model pass, the numbers stay
+        assert forwards == []
+        panel.layer = "blocks.15"  # a new map: 39 perturbed inputs, 1 for Average Drop
+        assert forwards == [32, 7, 1]  # batched; the unperturbed score comes from the cache
+        forwards.clear()
+        panel.layer = "head"  # back: cached
+        assert forwards == []
+    finally:
+        handle.remove()
+    view.rank_button.click()
+    rows = view.table.value.count("<tr>") - 1
+    applicable = [m for m in camwidget.methods.REGISTRY if ex.why_not(m, "head") is None]
+    assert rows == len(applicable) + 1 and "random maps" in view.table.value
+    assert view.progress.layout.display == "none"

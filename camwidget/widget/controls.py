@@ -88,10 +88,19 @@ def build(
     labels: list[str], resolve: Callable[[str], int | None], on_error: Callable[[str], None]
 ) -> dict[str, widgets.Widget]:
     """The panel's controls by name, each tagged with the CSS class ``camwidget-<name>``."""
+    built = {**_choosers(labels, resolve, on_error), **_actions()}
+    for name, control in built.items():
+        control.add_class(f"camwidget-{name.replace('_', '-')}")
+    return built
+
+
+def _choosers(
+    labels: list[str], resolve: Callable[[str], int | None], on_error: Callable[[str], None]
+) -> dict[str, widgets.Widget]:
+    """What the user picks: what to explain, where, how, and how it looks."""
     slider = {"min": 0.0, "max": 1.0, "step": 0.05, "readout_format": ".2f"}
     others = sorted(name for name in _all_colormaps() if name not in render.COLORMAPS)
-    built = {
-        "status": widgets.HTML(layout=widgets.Layout(margin="0 0 4px 0")),
+    return {
         "classes": ClassPicker(labels, resolve, on_error, quick="radio", description=""),
         "compare_classes": ClassPicker(
             labels, resolve, on_error, quick="dropdown", description="class"
@@ -117,19 +126,31 @@ def build(
             description="reference",
             tooltip="the image whose embedding the map compares with",
         ),
+    }
+
+
+def _actions() -> dict[str, widgets.Widget]:
+    """What the user does (upload, save, inspect) and what the panel says back."""
+    return {
+        "status": widgets.HTML(layout=widgets.Layout(margin="0 0 4px 0")),
         "reference_image": widgets.Image(format="jpeg", layout=widgets.Layout(width="160px")),
         "upload": widgets.FileUpload(accept="image/*", multiple=False, description="image"),
         "save": widgets.Button(description="save", icon="download"),
-        "inspect": widgets.ToggleButton(description="inspect", icon="search"),
+        "inspect": widgets.ToggleButton(
+            description="inspect", icon="search", tooltip="zoom, pan and read the heat value"
+        ),
+        "faithfulness": widgets.ToggleButton(
+            description="faithfulness",
+            icon="line-chart",
+            tooltip="deletion and insertion curves of the shown map (about 40 model passes, "
+            "once per map)",
+        ),
         "progress": widgets.IntProgress(
             description="Score-CAM", layout=widgets.Layout(display="none")
         ),
         "messages": widgets.HTML(),
         "inspector": widgets.Box(),
     }
-    for name, control in built.items():
-        control.add_class(f"camwidget-{name.replace('_', '-')}")
-    return built
 
 
 def _all_colormaps() -> list[str]:

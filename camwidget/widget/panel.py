@@ -27,6 +27,7 @@ from ..explainer import Explainer, Explanation, PreparedImage
 from ..targets import Similarity
 from . import choices
 from . import controls as controls_
+from .faithfulness import FaithfulnessView
 from .inspector import Inspector
 from .views import View, caption, display_frame
 
@@ -100,6 +101,7 @@ class CAMWidget(widgets.VBox):
         self._reference: Similarity | None = None
         self._suspended = False
         self._inspector: Inspector | None = None
+        self.faithfulness = FaithfulnessView()
         self.main_view = View(display_size, "camwidget-overlay")
         self.compare_view = View(display_size, "camwidget-compare")
         labels_ = [self.explainer.label(i) for i in range(self.explainer.num_classes)]
@@ -115,10 +117,7 @@ class CAMWidget(widgets.VBox):
         self._wire()
         if reference is not None:
             self.set_reference(reference)
-        if image is None:
-            self._say_status("<i>No image yet: upload one or call <code>set_image(...)</code>.</i>")
-        else:
-            self.set_image(image, target=target)
+        self._first_image(image, target)
 
     # ----------------------------------------------------------------- public
 
@@ -220,9 +219,10 @@ class CAMWidget(widgets.VBox):
             ),
             widgets.HBox([c["layer"], c["method"], c["colormap"]]),
             widgets.HBox([c["opacity"], c["threshold"]]),
-            widgets.HBox([c["compare"], c["upload"], c["save"], c["inspect"]]),
+            widgets.HBox([c["compare"], c["upload"], c["save"], c["inspect"], c["faithfulness"]]),
             c["progress"],
             c["messages"],
+            self.faithfulness.box,
             c["inspector"],
         ]
 
@@ -236,6 +236,8 @@ class CAMWidget(widgets.VBox):
         self._controls["reference"].observe(self._reference_uploaded, "value")
         self._controls["save"].on_click(self._save_clicked)
         self._controls["inspect"].observe(self._inspect_toggled, "value")
+        self._controls["faithfulness"].observe(self._faithfulness_toggled, "value")
+        self.faithfulness.rank_button.on_click(self._rank_clicked)
 
     def _bind(self, control: widgets.Widget, attribute: str, trait: str) -> None:
         """One handler each way: the control sets the trait (an error goes to the panel
@@ -387,12 +389,7 @@ class CAMWidget(widgets.VBox):
         """Re-explain the ``stale`` views on show and repaint; errors go to the panel."""
         if self._suspended or self._image is None:
             return
-        try:
-            self._refresh([view for view in self.views if view in stale], notes)
-        except CamwidgetError as error:
-            self._say_error(str(error))
-        except Exception as error:  # the panel must survive whatever the model does
-            self._say_error(f"unexpected error: {type(error).__name__}: {error}")
+        self._guarded(lambda: self._refresh([view for view in self.views if view in stale], notes))
 
     def _refresh(self, stale: list[View], notes: Sequence[str] = ()) -> None:
         """Re-explain ``stale`` (cheap where cached), repaint every view on show, then
@@ -424,6 +421,8 @@ class CAMWidget(widgets.VBox):
         if self._inspector is not None:
             view = self.main_view
             self._inspector.show(view.rgb, view.heat, self.colormap, self.alpha)
+        if self._controls["faithfulness"].value and stale:
+            self.faithfulness.show(self.explainer, self._image, self.main_view.explanation)
 
     def _write_status(self) -> None:
         height, width = self._image.size
@@ -478,8 +477,13 @@ class CAMWidget(widgets.VBox):
         for name, visible in shown.items():
             self._controls[name].layout.display = None if visible else "none"
 
-    def _say_status(self, html_text: str) -> None:
-        self._controls["status"].value = html_text
+    def _first_image(self, image: object, target: object) -> None:
+        if image is not None:
+            self.set_image(image, target=target)
+        else:
+            self._controls[
+                "status"
+            ].value = "<i>No image yet: upload one or call <code>set_image(...)</code>.</i>"
 
     # ----------------------------------------------------------------- events
 
@@ -517,6 +521,35 @@ class CAMWidget(widgets.VBox):
             self._say(f"saved {self.save(name).resolve()}")
         except OSError as error:
             self._say_error(f"could not save: {error}")
+
+    def _faithfulness_toggled(self, change: Mapping) -> None:
+        self.faithfulness.box.layout.display = "flex" if change["new"] else "none"
+        if change["new"] and self._image is not None:
+            self._guarded(
+                lambda: self.faithfulness.show(
+                    self.explainer, self._image, self.main_view.explanation
+                )
+            )
+
+    def _rank_clicked(self, button: widgets.Button) -> None:
+        e = self.main_view.explanation
+        if e is None:
+            self._say_error("nothing to rank yet: load an image first")
+            return
+
+        def explain(method: str) -> Explanation:
+            return self.explainer.explain(self._image, e.layer, e.target, method)
+
+        self._guarded(lambda: self.faithfulness.rank(self.explainer, self._image, e, explain))
+
+    def _guarded(self, action: Callable[[], object]) -> None:
+        """Run ``action``; an error goes to the panel in words."""
+        try:
+            action()
+        except CamwidgetError as error:
+            self._say_error(str(error))
+        except Exception as error:  # the panel must survive whatever the model does
+            self._say_error(f"unexpected error: {type(error).__name__}: {error}")
 
     def _inspect_toggled(self, change: Mapping) -> None:
         box = self._controls["inspector"]

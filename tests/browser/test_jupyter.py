@@ -65,6 +65,7 @@ def server(tmp_path_factory):
             "--ServerApp.password=",
             f"--ServerApp.root_dir={root}",
             "--LabApp.news_url=None",
+            f"--LabApp.workspaces_dir={root / 'workspaces'}",  # no tabs restored from before
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         ],
         stdout=log,
@@ -111,8 +112,9 @@ def browser():
 def _run_all_cells(page) -> None:
     """Run > Run All Cells, again if no cell has started after a while (a click that
     lands before the notebook is wired up does nothing)."""
-    started = (
-        "() => Array.from(document.querySelectorAll('.jp-InputPrompt'))"
+    started = (  # in the notebook on show, not in one in a hidden tab
+        "() => Array.from(document.querySelectorAll("
+        "'.jp-NotebookPanel:not(.lm-mod-hidden) .jp-InputPrompt'))"
         ".some(p => /\\[(\\*|\\d+)\\]/.test(p.innerText))"
     )
     for _ in range(4):
@@ -166,11 +168,18 @@ def _panel_ready(page):
         timeout=180_000,
     )
     # the quickstart's later cells change the panel: wait until they are done
-    page.wait_for_function(
-        "() => document.querySelector('.camwidget .camwidget-status').innerText"
-        ".includes('viridis')",
-        timeout=120_000,
-    )
+    try:
+        page.wait_for_function(
+            "() => document.querySelector('.camwidget .camwidget-status').innerText"
+            ".includes('viridis')",
+            timeout=240_000,
+        )
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "failed-ready.png"), full_page=True)
+        errors = page.locator(".jp-OutputArea-output[data-mime-type*='stderr']")
+        texts = [errors.nth(i).inner_text()[:300] for i in range(errors.count())]
+        status = panel.locator(".camwidget-status").inner_text()
+        raise AssertionError(f"the quickstart did not finish; status {status!r}; {texts}") from None
     return panel
 
 
@@ -269,7 +278,7 @@ def test_beyond_classification(server, browser):
     """Similarity, segmentation and detection panels render; a detection and the
     whole-image region can be picked in the page."""
     url, _ = server
-    page = _open(browser, f"{url}/lab/tree/beyond_classification.ipynb")
+    page = _open(browser, f"{url}/lab/tree/beyond_classification.ipynb?reset")
     _run_all_cells(page)
     try:
         page.wait_for_function(
