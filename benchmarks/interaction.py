@@ -1,7 +1,7 @@
 """Kernel-side latency of each panel interaction: from setting a trait to the new frame's
 bytes being ready (the observers run synchronously), median of N runs.
 
-    python benchmarks/interaction.py [--runs 20] [--models lite0,vit]
+    python benchmarks/interaction.py [--runs 20] [--models lite0,vit] [--device cuda]
 
 Models: EfficientNet-Lite0 (pretrained, embedded) and torchvision's ViT-B/16 (random
 weights, its zero-initialised head given small random ones), both at 224.
@@ -26,9 +26,17 @@ import camwidget
 from camwidget import capture, samples, zoo
 
 
+def sync() -> None:
+    """Wait for queued GPU work (a no-op without CUDA), so that timings are complete."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(action) -> float:
+    sync()
     start = time.perf_counter()
     action()
+    sync()
     return (time.perf_counter() - start) * 1000.0
 
 
@@ -119,19 +127,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--models", default="lite0,vit")
+    parser.add_argument("--device", default="cpu", help="where the model runs: cpu or cuda")
     args = parser.parse_args()
     torch.set_grad_enabled(True)
     photo = samples.load("chelsea")
     for key in args.models.split(","):
         title, load = MODELS[key]
         model, preprocess, labels = load()
+        model = model.to(args.device)
         panel = camwidget.CAMWidget(model, photo, preprocess=preprocess, labels=labels)
         forward, backward, kept = references(panel, photo, args.runs)
         rows = rows_for(panel, photo, args.runs, forward, backward)
         panel.close()
+        where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
         print(
             f"\ncamwidget interaction latency, {title} at 224, median of {args.runs}, "
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+            f"torch {torch.__version__}, {where}, {torch.get_num_threads()} threads"
         )
         print(
             f"reference: one plain forward {forward:.1f} ms; one partial backward to every "

@@ -1,6 +1,6 @@
 """camwidget against the peers, measured in one run on the same model, input and machine.
 
-    python benchmarks/run.py [--runs 10] [--skip-memory]
+    python benchmarks/run.py [--runs 10] [--skip-memory] [--device cuda]
 
 1. Interaction: time to the next rendered overlay (JPEG bytes ready) for a colormap,
    layer, class or image change. camwidget: setting the panel's trait. The peers have no
@@ -58,25 +58,26 @@ def frame(rgb: np.ndarray, heatmap: np.ndarray, colormap: str = "jet") -> bytes:
     return render.encode(render.blend(rgb, np.clip(heat, 0, 1), colormap, 0.5), "jpeg")
 
 
-def models() -> dict[str, tuple[torch.nn.Module, str, list[str]]]:
-    """name -> (model, default layer, other layers to switch between)."""
+def models(device: str) -> dict[str, tuple[torch.nn.Module, str, list[str]]]:
+    """name -> (model, default layer, other layers to switch between), on ``device``."""
     lite0, _, _ = zoo.load("efficientnet_lite0")
     torch.manual_seed(0)
     resnet50 = torchvision.models.resnet50(weights=None).eval()
+    lite0, resnet50 = lite0.to(device), resnet50.to(device)
     return {
         "EfficientNet-Lite0": (lite0, "head", ["blocks.15", "blocks.12", "blocks.9"]),
         "ResNet-50": (resnet50, "layer4", ["layer3", "layer2", "layer4.1"]),
     }
 
 
-def interaction(runs: int) -> list[tuple]:
+def interaction(runs: int, device: str) -> list[tuple]:
     from captum.attr import LayerAttribution, LayerGradCam
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     from torchcam.methods import GradCAM as TorchCAMGradCAM
 
     photo = samples.load("chelsea").resize((224, 224))
-    x = camwidget.explainer.imagenet_preprocess(np.asarray(photo))
+    x = camwidget.explainer.imagenet_preprocess(np.asarray(photo)).to(device)
     rgb = np.asarray(photo.resize((DISPLAY, DISPLAY)))
 
     def shown(image):
@@ -86,7 +87,7 @@ def interaction(runs: int) -> list[tuple]:
 
     variants = [x.roll(shifts=s, dims=2) for s in range(1, 4 * runs + 2)]
     rows = []
-    for name, (model, layer, others) in models().items():
+    for name, (model, layer, others) in models(device).items():
         panel = camwidget.CAMWidget(model, x, layer=layer)
         classes = itertools.count(10)
         layer_cycle = itertools.cycle([layer, *others])
@@ -112,7 +113,7 @@ def interaction(runs: int) -> list[tuple]:
         def torchcam_run(layer_name, target, image=x):
             with TorchCAMGradCAM(model, module(layer_name)) as extractor:
                 scores = model(image[None])
-                heat = extractor(target, scores)[0][0].detach().numpy()
+                heat = extractor(target, scores)[0][0].detach().cpu().numpy()
             return frame(shown(image), render.normalise(render.upsample(heat, (224, 224))))
 
         kept = {}
@@ -122,14 +123,15 @@ def interaction(runs: int) -> list[tuple]:
                 kept["extractor"] = TorchCAMGradCAM(model, module(layer))
                 kept["scores"] = model(x[None])
             heat = kept["extractor"](target, kept["scores"], retain_graph=True)[0][0]
-            return frame(rgb, render.normalise(render.upsample(heat.detach().numpy(), (224, 224))))
+            heat = render.upsample(heat.detach().cpu().numpy(), (224, 224))
+            return frame(rgb, render.normalise(heat))
 
         def captum_run(layer_name, target, image=x):
             attribution = LayerGradCam(model, module(layer_name)).attribute(
                 image[None].clone(), target=target
             )
             heat = LayerAttribution.interpolate(attribution, (224, 224), "bilinear")
-            heat = torch.relu(heat)[0, 0].detach().numpy()
+            heat = torch.relu(heat)[0, 0].detach().cpu().numpy()
             return frame(shown(image), render.normalise(heat))
 
         with GradCAM(model=model, target_layers=[module(layer)]) as cam:
@@ -168,10 +170,11 @@ BATCH_PROBE = """
 import statistics, sys, time, warnings
 import torch, torchvision
 warnings.filterwarnings("ignore")
-name, runs = sys.argv[1], int(sys.argv[2])
+name, runs, device = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 torch.manual_seed(0)
-model = torchvision.models.resnet50(weights=None).eval()
-images = torch.randn(16, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+model = torchvision.models.resnet50(weights=None).eval().to(device)
+images = torch.randn(16, 3, 224, 224, generator=torch.Generator().manual_seed(2)).to(device)
+sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 if name == "camwidget explain_batch":
     import camwidget
     ex = camwidget.Explainer(model)
@@ -192,14 +195,16 @@ else:
 action()  # warm-up
 times = []
 for _ in range(runs):
+    sync()
     start = time.perf_counter()
     action()
+    sync()
     times.append(time.perf_counter() - start)
 print(16 / statistics.median(times))
 """
 
 
-def batch_throughput(runs: int) -> dict[str, float]:
+def batch_throughput(runs: int, device: str) -> dict[str, float]:
     """Each contender in a fresh process (what one leaves in the allocator, e.g.
     pytorch-grad-cam's filled parameter gradients, must not slow the next), twice,
     in alternating order; the better of the two medians counts."""
@@ -207,7 +212,7 @@ def batch_throughput(runs: int) -> dict[str, float]:
     rates: dict[str, float] = {}
     for name in names + names[::-1]:
         out = subprocess.run(
-            [sys.executable, "-c", BATCH_PROBE, name, str(max(3, runs // 2))],
+            [sys.executable, "-c", BATCH_PROBE, name, str(max(3, runs // 2)), device],
             capture_output=True,
             text=True,
             check=True,
@@ -274,16 +279,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (memory: CPU only)")
     args = parser.parse_args()
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, {where}, {torch.get_num_threads()} threads, "
         f"median of {args.runs} runs, input 224×224\n"
     )
 
     print("## Interaction: ms to the next rendered overlay (lower is better)\n")
     print("| model | change | camwidget | pytorch-grad-cam | × | TorchCAM | × | Captum | × |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for model, change, ms, peers in interaction(args.runs):
+    for model, change, ms, peers in interaction(args.runs, args.device):
         cells = []
         for peer in ("pytorch-grad-cam", "TorchCAM", "Captum LayerGradCam"):
             value = peers[peer]
@@ -297,13 +304,13 @@ def main() -> None:
         print(f"| {model} | {change} | {ms:.1f} | " + " | ".join(cells) + " |")
 
     print("\n## Batch throughput: Grad-CAM maps/s, ResNet-50, batches of 16 at 224\n")
-    rates = batch_throughput(args.runs)
+    rates = batch_throughput(args.runs, args.device)
     fastest_peer = max(v for k, v in rates.items() if not k.startswith("camwidget"))
     print("| implementation | maps/s | vs fastest peer |\n|---|---|---|")
     for name, rate in rates.items():
         print(f"| {name} | {rate:.1f} | {rate / fastest_peer:.2f}× |")
 
-    if not args.skip_memory:
+    if not args.skip_memory and args.device == "cpu":
         print("\n## Memory: peak RSS growth (MB)\n")
         print("| model | plain forward + backward | panel, all layers cached | ratio |")
         print("|---|---|---|---|")

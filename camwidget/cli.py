@@ -1,9 +1,11 @@
-"""The ``camwidget`` command: render an explanation to a PNG, or open the demo."""
+"""The ``camwidget`` command: render an explanation to a PNG, open the demo notebook, or
+serve the panel as a code-free app."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,8 @@ from . import methods, samples, zoo
 from .errors import CamwidgetError
 
 DEFAULT_SAMPLE = "grace_hopper"
+#: The notebooks that ship inside the package: the quickstart and the app.
+NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +41,35 @@ def _parser() -> argparse.ArgumentParser:
         "as heatmaps over the image.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _render_parser(commands)
+    demo = commands.add_parser(
+        "demo",
+        help="open JupyterLab on the quickstart notebook",
+        description="Copy the quickstart notebook (it ships with the package) into a folder "
+        "and open it in JupyterLab: a live panel on the embedded pretrained model.",
+    )
+    demo.add_argument("--port", type=int, help="port for JupyterLab")
+    demo.add_argument(
+        "--dir", default="camwidget-demo", help="folder for the notebook (default: camwidget-demo)"
+    )
+    demo.set_defaults(run=_demo)
+    app = commands.add_parser(
+        "app",
+        help="serve the panel as a code-free page (Voila), e.g. for a class",
+        description="Serve the panel alone on a page with Voila: upload a photo, change the "
+        "layer, the class, the method and the colours; no code. Needs camwidget[app].",
+    )
+    app.add_argument("--model", default="efficientnet_lite0", choices=zoo.names())
+    app.add_argument("--port", type=int, default=8866, help="port (default: 8866)")
+    app.add_argument(
+        "--ip", default="127.0.0.1", help="address to serve on; 0.0.0.0 for a classroom network"
+    )
+    app.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    app.set_defaults(run=_app)
+    return parser
 
+
+def _render_parser(commands: argparse._SubParsersAction) -> None:
     render = commands.add_parser(
         "render",
         help="explain one image and write the overlay as a PNG",
@@ -62,20 +94,10 @@ def _parser() -> argparse.ArgumentParser:
         help="class index or name, any case, or an unambiguous prefix (default: top-1)",
     )
     render.add_argument("--method", default="gradcam", choices=list(methods.REGISTRY))
-    render.add_argument("--colormap", default="jet", help="any matplotlib colormap name")
+    render.add_argument("--colormap", default="viridis", help="any matplotlib colormap name")
     render.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1]")
     render.add_argument("--out", default="cam.png", help="output PNG path (default: cam.png)")
     render.set_defaults(run=_render)
-
-    demo = commands.add_parser(
-        "demo",
-        help="open JupyterLab on the quickstart notebook",
-        description="Open JupyterLab on notebooks/quickstart.ipynb: a live panel on the "
-        "embedded pretrained model.",
-    )
-    demo.add_argument("--port", type=int, help="port for JupyterLab")
-    demo.set_defaults(run=_demo)
-    return parser
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -116,22 +138,43 @@ def _image(name: str) -> object:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    notebook = Path(__file__).resolve().parent.parent / "notebooks" / "quickstart.ipynb"
-    if not notebook.is_file():
-        raise CamwidgetError(
-            f"the demo notebook is not at {notebook}: run camwidget demo from a source "
-            "checkout installed with pip install -e ."
-        )
-    try:
-        import jupyterlab  # noqa: F401
-    except ImportError:
-        raise CamwidgetError("the demo needs JupyterLab: pip install jupyterlab") from None
-    command = [sys.executable, "-m", "jupyter", "lab", str(notebook)]
+    _require("jupyterlab", "the demo needs JupyterLab: pip install jupyterlab")
+    folder = Path(args.dir).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    notebook = folder / "quickstart.ipynb"
+    if not notebook.exists():  # the user's copy is kept: they may have changed it
+        shutil.copyfile(NOTEBOOKS / "quickstart.ipynb", notebook)
+    command = [sys.executable, "-m", "jupyter", "lab", notebook.name]
     if args.port:
         command.append(f"--port={args.port}")
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         command.append("--allow-root")
-    return subprocess.call(command, cwd=notebook.parent)
+    return subprocess.call(command, cwd=folder)
+
+
+def _app(args: argparse.Namespace) -> int:
+    _require("voila", "the app needs Voila: pip install 'camwidget[app]'")
+    command = [
+        sys.executable,
+        "-m",
+        "voila",
+        str(NOTEBOOKS / "app.ipynb"),
+        f"--port={args.port}",
+        f"--Voila.ip={args.ip}",
+        "--theme=light",
+    ]
+    if args.no_browser:
+        command.append("--no-browser")
+    env = {**os.environ, "CAMWIDGET_MODEL": args.model}
+    print(f"camwidget app: http://{args.ip}:{args.port} (Ctrl-C stops it)")
+    return subprocess.call(command, env=env)
+
+
+def _require(module: str, message: str) -> None:
+    try:
+        __import__(module)
+    except ImportError:
+        raise CamwidgetError(message) from None
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ from .errors import CamwidgetError
 from .images import to_rgb
 
 #: Colormaps offered first in the panel; any name ``matplotlib.colormaps`` knows works.
-COLORMAPS = ("jet", "turbo", "viridis", "inferno", "magma", "gray")
+#: The first three are perceptually uniform and readable with the common colour-vision
+#: deficiencies (cividis is made for them); viridis is the default.
+COLORMAPS = ("viridis", "cividis", "magma", "inferno", "turbo", "jet", "gray")
 
 
 @lru_cache(maxsize=64)
@@ -72,7 +74,7 @@ def colormap_lut(name: str) -> np.ndarray:
     return lut
 
 
-def colorize(heatmap: np.ndarray, colormap: str = "jet") -> np.ndarray:
+def colorize(heatmap: np.ndarray, colormap: str = "viridis") -> np.ndarray:
     """Map a [0, 1] heatmap (H, W) through a colormap to uint8 RGB (H, W, 3).
 
     The lookup runs in PIL as a palette image (a tenth of numpy's fancy indexing).
@@ -86,7 +88,7 @@ def colorize(heatmap: np.ndarray, colormap: str = "jet") -> np.ndarray:
 def blend(
     rgb: np.ndarray,
     heatmap: np.ndarray,
-    colormap: str = "jet",
+    colormap: str = "viridis",
     alpha: float = 0.5,
     threshold: float = 0.0,
 ) -> np.ndarray:
@@ -105,6 +107,20 @@ def blend(
         weight = (heatmap >= threshold).astype(np.float32)[:, :, None] * weight
     out = rgb.astype(np.float32) * (1.0 - weight) + colored * weight
     return np.rint(out).astype(np.uint8)
+
+
+def legend(
+    colormap: str, width: int = 256, height: int = 14, zero: float | None = None
+) -> np.ndarray:
+    """A colorbar, uint8 (height, width, 3): the colormap from low (left) to high. With
+    ``zero`` (its position in [0, 1], for a map with negative values), a tick marks 0."""
+    ramp = np.tile(np.linspace(0.0, 1.0, width, dtype=np.float32), (height, 1))
+    bar = colorize(ramp, colormap).copy()
+    if zero is not None and 0.0 < zero < 1.0:
+        x = min(width - 1, round(zero * (width - 1)))
+        bar[:, max(0, x - 1) : x + 2] = (0, 0, 0)
+        bar[height // 4 : 3 * height // 4, x] = (255, 255, 255)
+    return bar
 
 
 def outline(
@@ -147,7 +163,7 @@ def encode(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> bytes:
 def overlay(
     image: object,
     heatmap: np.ndarray,
-    colormap: str = "jet",
+    colormap: str = "viridis",
     alpha: float = 0.5,
     threshold: float = 0.0,
 ) -> np.ndarray:

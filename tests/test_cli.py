@@ -31,7 +31,7 @@ def test_render_default_writes_the_overlay_with_a_caption(tmp_path):
     assert picture.shape[1] == photo.width and picture.shape[0] > photo.height
     model, preprocess, labels = zoo.load()
     heatmap = Explainer(model, preprocess, labels).explain(photo).heatmap
-    expected = render.blend(np.asarray(photo), heatmap, "jet", 0.5)
+    expected = render.blend(np.asarray(photo), heatmap, "viridis", 0.5)  # the default
     assert np.abs(picture[: photo.height].astype(int) - expected).max() <= 1
 
 
@@ -111,13 +111,13 @@ def test_corrupt_image_file(tmp_path):
 def test_argparse_errors_and_help():
     assert run("render", "--alpha", "lots").returncode == 2
     assert run("render", "--method", "magic").returncode == 2
-    for args in (["--help"], ["render", "--help"], ["demo", "--help"]):
+    for args in (["--help"], ["render", "--help"], ["demo", "--help"], ["app", "--help"]):
         result = run(*args)
         assert result.returncode == 0 and "usage: camwidget" in result.stdout
     assert "grace_hopper" in run("render", "--help").stdout
 
 
-def test_demo_opens_jupyterlab_on_the_quickstart(monkeypatch):
+def test_demo_opens_jupyterlab_on_a_copy_of_the_shipped_quickstart(monkeypatch, tmp_path):
     launched = {}
 
     def fake_call(command, cwd):
@@ -125,8 +125,32 @@ def test_demo_opens_jupyterlab_on_the_quickstart(monkeypatch):
         return 0
 
     monkeypatch.setattr(cli.subprocess, "call", fake_call)
-    assert cli.main(["demo", "--port", "8899"]) == 0
+    folder = tmp_path / "lesson"
+    assert cli.main(["demo", "--port", "8899", "--dir", str(folder)]) == 0
     command = launched["command"]
-    assert command[:4] == [sys.executable, "-m", "jupyter", "lab"]
-    assert command[4].endswith("notebooks/quickstart.ipynb") and "--port=8899" in command
-    assert launched["cwd"].name == "notebooks"
+    assert command[:5] == [sys.executable, "-m", "jupyter", "lab", "quickstart.ipynb"]
+    assert "--port=8899" in command and launched["cwd"] == folder
+    shipped = cli.NOTEBOOKS / "quickstart.ipynb"
+    assert (folder / "quickstart.ipynb").read_bytes() == shipped.read_bytes()
+    (folder / "quickstart.ipynb").write_text("{}")  # the user's edits are kept
+    cli.main(["demo", "--dir", str(folder)])
+    assert (folder / "quickstart.ipynb").read_text() == "{}"
+
+
+def test_app_serves_the_shipped_notebook_with_voila(monkeypatch):
+    launched = {}
+
+    def fake_call(command, env):
+        launched.update(command=command, env=env)
+        return 0
+
+    monkeypatch.setattr(cli.subprocess, "call", fake_call)
+    assert cli.main(["app", "--port", "9001", "--ip", "0.0.0.0", "--no-browser"]) == 0
+    command = launched["command"]
+    assert command[:3] == [sys.executable, "-m", "voila"]
+    assert (
+        command[3] == str(cli.NOTEBOOKS / "app.ipynb")
+        and cli.NOTEBOOKS.joinpath("app.ipynb").is_file()
+    )
+    assert {"--port=9001", "--Voila.ip=0.0.0.0", "--no-browser"} <= set(command)
+    assert launched["env"]["CAMWIDGET_MODEL"] == "efficientnet_lite0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 
 import numpy as np
 import pytest
@@ -76,7 +77,7 @@ def upload(panel, name, content):
 
 
 CHANGES = [
-    ("colormap", "viridis"),
+    ("colormap", "magma"),
     ("alpha", 0.8),
     ("layer", "blocks.12"),
     ("method", "cam"),
@@ -441,3 +442,50 @@ def test_the_faithfulness_view(panel, monkeypatch):
     applicable = [m for m in camwidget.methods.REGISTRY if ex.why_not(m, "head") is None]
     assert rows == len(applicable) + 1 and "random maps" in view.table.value
     assert view.progress.layout.display == "none"
+
+
+def test_the_legend_follows_the_colormap_and_the_map(panel):
+    view = panel.main_view
+    bar = np.asarray(Image.open(io.BytesIO(bytes(view.bar.value))))
+    np.testing.assert_array_equal(bar, render.legend("viridis"))  # Grad-CAM: no zero tick
+    assert "0 (no evidence) → high evidence" in view.bar_text.value
+    forwards = []
+    handle = panel.explainer.model.register_forward_pre_hook(lambda m, a: forwards.append(1))
+    try:
+        panel.colormap = "cividis"
+    finally:
+        handle.remove()
+    bar = np.asarray(Image.open(io.BytesIO(bytes(view.bar.value))))
+    np.testing.assert_array_equal(bar, render.legend("cividis"))
+    assert forwards == []  # no model pass for a new legend
+    panel.layer, panel.method = "head", "cam"  # CAM is signed: no ReLU
+    assert panel.explanation.raw.min() > 0 and view.zero is None  # the cat: all positive
+    assert "low → high" in view.bar_text.value
+    panel.target = 0  # tench: negative and positive evidence
+    raw = panel.explanation.raw
+    assert raw.min() < 0 < raw.max()
+    assert view.zero == pytest.approx(-raw.min() / (raw.max() - raw.min()))
+    assert "negative ← 0 → positive" in view.bar_text.value
+    bar = np.asarray(Image.open(io.BytesIO(bytes(view.bar.value))))
+    np.testing.assert_array_equal(bar, render.legend("cividis", zero=view.zero))
+
+
+def test_legend_bars_by_hand():
+    bar = render.legend("gray", width=5, height=4)
+    assert bar.shape == (4, 5, 3) and (bar[0, :, 0] == [0, 64, 128, 191, 255]).all()
+    ticked = render.legend("gray", width=11, height=8, zero=0.5)
+    assert (ticked[:, 4:7][ticked[:, 4:7] != 255] == 0).all() and (ticked[2:6, 5] == 255).all()
+
+
+def test_the_static_picture_saved_with_a_notebook(panel):
+    bundle = panel._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle  # the live widget
+    picture = np.asarray(Image.open(io.BytesIO(bundle["image/png"])))
+    np.testing.assert_array_equal(picture, panel.picture())
+    frame = panel.main_view.frame
+    np.testing.assert_array_equal(picture[: frame.shape[0], : frame.shape[1]], frame)
+    summary = bundle["text/plain"]
+    assert summary.startswith("camwidget panel: 451×300 image · layer head")
+    assert "Egyptian cat (285) · Grad-CAM" in summary
+    panel.compare = True  # both views, side by side
+    assert panel.picture().shape[1] == 2 * (frame.shape[1] + 4)

@@ -40,6 +40,7 @@ class ClassPicker(widgets.VBox):
         else:
             self.quick = widgets.Dropdown(options=[], layout=widgets.Layout(width="260px"))
         self.quick.description = description
+        self.quick.tooltip = "the model's top answers: pick one to explain it"
         self.search = widgets.Combobox(
             options=labels,
             placeholder="search all classes…",
@@ -88,37 +89,63 @@ def build(
     labels: list[str], resolve: Callable[[str], int | None], on_error: Callable[[str], None]
 ) -> dict[str, widgets.Widget]:
     """The panel's controls by name, each tagged with the CSS class ``camwidget-<name>``."""
-    built = {**_choosers(labels, resolve, on_error), **_actions()}
+    built = {**_pickers(labels, resolve, on_error), **_choosers(), **_actions()}
     for name, control in built.items():
         control.add_class(f"camwidget-{name.replace('_', '-')}")
     return built
 
 
-def _choosers(
+def _pickers(
     labels: list[str], resolve: Callable[[str], int | None], on_error: Callable[[str], None]
 ) -> dict[str, widgets.Widget]:
-    """What the user picks: what to explain, where, how, and how it looks."""
-    slider = {"min": 0.0, "max": 1.0, "step": 0.05, "readout_format": ".2f"}
-    others = sorted(name for name in _all_colormaps() if name not in render.COLORMAPS)
+    """What to explain: a class (or a detection), and for a segmentation the region."""
     return {
         "classes": ClassPicker(labels, resolve, on_error, quick="radio", description=""),
         "compare_classes": ClassPicker(
             labels, resolve, on_error, quick="dropdown", description="class"
         ),
-        "layer": widgets.Dropdown(description="layer", layout=_wide(360)),
-        "compare_layer": widgets.Dropdown(description="layer", layout=_wide(360)),
-        "method": widgets.Dropdown(description="method", layout=_wide(220)),
-        "colormap": widgets.Dropdown(
-            options=[*render.COLORMAPS, *others], description="colormap", layout=_wide(220)
-        ),
-        "opacity": widgets.FloatSlider(description="opacity", **slider),
-        "threshold": widgets.FloatSlider(description="threshold", **slider),
-        "compare": widgets.Checkbox(description="compare", indent=False),
         "region": widgets.ToggleButtons(
             options=list(REGIONS),
             description="region",
             tooltip="explain the class over its predicted pixels, or over the whole image",
             layout=widgets.Layout(display="none"),
+        ),
+    }
+
+
+def _choosers() -> dict[str, widgets.Widget]:
+    """Where and how to explain, and how it looks."""
+    slider = {"min": 0.0, "max": 1.0, "step": 0.05, "readout_format": ".2f"}
+    others = sorted(name for name in _all_colormaps() if name not in render.COLORMAPS)
+    return {
+        "layer": widgets.Dropdown(
+            description="layer",
+            tooltip="the layer whose feature maps are explained",
+            layout=_wide(360),
+        ),
+        "compare_layer": widgets.Dropdown(
+            description="layer", tooltip="the compare view's layer", layout=_wide(360)
+        ),
+        "method": widgets.Dropdown(
+            description="method", tooltip="how the feature maps are weighted", layout=_wide(220)
+        ),
+        "colormap": widgets.Dropdown(
+            options=[*render.COLORMAPS, *others],
+            description="colormap",
+            tooltip="the colours of the heatmap; viridis, cividis and magma read well with "
+            "colour-vision deficiencies",
+            layout=_wide(220),
+        ),
+        "opacity": widgets.FloatSlider(
+            description="opacity", tooltip="how strongly the heatmap covers the photo", **slider
+        ),
+        "threshold": widgets.FloatSlider(
+            description="threshold", tooltip="hide the heatmap below this value", **slider
+        ),
+        "compare": widgets.Checkbox(
+            description="compare",
+            indent=False,
+            tooltip="a second view with its own class and layer",
         ),
         "reference": widgets.FileUpload(
             accept="image/*",
@@ -134,8 +161,15 @@ def _actions() -> dict[str, widgets.Widget]:
     return {
         "status": widgets.HTML(layout=widgets.Layout(margin="0 0 4px 0")),
         "reference_image": widgets.Image(format="jpeg", layout=widgets.Layout(width="160px")),
-        "upload": widgets.FileUpload(accept="image/*", multiple=False, description="image"),
-        "save": widgets.Button(description="save", icon="download"),
+        "upload": widgets.FileUpload(
+            accept="image/*",
+            multiple=False,
+            description="image",
+            tooltip="upload a photo to explain",
+        ),
+        "save": widgets.Button(
+            description="save", icon="download", tooltip="save the overlay as a PNG file"
+        ),
         "inspect": widgets.ToggleButton(
             description="inspect", icon="search", tooltip="zoom, pan and read the heat value"
         ),

@@ -29,7 +29,7 @@ from . import choices
 from . import controls as controls_
 from .faithfulness import FaithfulnessView
 from .inspector import Inspector
-from .views import View, caption, display_frame
+from .views import View, caption, display_frame, legend_meaning
 
 #: trait -> (control name, the control's attribute that shows it)
 _BINDINGS = {
@@ -62,7 +62,7 @@ class CAMWidget(widgets.VBox):
     layer = Unicode()
     target = Any(0)
     method = Unicode("gradcam")
-    colormap = Unicode("jet")
+    colormap = Unicode("viridis")
     alpha = Float(0.5)
     threshold = Float(0.0)
     compare = Bool(False)
@@ -80,7 +80,7 @@ class CAMWidget(widgets.VBox):
         layer: str | None = None,
         target: int | str | None = None,
         method: str = "gradcam",
-        colormap: str = "jet",
+        colormap: str = "viridis",
         alpha: float = 0.5,
         threshold: float = 0.0,
         device: str | torch.device | None = None,
@@ -99,6 +99,8 @@ class CAMWidget(widgets.VBox):
         self._image: PreparedImage | None = None
         self._frame_rgb: np.ndarray | None = None
         self._reference: Similarity | None = None
+        self._painted = self._published = 0  # paints, and the paint the displays show
+        self._displays: list = []
         self._suspended = False
         self._inspector: Inspector | None = None
         self.faithfulness = FaithfulnessView()
@@ -181,12 +183,71 @@ class CAMWidget(widgets.VBox):
         Image.fromarray(self.overlay).save(path)
         return path
 
+    def picture(self) -> np.ndarray:
+        """What the panel shows, as one uint8 image: the overlay (and the compare view),
+        the colour legend and a caption; the static picture saved with a notebook."""
+        views = [view for view in self.views if view.frame is not None]
+        if not views:
+            raise CamwidgetError("no image yet: call set_image(...) or upload one")
+        height = max(view.frame.shape[0] for view in views)
+        frames = [np.pad(v.frame, ((0, height - v.frame.shape[0]), (0, 4), (0, 0))) for v in views]
+        row = np.concatenate(frames, axis=1)
+        main = self.main_view
+        bar = render.legend(self.colormap, width=row.shape[1], height=14, zero=main.zero)
+        lines = [self._summary(), f"colours: {legend_meaning(main.explanation)[1]}"]
+        return render.captioned(np.concatenate([row, bar], axis=0), lines)
+
+    def _summary(self) -> str:
+        e = self.main_view.explanation
+        width, height = self._image.size[1], self._image.size[0]
+        return (
+            f"{width}×{height} image · layer {e.layer} · {e.label}"
+            f"{f' ({e.target})' if isinstance(e.target, int) else ''} · {e.title}"
+        )
+
+    def _repr_mimebundle_(self, **kwargs: object) -> dict | None:
+        """The live widget, with a static fallback for front ends without a kernel
+        (GitHub, nbviewer, an HTML export): the panel's picture as PNG and a one-line
+        summary."""
+        data = super()._repr_mimebundle_(**kwargs)
+        if data is not None and self.main_view.frame is not None:
+            data["image/png"] = render.encode(self.picture(), "png")
+            data["text/plain"] = f"camwidget panel: {self._summary()}"
+        return data
+
+    def _ipython_display_(self, **kwargs: object) -> None:
+        """Display with an id, so that the static picture follows the panel: after each
+        cell that changed it, the saved output is updated."""
+        from IPython import get_ipython
+        from IPython.display import display
+
+        self._displays.append(display(self._repr_mimebundle_(), raw=True, display_id=True))
+        self._published = self._painted
+        shell = get_ipython()
+        if shell is not None and len(self._displays) == 1:
+            shell.events.register("post_execute", self._update_displays)
+
+    def _update_displays(self) -> None:
+        if self._painted == self._published or self.comm is None:
+            return
+        self._published = self._painted
+        bundle = self._repr_mimebundle_()
+        for handle in self._displays:
+            handle.update(bundle, raw=True)
+
     def close(self) -> None:
         """Close every child widget and figure and drop the cached passes. The model
         holds no hooks of ours at any time outside a forward pass."""
         if self._inspector is not None:
             self._inspector.close()
             self._inspector = None
+        if self._displays:
+            from IPython import get_ipython
+
+            shell = get_ipython()
+            if shell is not None:
+                shell.events.unregister("post_execute", self._update_displays)
+            self._displays.clear()
         self.explainer.clear()
         for child in _descendants(self):
             child.close()
@@ -196,10 +257,16 @@ class CAMWidget(widgets.VBox):
 
     def _layout(self) -> list[widgets.Widget]:
         c = self._controls
-        main = widgets.VBox([self.main_view.image, self.main_view.caption])
+        main = widgets.VBox([self.main_view.image, self.main_view.caption, self.main_view.legend])
         second = self.compare_view
         c["compare_panel"] = widgets.VBox(
-            [second.image, second.caption, c["compare_classes"], c["compare_layer"]],
+            [
+                second.image,
+                second.caption,
+                second.legend,
+                c["compare_classes"],
+                c["compare_layer"],
+            ],
             layout=widgets.Layout(display="none"),
         )
         predictions = widgets.VBox(
@@ -416,6 +483,7 @@ class CAMWidget(widgets.VBox):
             for step in ("forward", "backward")
         }
         self.timings["render"] = (time.perf_counter() - start) * 1000.0
+        self._painted += 1
         self._write_status()
         self._say(" · ".join(dict.fromkeys(remarks)))
         if self._inspector is not None:

@@ -17,9 +17,10 @@ class View(HasTraits):
     """An overlay of one (layer, target) on the photo at display size.
 
     ``target`` is the pick (a class index, or a target object such as a detection's
-    box); ``explanation`` is what it shows; ``rgb`` the photo, ``heat`` the heatmap and
-    ``region`` the explained region's mask (if any), all at display size; ``image`` and
-    ``caption`` are its widgets.
+    box); ``explanation`` is what it shows; ``rgb`` the photo, ``heat`` the heatmap,
+    ``region`` the explained region's mask (if any) and ``frame`` the picture shown, all
+    at display size; ``image``, ``caption`` and the colour ``legend`` (a colorbar and
+    what its ends mean) are its widgets.
     """
 
     layer = Unicode()
@@ -32,10 +33,17 @@ class View(HasTraits):
         )
         self.image.add_class(css_class)
         self.caption = widgets.HTML()
+        self.bar = widgets.Image(format="png", layout=widgets.Layout(width="256px"))
+        self.bar_text = widgets.HTML()
+        self.legend = widgets.HBox([self.bar, self.bar_text])
+        self.legend.add_class("camwidget-legend")
         self.explanation: Explanation | None = None
         self.rgb: np.ndarray | None = None
         self.heat: np.ndarray | None = None
         self.region: np.ndarray | None = None
+        self.frame: np.ndarray | None = None
+        self.zero: float | None = None  # where 0 lies on the legend, for a signed map
+        self._bar_key: tuple | None = None
 
     def explain(
         self,
@@ -58,6 +66,8 @@ class View(HasTraits):
         if e.region is not None:
             self.region = render.upsample(e.region.astype(np.float32), rgb.shape[:2]) >= 0.5
         self.caption.value = f"{caption(e)} · {e.title} at <code>{html.escape(e.layer)}</code>"
+        self.zero, meaning = legend_meaning(e)
+        self.bar_text.value = f"<small>{html.escape(meaning)}</small>"
         remarks = [remark for remark in (resolved.note, e.message) if remark]
         if methods.get(e.method).class_agnostic:
             remarks.append(f"{e.title} is class-agnostic: its map is the same for every class")
@@ -73,7 +83,21 @@ class View(HasTraits):
         if box is not None:
             scale = self.rgb.shape[1] / self.explanation.size[1]
             frame = render.draw_box(frame, tuple(v * scale for v in box))
+        self.frame = frame
         self.image.value = render.encode(frame, "jpeg")
+        if self._bar_key != (colormap, self.zero):  # a colormap change costs no model pass
+            self._bar_key = (colormap, self.zero)
+            self.bar.value = render.encode(render.legend(colormap, zero=self.zero), "png")
+
+
+def legend_meaning(e: Explanation) -> tuple[float | None, str]:
+    """Where 0 lies on the colorbar (None: at its low end) and what its ends mean."""
+    if methods.get(e.method).rectified:
+        return None, "0 (no evidence) → high evidence"
+    low, high = float(e.raw.min()), float(e.raw.max())
+    if low < 0 < high:
+        return -low / (high - low), "negative ← 0 → positive"
+    return None, "low → high"
 
 
 def caption(e: Explanation, detail: bool = True) -> str:

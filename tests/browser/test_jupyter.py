@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from camwidget import samples
+from camwidget.cli import NOTEBOOKS
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -46,8 +47,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
-    for notebook in ("quickstart.ipynb", "beyond_classification.ipynb"):
-        shutil.copy(REPO / "notebooks" / notebook, root)
+    shutil.copy(NOTEBOOKS / "quickstart.ipynb", root)  # as it ships in the package
+    shutil.copy(REPO / "notebooks" / "beyond_classification.ipynb", root)
     samples.load("coffee").save(root / "coffee.jpg")
     port = _free_port()
     log = open(root / "server.log", "w")  # noqa: SIM115 (closed below)
@@ -156,7 +157,7 @@ def _open(browser, url: str):
     return page
 
 
-def _panel_ready(page):
+def _panel_ready(page, done: str | None = "tiger cat"):
     news = page.locator(".jp-toast-button", has_text="No")
     if news.count():
         news.first.click()  # JupyterLab's "notified about news?" toast can cover controls
@@ -167,13 +168,11 @@ def _panel_ready(page):
         " return s && s.innerText.includes('Grad-CAM'); }",
         timeout=180_000,
     )
+    if done is None:
+        return panel
     # the quickstart's later cells change the panel: wait until they are done
     try:
-        page.wait_for_function(
-            "() => document.querySelector('.camwidget .camwidget-status').innerText"
-            ".includes('viridis')",
-            timeout=240_000,
-        )
+        panel.locator(".camwidget-status").filter(has_text=done).wait_for(timeout=240_000)
     except Exception:
         page.screenshot(path=str(ARTIFACTS / "failed-ready.png"), full_page=True)
         errors = page.locator(".jp-OutputArea-output[data-mime-type*='stderr']")
@@ -231,7 +230,7 @@ def _drive(page, panel, root: Path, tag: str) -> None:
         _changes(page, panel, lambda i=index: radios.nth(i).click(), f"{label} (", "class")
     page.screenshot(path=str(ARTIFACTS / f"{tag}-1-class.png"))
     colormap = panel.locator(".camwidget-colormap select")
-    for name in ("magma", "jet", "inferno", "turbo", "magma"):
+    for name in ("cividis", "jet", "inferno", "turbo", "magma"):
         _changes(page, panel, lambda n=name: colormap.select_option(value=n), name, "colormap")
     track = panel.locator(".camwidget-opacity .noUi-target")
     readout = panel.locator(".camwidget-opacity .widget-readout")
@@ -303,6 +302,57 @@ def test_beyond_classification(server, browser):
     second = boxes.nth(1).inner_text().split(" · ")[0]
     _changes(page, detection, lambda: boxes.nth(1).click(), f"{second} box", "detection")
     page.screenshot(path=str(ARTIFACTS / "lab-beyond-classification.png"), full_page=True)
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def app(server):
+    """``camwidget app`` (Voila) on a free port."""
+    _, root = server
+    port = _free_port()
+    log = open(root / "app.log", "w")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "camwidget.cli", "app", "--port", str(port), "--no-browser"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=root,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(url, timeout=5)
+                break
+            except OSError:
+                if process.poll() is not None:
+                    pytest.fail(f"the app exited: {(root / 'app.log').read_text()}")
+                time.sleep(0.5)
+        else:
+            pytest.fail("the app did not answer within 120 s")
+        yield url, root
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def test_the_code_free_app(app, browser):
+    """Students' page: the panel alone, no code; driven like the notebooks; the class
+    search takes a name and Enter."""
+    url, root = app
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(url)
+    panel = _panel_ready(page, done=None)
+    assert page.locator(".jp-InputArea, .CodeMirror, .cm-editor").count() == 0  # no code
+    search = panel.locator(".camwidget-classes input[type=text]")
+    _changes(
+        page,
+        panel,
+        lambda: (search.fill("tiger cat"), search.press("Enter")),
+        "tiger cat",
+        "search",
+    )
+    _drive(page, panel, root, "app")
     page.close()
 
 
