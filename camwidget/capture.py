@@ -68,6 +68,19 @@ class Capture:
         output = self.output
         return output if isinstance(output, Tensor) and output.dim() == 2 else None
 
+    def on_host(self) -> Capture:
+        """The output alone, detached and copied to the CPU in one go: what picks targets
+        and reads numbers without a wait on the GPU for each image."""
+        output = self.output
+        if isinstance(output, Tensor):
+            output = output.detach().cpu()
+        else:
+            output = [
+                {k: v.detach().cpu() if isinstance(v, Tensor) else v for k, v in row.items()}
+                for row in output
+            ]
+        return Capture(output, {}, self.kinds, classifier=self.classifier)
+
 
 class _Recorder:
     """The forward hooks of one pass: keeps every feature map (see :mod:`layouts`), says

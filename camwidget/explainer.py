@@ -7,7 +7,6 @@ image -> prepare -> forward (cache: image) -> backward (cache: image, target)
 from __future__ import annotations
 
 import difflib
-import hashlib
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -302,10 +301,8 @@ class Explainer:
                 f"a preprocessed image must be a float tensor (3, H, W) or (1, 3, H, W); "
                 f"got {tuple(inputs.shape)} {inputs.dtype}"
             )
-        inputs = inputs.to(torch.float32).cpu().contiguous()
-        key = hashlib.blake2b(inputs.numpy().tobytes(), digest_size=16).hexdigest()
-        inputs = inputs.to(self.device, self.dtype)
-        return PreparedImage(inputs=inputs, key=key, size=size, notes=notes, source=source)
+        inputs = inputs.to(self.device, self.dtype).contiguous()
+        return PreparedImage(inputs=inputs, size=size, notes=notes, source=source)
 
     def _resizes(self, image: PreparedImage) -> bool:
         """Whether ``image`` must be prepared again: the model's input size is now known
@@ -582,7 +579,8 @@ class Explainer:
         image, capture = self._prepared_capture(image, timings)
         method, layer, target, _ = self.resolve(method, layer, target)
         spec = methods.get(method)
-        target = self._target(capture, target, 0)
+        host = capture.on_host()
+        target = self._target(host, target, 0)
         key = (image.key, target_key(target), layer, method, *self._options(spec).values())
         raw = self._maps.get(key)
         if raw is None:
@@ -591,11 +589,13 @@ class Explainer:
                 grads = self._gradient(image, capture, target, layer, timings)
             start = time.perf_counter()
             raw = self._raw(spec, capture, layer, 0, target, grads, image.inputs, progress)
+            raw = raw.cpu().numpy()
             timings["map"] = _ms(start)
             self._maps[key] = raw
             while len(self._maps) > 1024:
                 self._maps.popitem(last=False)
-        return self._finish(raw, image, capture, 0, layer, target, method, timings)
+        numbers = self._numbers(capture, [target])[0]
+        return self._finish(raw, image, host, 0, (layer, method), target, numbers, timings)
 
     def explain_batch(
         self,
@@ -641,17 +641,25 @@ class Explainer:
         capture = self._forward(inputs, {layer}, graph_from=layer)
         if layer not in capture.activations:
             raise CamwidgetError(f"layer {layer!r} did not run for this batch")
-        chosen = [self._target(capture, target, row) for row, (_, target) in enumerate(group)]
+        host = capture.on_host()
+        chosen = [self._target(host, target, row) for row, (_, target) in enumerate(group)]
+        numbers = self._numbers(capture, chosen)
         grads = None
         if spec.needs_gradients:
             total = torch.stack([self._score(capture, t, row) for row, t in enumerate(chosen)])
             grads = capture_.backward(capture, total.sum(), {layer}, retain=False)[layer]
             self.passes["backward"] += 1
-        explained = []
-        for row, ((image, _), target) in enumerate(zip(group, chosen, strict=True)):
-            raw = self._raw(spec, capture, layer, row, target, grads, inputs[row : row + 1])
-            explained.append(self._finish(raw, image, capture, row, layer, target, spec.name, {}))
-        return explained
+        raws = [
+            self._raw(spec, capture, layer, row, target, grads, inputs[row : row + 1])
+            for row, target in enumerate(chosen)
+        ]
+        raws = torch.stack(raws).cpu().numpy()  # one copy for the batch
+        return [
+            self._finish(raw, image, host, row, (layer, spec.name), target, number, {})
+            for row, (raw, (image, _), target, number) in enumerate(
+                zip(raws, group, chosen, numbers, strict=True)
+            )
+        ]
 
     # ----------------------------------------------------------------- helpers
 
@@ -669,9 +677,10 @@ class Explainer:
         gradients: Tensor | None,
         inputs: Tensor,
         progress: Progress | None = None,
-    ) -> np.ndarray:
-        """``spec``'s raw map for row ``row`` of ``capture`` at ``layer``; ``gradients``
-        of the whole batch in the layer's own layout (None: not needed)."""
+    ) -> Tensor:
+        """``spec``'s raw map for row ``row`` of ``capture`` at ``layer``, float32 on the
+        model's device; ``gradients`` of the whole batch in the layer's own layout (None:
+        not needed)."""
         layout = capture.layouts[layer]
         activations = layout.to_nchw(capture.activations[layer].detach())[row].float()
         if gradients is None:
@@ -701,8 +710,7 @@ class Explainer:
             input_size=(inputs.shape[-2], inputs.shape[-1]),
             options=self._options(spec),
         )
-        raw = spec.fn(activations, gradients, context)
-        return raw.detach().cpu().numpy().astype(np.float32)
+        return spec.fn(activations, gradients, context).detach().float()
 
     def _masked_score(self, target: Target) -> Callable[[object], Tensor]:
         """How a batch of perturbed inputs is scored (Score-CAM, the metrics): a class's
@@ -716,38 +724,56 @@ class Explainer:
 
         return score
 
+    def _numbers(
+        self, capture: Capture, targets: Sequence[Target]
+    ) -> list[tuple[float, float | None]]:
+        """Each row's score and, for a class, its probability: read in one copy to the
+        host (not one wait on the GPU per number)."""
+        scores = torch.stack(
+            [self._score(capture, t, row).detach().float() for row, t in enumerate(targets)]
+        )
+        probabilities = torch.full_like(scores, float("nan"))
+        logits = capture.logits
+        rows = [row for row, t in enumerate(targets) if isinstance(t, Class)]
+        if logits is not None and rows:
+            indices = [targets[row].index for row in rows]
+            probabilities[rows] = outputs.activate(logits[rows], self.activation)[
+                torch.arange(len(rows)), indices
+            ].to(scores.device)
+        pairs = torch.stack([scores, probabilities], dim=1).cpu().tolist()
+        return [(score, None if p != p else p) for score, p in pairs]  # NaN: no class
+
     def _finish(
         self,
         raw: np.ndarray,
         image: PreparedImage,
-        capture: Capture,
+        host: Capture,
         row: int,
-        layer: str,
+        where: tuple[str, str],
         target: Target,
-        method: str,
+        numbers: tuple[float, float | None],
         timings: Mapping[str, float],
     ) -> Explanation:
-        score = float(self._score(capture, target, row).detach())
-        logits = capture.logits
-        if isinstance(target, Class) and logits is not None:
-            probability = float(outputs.activate(logits[row], self.activation)[target.index])
+        """The explanation of row ``row``: ``host`` is the capture's output on the CPU,
+        ``where`` the (layer, method), ``numbers`` the row's score and probability."""
+        if isinstance(target, Class) and host.logits is not None:
             shown, label = target.index, self.label(target.index)
         else:
-            probability, shown, label = None, target, describe(target, self.label)
+            shown, label = target, describe(target, self.label)
         region = None
         if isinstance(target, Region):
-            mask = target.region(outputs.one(capture.output, row).detach())
-            region = render.upsample(mask.cpu().numpy(), image.size) >= 0.5
+            mask = target.region(outputs.one(host.output, row))
+            region = render.upsample(mask.numpy(), image.size) >= 0.5
         box = _to_image(target.box, image) if isinstance(target, Box) else None
         return Explanation(
             raw=raw,
             size=image.size,
-            layer=layer,
+            layer=where[0],
             target=shown,
-            method=method,
-            score=score,
+            method=where[1],
+            score=numbers[0],
             label=label,
-            probability=probability,
+            probability=numbers[1],
             timings=timings,
             region=region,
             box=box,

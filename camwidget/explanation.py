@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from . import images, methods, render
@@ -18,16 +20,23 @@ from .targets import Target
 class PreparedImage:
     """An image made ready for the model.
 
-    ``inputs``: the model input (1, 3, h, w); ``key``: a hash of ``inputs``; ``size``:
-    (H, W) of the image, the size of every heatmap; ``notes``: what was done to the
-    image on the way, in words; ``source``: the RGB array, or the input tensor itself.
+    ``inputs``: the model input (1, 3, h, w); ``size``: (H, W) of the image, the size
+    of every heatmap; ``notes``: what was done to the image on the way, in words;
+    ``source``: the RGB array, or the input tensor itself.
     """
 
     inputs: Tensor
-    key: str
     size: tuple[int, int]
     notes: tuple[str, ...] = ()
     source: np.ndarray | Tensor | None = field(default=None, repr=False)
+
+    @cached_property
+    def key(self) -> str:
+        """A hash of ``inputs``, what the caches know the image by; computed when first
+        asked for (a batch that caches nothing never pays for it, nor for the copy of a
+        GPU tensor to the CPU that it needs)."""
+        values = self.inputs.detach().to("cpu", torch.float32).contiguous()
+        return hashlib.sha256(values.numpy().tobytes()).hexdigest()[:32]  # SHA-NI: fast
 
     @cached_property
     def rgb(self) -> np.ndarray:

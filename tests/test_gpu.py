@@ -18,14 +18,31 @@ pytestmark = [
 LAYERS = ("layer1", "layer2.1.conv1", "layer3", "layer4")
 
 
+@pytest.fixture(autouse=True)
+def full_float32():
+    """Convolutions and matrix products in full float32, as on the CPU: PyTorch lets
+    cuDNN use TF32 by default on Ampere and later (10-bit mantissa, ~1e-3 relative per
+    product), which is the user's choice and not what the 1e-4 agreement is about."""
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
 @pytest.fixture(scope="module")
 def pair(resnet18):
     return Explainer(resnet18), Explainer(copy.deepcopy(resnet18).cuda())
 
 
-def close(cpu: np.ndarray, gpu: np.ndarray) -> None:
+# Methods that use the gradient element by element (not its spatial mean) see the
+# float32 summation order of cuDNN's backward against the CPU's: at layer1 of resnet18,
+# a few pixels of a 150x128 map differed by up to 3.5e-4 of the map's maximum on an H200.
+ELEMENTWISE = {"gradcam++", "hirescam", "layercam"}
+
+
+def close(cpu: np.ndarray, gpu: np.ndarray, tolerance: float = 1e-4) -> None:
     scale = max(1e-12, float(np.abs(cpu).max()))
-    np.testing.assert_allclose(gpu / scale, cpu / scale, atol=1e-4)
+    np.testing.assert_allclose(gpu / scale, cpu / scale, atol=tolerance)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -37,7 +54,7 @@ def test_explain_agrees_with_the_cpu(pair, photo, method):
         a = cpu.explain(photo, layer, 7, method)
         b = gpu.explain(photo, layer, 7, method)
         assert b.raw.dtype == np.float32 and b.heatmap.shape == a.heatmap.shape
-        close(a.raw, b.raw)
+        close(a.raw, b.raw, 1e-3 if method in ELEMENTWISE else 1e-4)
         assert abs(a.score - b.score) <= 1e-4 * max(1.0, abs(a.score))
     assert gpu.device.type == "cuda"
     assert gpu.prepare(photo).inputs.is_cuda
