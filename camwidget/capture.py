@@ -321,3 +321,42 @@ def score_masked(
     step = max(1, batch_size)
     batches = (inputs * masks[start : start + step] for start in range(0, len(masks), step))
     return score_inputs(model, batches, score, len(masks), progress, select)
+
+
+def score_ablated(
+    model: nn.Module,
+    inputs: Tensor,
+    layer: str,
+    layout: Layout,
+    channels: Tensor,
+    score: Callable[[Tensor | list[dict]], Tensor],
+    batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+    select: Callable[[object], Tensor | list[dict]] = outputs.select,
+) -> Tensor:
+    """:func:`score_inputs` of ``inputs`` (1, 3, H, W) once per channel in ``channels``
+    (M,), with that channel of ``layer``'s output (in its ``layout``) set to zero by a
+    temporary forward hook, in batches."""
+    step = max(1, batch_size)
+    current: list[Tensor] = []
+
+    def zero_channels(module: nn.Module, args: object, output: Tensor) -> Tensor:
+        output = output.clone()
+        rows = torch.arange(len(current[0]), device=output.device)
+        layout.to_nchw(output)[rows, current[0]] = 0
+        if layout.to_nchw(output)[rows, current[0]].any():
+            raise CamwidgetError(
+                f"cannot set channels of {layer!r} to zero: its reshape copies the output"
+            )
+        return output
+
+    def batches() -> Iterator[Tensor]:
+        for start in range(0, len(channels), step):
+            current[:] = [channels[start : start + step]]
+            yield inputs.expand(len(current[0]), *inputs.shape[1:])
+
+    with guarded(model) as handles:
+        module = model.get_submodule(layer)
+        handles.append(module.register_forward_hook(zero_channels))
+        return score_inputs(model, batches(), score, len(channels), progress, select)
+

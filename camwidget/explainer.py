@@ -70,7 +70,8 @@ class Explainer:
     images are kept so that other classes, layers and methods cost no forward; the
     gradients of the most recent classes are kept within ``gradient_bytes`` (the latest
     class's are always kept). Score-CAM scores masked inputs ``scorecam_batch_size`` at
-    a time, and only the ``scorecam_channels`` most active channels when that is set.
+    a time, and only the ``scorecam_channels`` most active channels when that is set;
+    Ablation-CAM scores ``ablation_batch_size`` ablated passes at a time.
     ``output``: a function picking the part of the model's output to explain, where
     camwidget cannot find it itself. ``activation``: how a classifier's logits become
     probabilities: None (softmax, or sigmoid for a single output), ``"softmax"`` or
@@ -89,6 +90,7 @@ class Explainer:
         gradient_bytes: int = 256 * 2**20,
         scorecam_batch_size: int = 32,
         scorecam_channels: int | None = None,
+        ablation_batch_size: int = 32,
         reshape: Mapping[str, Reshape] | None = None,
         output: Callable[[object], object] | None = None,
         activation: str | None = None,
@@ -107,6 +109,7 @@ class Explainer:
         self.gradient_bytes = gradient_bytes
         self.scorecam_batch_size = scorecam_batch_size
         self.scorecam_channels = scorecam_channels
+        self.ablation_batch_size = ablation_batch_size
         self.reshape = dict(reshape or {})
         self.output = output
         self.activation = activation
@@ -687,6 +690,21 @@ class Explainer:
             gradients = torch.zeros_like(activations)
         else:
             gradients = layout.to_nchw(gradients)[row].float()
+        context = self._context(spec, capture, layer, row, target, inputs, progress)
+        return spec.fn(activations, gradients, context).detach().float()
+
+    def _context(
+        self,
+        spec: methods.Method,
+        capture: Capture,
+        layer: str,
+        row: int,
+        target: Target,
+        inputs: Tensor,
+        progress: Progress | None,
+    ) -> methods.MethodContext:
+        """What ``spec`` may need besides the maps; the perturbation passes run only when
+        the method calls for them."""
         weights = None
         if isinstance(target, Class) and capture.logits is not None and self.layer(layer).cam:
             weights = final_linear(self.model, capture).weight.detach()[target.index].float()
@@ -704,13 +722,29 @@ class Explainer:
             self.passes["scored"] += len(masks)
             return masked
 
-        context = methods.MethodContext(
+        def ablate(channels: Tensor) -> Tensor:
+            ablated = capture_.score_ablated(
+                self.model,
+                inputs,
+                layer,
+                capture.layouts[layer],
+                channels,
+                _values(target),
+                self.ablation_batch_size,
+                progress,
+                self._select,
+            )
+            self.passes["scored"] += len(channels)
+            return ablated
+
+        return methods.MethodContext(
             class_weights=weights,
             score=score,
+            ablate=ablate,
+            target_score=self._score(capture, target, row).detach().float(),
             input_size=(inputs.shape[-2], inputs.shape[-1]),
             options=self._options(spec),
         )
-        return spec.fn(activations, gradients, context).detach().float()
 
     def _masked_score(self, target: Target) -> Callable[[object], Tensor]:
         """How a batch of perturbed inputs is scored (Score-CAM, the metrics): a class's

@@ -30,12 +30,17 @@ class MethodContext:
     ``class_weights``: the final fully connected layer's weights W[c] (C,) for the
     target class, where CAM applies at this layer, else None. ``score``: for Score-CAM,
     maps masks (M, 1, H, W) in [0, 1] at the input's size to the target's softmax
-    probability on the masked inputs (M,). ``input_size``: the model input's (H, W).
-    ``options``: the method's settings by name (see :attr:`Method.options`).
+    probability on the masked inputs (M,). ``ablate``: for Ablation-CAM, maps channel
+    indices (M,) to the target's score (its logit) with that channel of the layer's
+    output set to zero (M,); ``target_score``: the target's score on the intact input.
+    ``input_size``: the model input's (H, W). ``options``: the method's settings by name
+    (see :attr:`Method.options`).
     """
 
     class_weights: Tensor | None = None
     score: Callable[[Tensor], Tensor] | None = None
+    ablate: Callable[[Tensor], Tensor] | None = None
+    target_score: Tensor | None = None
     input_size: tuple[int, int] | None = None
     options: Mapping[str, object] = field(default_factory=dict)
 
@@ -159,6 +164,23 @@ def scorecam(activations: Tensor, gradients: Tensor, context: MethodContext) -> 
     return torch.relu(_weighted_sum(alpha, activations))
 
 
+def ablationcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
+    """Ablation-CAM (Ramaswamy & Desai, WACV 2020): M = ReLU(sum_k w_k A^k).
+
+    w_k = (y_c - y_c^k) / y_c, the relative drop of the target's score when channel k
+    of the layer's output is set to zero (one forward per channel, batched). Where
+    y_c = 0 the drop itself is the weight. At a GAP -> FC layer y_c - y_c^k =
+    W[c, k] mean(A^k) exactly.
+    """
+    if context.ablate is None or context.target_score is None:
+        raise ValueError("Ablation-CAM needs the ablated scores and the target's score")
+    channels = torch.arange(activations.shape[0], device=activations.device)
+    score = context.target_score.to(activations.device).double()
+    drops = score - context.ablate(channels).to(activations.device).double()
+    weights = drops / torch.where(score == 0, torch.ones_like(score), score)
+    return torch.relu(_weighted_sum(weights.to(activations.dtype), activations))
+
+
 def _everywhere(layer: LayerInfo) -> bool:
     return True
 
@@ -204,6 +226,7 @@ _BUILT_IN = (
     Method("layercam", "LayerCAM", layercam, needs_gradients=True),
     Method("scorecam", "Score-CAM", scorecam, options=("scorecam_channels", "scorecam_batch_size")),
     Method("eigencam", "Eigen-CAM", eigencam, rectified=False, class_agnostic=True),
+    Method("ablationcam", "Ablation-CAM", ablationcam),
     Method(
         "cam",
         "CAM",

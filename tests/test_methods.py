@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from pytorch_grad_cam import (
+    AblationCAM,
     EigenCAM,
     GradCAMPlusPlus,
     HiResCAM,
@@ -20,7 +21,14 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from camwidget import METHODS, Explainer, render
-from camwidget.methods import MethodContext, eigencam, gradcam_plus_plus, scorecam, xgradcam
+from camwidget.methods import (
+    MethodContext,
+    ablationcam,
+    eigencam,
+    gradcam_plus_plus,
+    scorecam,
+    xgradcam,
+)
 
 PEERS = {"hirescam": HiResCAM, "xgradcam": XGradCAM, "layercam": LayerCAM}
 LAYERS = {
@@ -55,6 +63,7 @@ def test_every_contract_method_is_registered():
         "layercam",
         "scorecam",
         "eigencam",
+        "ablationcam",
     }
 
 
@@ -230,6 +239,50 @@ def test_scorecam_batches_caps_channels_and_reports_progress(resnet18, photo_ten
     )
 
 
+def test_ablationcam_against_a_direct_evaluation():
+    model = Tiny().eval()
+    x = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(1))
+    ex = Explainer(model, ablation_batch_size=2)
+    seen = []
+    e = ex.explain(
+        x, layer="act", target=2, method="ablationcam", progress=lambda *p: seen.append(p)
+    )
+    with torch.no_grad():
+        a = model.act(model.conv(x[None]))[0].double()
+        fc = model.fc.double()
+        score = float(fc(a.flatten()[None])[0, 2])
+        weights = []
+        for k in range(len(a)):
+            ablated = a.clone()
+            ablated[k] = 0
+            weights.append((score - float(fc(ablated.flatten()[None])[0, 2])) / score)
+        model.float()
+        expected = torch.relu(sum(w * ak for w, ak in zip(weights, a, strict=True)))
+    np.testing.assert_allclose(e.raw, expected.numpy(), rtol=1e-4, atol=1e-6)
+    assert ex.passes["scored"] == 3 and seen == [(2, 3), (3, 3)]  # batches of 2
+    ex.explain(x, layer="act", target=2, method="ablationcam")  # cached: no more forwards
+    assert ex.passes["scored"] == 3
+
+
+def test_ablationcam_at_a_gap_fc_layer_is_the_weight_times_the_mean(resnet18, photo_tensor):
+    small = torch.nn.functional.interpolate(photo_tensor[None], size=(64, 64))[0]
+    ex = Explainer(resnet18, ablation_batch_size=128)
+    e = ex.explain(small, "layer4", 281, "ablationcam")
+    a, _ = a_and_g(resnet18, small, "layer4", 281)
+    weights = resnet18.fc.weight[281].detach().double().numpy() * a.mean(axis=(1, 2))
+    expected = np.maximum(np.einsum("k,khw->hw", weights / e.score, a), 0)
+    np.testing.assert_allclose(e.raw, expected, rtol=1e-3, atol=1e-5 * np.abs(expected).max())
+
+
+def test_ablationcam_equals_the_peer(resnet18, photo_tensor):
+    small = torch.nn.functional.interpolate(photo_tensor[None], size=(128, 128))[0]
+    e = Explainer(resnet18).explain(small, "layer4", 7, "ablationcam")
+    with AblationCAM(model=resnet18, target_layers=[resnet18.layer4]) as peer:
+        theirs = peer(small[None], targets=[ClassifierOutputTarget(7)])[0]
+    np.testing.assert_allclose(e.heatmap, theirs, atol=1e-3)
+    assert e.heatmap.max() == 1.0
+
+
 def test_divisions_are_guarded():
     zeros = torch.zeros(4, 3, 3)
     gradients = torch.randn(4, 3, 3)
@@ -244,6 +297,10 @@ def test_divisions_are_guarded():
     masks_score = lambda masks: torch.ones(len(masks))  # noqa: E731
     context = MethodContext(score=masks_score, input_size=(6, 6))
     assert not scorecam(torch.ones(2, 3, 3), zeros[:2], context).any()  # constant channels
+    unchanged = MethodContext(
+        ablate=lambda channels: torch.zeros(len(channels)), target_score=torch.tensor(0.0)
+    )
+    assert torch.isfinite(ablationcam(a, zeros, unchanged)).all()  # a score of zero
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "cam"])

@@ -635,7 +635,8 @@ class CAMWidget(widgets.VBox):
     # ----------------------------------------------------------------- messages
 
     def _show_progress(self, done: int, total: int) -> None:
-        """Score-CAM's masked forwards, shown while they run (messages go out at once)."""
+        """The perturbation passes of Score-CAM and Ablation-CAM, shown while they run
+        (messages go out at once)."""
         bar = self._controls["progress"]
         bar.max = total
         bar.value = done
