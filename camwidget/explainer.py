@@ -11,21 +11,21 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from . import capture as capture_
-from . import images, methods, outputs, render
+from . import images, methods, outputs, pixel, render
 from .capture import Capture
 from .errors import CamwidgetError
 from .explanation import Explanation, PreparedImage, Resolved
 from .inputs import ModelInput, model_input
 from .labels import check_index, resolve_target
 from .layers import LayerInfo, catalogue, default_layer, final_grid, final_linear
-from .layouts import Reshape
+from .layouts import Layout, Reshape
 from .targets import Box, Class, Region, Target, describe
 from .targets import key as target_key
 
@@ -129,6 +129,7 @@ class Explainer:
         self._catalogues: dict[str, list[LayerInfo]] = {}
         self._gradients: OrderedDict[tuple, dict[str, Tensor]] = OrderedDict()
         self._maps: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._guided: OrderedDict[tuple, Tensor] = OrderedDict()  # the latest 16
         self._current: _Catalogue | None = None
         self._defaults: dict[tuple[str, ...], str] = {}  # by the final grid's layers
         # Maps that in-place ops downstream rewrite, so that forwards hand on copies of
@@ -467,7 +468,7 @@ class Explainer:
     def _forget(self, key: str) -> None:
         del self._captures[key]
         del self._catalogues[key]
-        for cache in (self._gradients, self._maps):
+        for cache in (self._gradients, self._maps, self._guided):
             for entry in [k for k in cache if k[0] == key]:
                 del cache[entry]
 
@@ -591,7 +592,9 @@ class Explainer:
             if spec.needs_gradients:
                 grads = self._gradient(image, capture, target, layer, timings)
             start = time.perf_counter()
-            raw = self._raw(spec, capture, layer, 0, target, grads, image.inputs, progress)
+            raw = self._raw(
+                spec, capture, layer, 0, target, grads, image.inputs, progress, image.key
+            )
             raw = raw.cpu().numpy()
             timings["map"] = _ms(start)
             self._maps[key] = raw
@@ -680,18 +683,38 @@ class Explainer:
         gradients: Tensor | None,
         inputs: Tensor,
         progress: Progress | None = None,
+        image_key: str | None = None,
     ) -> Tensor:
         """``spec``'s raw map for row ``row`` of ``capture`` at ``layer``, float32 on the
         model's device; ``gradients`` of the whole batch in the layer's own layout (None:
-        not needed)."""
+        not needed); ``image_key``: where the guided gradient may be cached."""
         layout = capture.layouts[layer]
         activations = layout.to_nchw(capture.activations[layer].detach())[row].float()
         if gradients is None:
             gradients = torch.zeros_like(activations)
         else:
             gradients = layout.to_nchw(gradients)[row].float()
-        context = self._context(spec, capture, layer, row, target, inputs, progress)
+        context = self._context(spec, capture, layer, row, target, inputs, progress, image_key)
         return spec.fn(activations, gradients, context).detach().float()
+
+    def _guided_gradient(self, inputs: Tensor, target: Target, image_key: str | None) -> Tensor:
+        """Guided backpropagation of ``target`` for ``inputs`` (1, 3, H, W); one forward
+        and one backward per (image, target), kept with the image's other passes."""
+        key = (image_key, target_key(target))
+        if image_key is not None and key in self._guided:
+            return self._guided[key]
+
+        def score(output: object) -> Tensor:
+            return self._score(Capture(self._select(output), {}, {}), target, 0)
+
+        gradient = pixel.guided_backprop(self.model, inputs, score)
+        self.passes["forward"] += 1
+        self.passes["backward"] += 1
+        if image_key is not None:
+            self._guided[key] = gradient
+            while len(self._guided) > 16:
+                self._guided.popitem(last=False)
+        return gradient
 
     def _context(
         self,
@@ -702,49 +725,64 @@ class Explainer:
         target: Target,
         inputs: Tensor,
         progress: Progress | None,
+        image_key: str | None,
     ) -> methods.MethodContext:
-        """What ``spec`` may need besides the maps; the perturbation passes run only when
-        the method calls for them."""
+        """What ``spec`` may need besides the maps; the extra passes run only when the
+        method calls for them."""
         weights = None
         if isinstance(target, Class) and capture.logits is not None and self.layer(layer).cam:
             weights = final_linear(self.model, capture).weight.detach()[target.index].float()
-
-        def score(masks: Tensor) -> Tensor:
-            masked = capture_.score_masked(
-                self.model,
-                inputs,
-                masks.to(inputs.dtype),
-                self._masked_score(target),
-                self.scorecam_batch_size,
-                progress,
-                self._select,
-            )
-            self.passes["scored"] += len(masks)
-            return masked
-
-        def ablate(channels: Tensor) -> Tensor:
-            ablated = capture_.score_ablated(
-                self.model,
-                inputs,
-                layer,
-                capture.layouts[layer],
-                channels,
-                _values(target),
-                self.ablation_batch_size,
-                progress,
-                self._select,
-            )
-            self.passes["scored"] += len(channels)
-            return ablated
-
         return methods.MethodContext(
             class_weights=weights,
-            score=score,
-            ablate=ablate,
+            score=partial(self._score_masks, inputs, target, progress),
+            ablate=partial(
+                self._score_ablated, inputs, capture.layouts[layer], layer, target, progress
+            ),
+            guided=partial(self._guided_gradient, inputs, target, image_key),
             target_score=self._score(capture, target, row).detach().float(),
             input_size=(inputs.shape[-2], inputs.shape[-1]),
             options=self._options(spec),
         )
+
+    def _score_masks(
+        self, inputs: Tensor, target: Target, progress: Progress | None, masks: Tensor
+    ) -> Tensor:
+        """The target's score on ``inputs`` under each mask (Score-CAM)."""
+        scores = capture_.score_masked(
+            self.model,
+            inputs,
+            masks.to(inputs.dtype),
+            self._masked_score(target),
+            self.scorecam_batch_size,
+            progress,
+            self._select,
+        )
+        self.passes["scored"] += len(masks)
+        return scores
+
+    def _score_ablated(
+        self,
+        inputs: Tensor,
+        layout: Layout,
+        layer: str,
+        target: Target,
+        progress: Progress | None,
+        channels: Tensor,
+    ) -> Tensor:
+        """The target's score with each of ``channels`` of ``layer`` set to zero."""
+        scores = capture_.score_ablated(
+            self.model,
+            inputs,
+            layer,
+            layout,
+            channels,
+            _values(target),
+            self.ablation_batch_size,
+            progress,
+            self._select,
+        )
+        self.passes["scored"] += len(channels)
+        return scores
 
     def _masked_score(self, target: Target) -> Callable[[object], Tensor]:
         """How a batch of perturbed inputs is scored (Score-CAM, the metrics): a class's
@@ -789,7 +827,10 @@ class Explainer:
         timings: Mapping[str, float],
     ) -> Explanation:
         """The explanation of row ``row``: ``host`` is the capture's output on the CPU,
-        ``where`` the (layer, method), ``numbers`` the row's score and probability."""
+        ``where`` the (layer, method), ``numbers`` the row's score and probability; a
+        pixel-level ``raw`` (3, H, W) is kept as the attribution and summed over colour."""
+        attribution = raw if raw.ndim == 3 else None
+        raw = raw.sum(axis=0) if attribution is not None else raw
         if isinstance(target, Class) and host.logits is not None:
             shown, label = target.index, self.label(target.index)
         else:
@@ -811,6 +852,7 @@ class Explainer:
             timings=timings,
             region=region,
             box=box,
+            attribution=attribution,
         )
 
 

@@ -59,7 +59,9 @@ class Explanation:
     ``timings``: milliseconds spent on this call in ``forward``, ``backward`` and
     ``map`` (0 where a cache answered); ``region``: for a region target, its mask (H, W)
     at the image's size; ``box``: for a box target, (x1, y1, x2, y2) in the image's
-    pixels.
+    pixels. Pixel-level methods: ``raw`` is the attribution summed over the colour
+    channels, (h, w) at the model input's size, signed; ``attribution`` the full
+    (3, h, w) (None for the other methods).
     """
 
     raw: np.ndarray
@@ -73,6 +75,7 @@ class Explanation:
     timings: Mapping[str, float] = field(default_factory=dict, compare=False)
     region: np.ndarray | None = field(default=None, compare=False, repr=False)
     box: tuple[float, float, float, float] | None = None
+    attribution: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def title(self) -> str:
@@ -85,8 +88,22 @@ class Explanation:
         return self.heatmap_at(self.size)
 
     def heatmap_at(self, size: tuple[int, int]) -> np.ndarray:
-        """The heatmap at another (H, W), e.g. the panel's display size."""
-        return render.normalise(render.upsample(self.raw, size))
+        """The heatmap at another (H, W), e.g. the panel's display size. A pixel-level
+        map shows its positive part, divided by its maximum (0 stays 0)."""
+        resized = render.upsample(self.raw, size)
+        if not methods.get(self.method).pixel_level:
+            return render.normalise(resized)
+        return _by_largest(np.maximum(resized, 0.0))
+
+    @cached_property
+    def heatmap_signed(self) -> np.ndarray:
+        """float32 (H, W) in [-1, 1]: ``raw`` at the image's size divided by its largest
+        magnitude, so that 0 stays 0 (negative evidence below, positive above)."""
+        return self.heatmap_signed_at(self.size)
+
+    def heatmap_signed_at(self, size: tuple[int, int]) -> np.ndarray:
+        """The signed heatmap at another (H, W)."""
+        return _by_largest(render.upsample(self.raw, size))
 
     @property
     def message(self) -> str | None:
@@ -116,3 +133,13 @@ class Resolved(NamedTuple):
     layer: str
     target: int | Target | None
     note: str | None
+
+
+def _by_largest(values: np.ndarray) -> np.ndarray:
+    """``values`` divided by their largest magnitude; all zeros where that is 0 or not
+    finite."""
+    largest = float(np.abs(values).max()) if values.size else 0.0
+    if not np.isfinite(largest) or largest <= 0.0:
+        return np.zeros_like(values, dtype=np.float32)
+    return (values / largest).astype(np.float32)
+

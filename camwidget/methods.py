@@ -3,7 +3,8 @@
 Each method takes the activations A (C, h, w) of one layer for one image, the gradients
 g = dy_c/dA (C, h, w) of the target's logit y_c, and a :class:`MethodContext`, and
 returns the method's raw map (h, w) at feature resolution, exactly as its paper defines
-it (including the ReLU where the paper has one), before upsampling and normalisation.
+it (including the ReLU where the paper has one), before upsampling and normalisation;
+pixel-level methods return an attribution (3, H, W) at the model input's size.
 Nothing here knows about hooks, caches or widgets.
 """
 
@@ -33,14 +34,17 @@ class MethodContext:
     probability on the masked inputs (M,). ``ablate``: for Ablation-CAM, maps channel
     indices (M,) to the target's score (its logit) with that channel of the layer's
     output set to zero (M,); ``target_score``: the target's score on the intact input.
-    ``input_size``: the model input's (H, W). ``options``: the method's settings by name
-    (see :attr:`Method.options`).
+    ``guided``: for the pixel-level methods, the guided backpropagation of the target
+    (3, H, W) at the input (see :mod:`camwidget.pixel`). ``input_size``: the model
+    input's (H, W). ``options``: the method's settings by name (see
+    :attr:`Method.options`).
     """
 
     class_weights: Tensor | None = None
     score: Callable[[Tensor], Tensor] | None = None
     ablate: Callable[[Tensor], Tensor] | None = None
     target_score: Tensor | None = None
+    guided: Callable[[], Tensor] | None = None
     input_size: tuple[int, int] | None = None
     options: Mapping[str, object] = field(default_factory=dict)
 
@@ -181,6 +185,27 @@ def ablationcam(activations: Tensor, gradients: Tensor, context: MethodContext) 
     return torch.relu(_weighted_sum(weights.to(activations.dtype), activations))
 
 
+def guided_backprop(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
+    """Guided Backpropagation (Springenberg et al., ICLR-W 2015): dy_c/dX (3, H, W) with
+    every ReLU passing back only positive gradients where its input is positive. Pixel
+    level and signed; reads no layer."""
+    if context.guided is None:
+        raise ValueError("guided backpropagation needs the guided gradient")
+    return context.guided()
+
+
+def guided_gradcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
+    """Guided Grad-CAM (Selvaraju et al., ICCV 2017, §3): guided backpropagation (3, H, W)
+    times the layer's Grad-CAM map upsampled (bilinear) to the input's size."""
+    if context.guided is None or context.input_size is None:
+        raise ValueError("Guided Grad-CAM needs the guided gradient and the input size")
+    coarse = gradcam(activations, gradients, context)
+    fine = F.interpolate(
+        coarse[None, None], size=context.input_size, mode="bilinear", align_corners=False
+    )[0, 0]
+    return context.guided() * fine.to(activations.device)
+
+
 def _everywhere(layer: LayerInfo) -> bool:
     return True
 
@@ -227,6 +252,22 @@ _BUILT_IN = (
     Method("scorecam", "Score-CAM", scorecam, options=("scorecam_channels", "scorecam_batch_size")),
     Method("eigencam", "Eigen-CAM", eigencam, rectified=False, class_agnostic=True),
     Method("ablationcam", "Ablation-CAM", ablationcam),
+    Method(
+        "guided-backprop",
+        "Guided Backprop",
+        guided_backprop,
+        rectified=False,
+        pixel_level=True,
+        needs_layer=False,
+    ),
+    Method(
+        "guided-gradcam",
+        "Guided Grad-CAM",
+        guided_gradcam,
+        needs_gradients=True,
+        rectified=False,
+        pixel_level=True,
+    ),
     Method(
         "cam",
         "CAM",

@@ -109,6 +109,46 @@ def blend(
     return np.rint(out).astype(np.uint8)
 
 
+#: The colormap of signed pixel-level maps: blue below 0, white at 0, red above.
+DIVERGING = "RdBu_r"
+
+
+def stretch_signed(values: np.ndarray, percentile: float = 99.0) -> np.ndarray:
+    """A signed map divided by the ``percentile`` of its magnitudes and clipped to
+    [-1, 1], so that a few extreme pixels do not leave the rest invisible (as Captum's
+    visualisation clips outliers); 0 stays 0. All zeros for an all-zero map."""
+    magnitude = np.abs(np.asarray(values, dtype=np.float32))
+    scale = float(np.percentile(magnitude, percentile)) if magnitude.size else 0.0
+    if not np.isfinite(scale) or scale <= 0.0:
+        scale = float(magnitude.max()) if magnitude.size else 0.0
+    if not np.isfinite(scale) or scale <= 0.0:
+        return np.zeros_like(magnitude)
+    return np.clip(values / scale, -1.0, 1.0).astype(np.float32)
+
+
+def blend_signed(
+    rgb: np.ndarray,
+    signed: np.ndarray,
+    alpha: float = 0.5,
+    threshold: float = 0.0,
+    colormap: str = DIVERGING,
+) -> np.ndarray:
+    """A signed map in [-1, 1] over ``rgb`` shown in grey (so that red and blue read
+    as the map's, not the photo's): each pixel takes the diverging colormap's colour (0
+    at its middle) with opacity ``min(1, 2 alpha sqrt|value|)``, so that where the map is
+    0 the grey photo shows through; magnitudes below ``threshold`` are hidden."""
+    if rgb.shape[:2] != signed.shape:
+        raise CamwidgetError(f"image size {rgb.shape[:2]} and map size {signed.shape} differ")
+    if not 0.0 <= alpha <= 1.0:
+        raise CamwidgetError(f"alpha must lie in [0, 1]; got {alpha}")
+    grey = rgb.astype(np.float32).mean(axis=2, keepdims=True) * 0.6 + 60.0
+    colored = colorize((signed + 1.0) / 2.0, colormap).astype(np.float32)
+    magnitude = np.abs(signed).astype(np.float32)
+    weight = np.minimum(1.0, 2.0 * alpha * np.sqrt(magnitude)) * (magnitude >= threshold)
+    out = grey * (1.0 - weight[:, :, None]) + colored * weight[:, :, None]
+    return np.rint(out).astype(np.uint8)
+
+
 def legend(
     colormap: str, width: int = 256, height: int = 14, zero: float | None = None
 ) -> np.ndarray:

@@ -64,6 +64,8 @@ def test_every_contract_method_is_registered():
         "scorecam",
         "eigencam",
         "ablationcam",
+        "guided-backprop",
+        "guided-gradcam",
     }
 
 

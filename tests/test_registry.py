@@ -38,10 +38,12 @@ def test_each_method_from_its_descriptor(resnet18, image, name):
     ex = Explainer(model, **SMALL)
     layer = next(info for info in reversed(ex.layers) if spec.applies(info)).name
     first = ex.explain(image, layer, 3, name)
-    info = ex.layer(layer)
-    assert first.raw.shape == info.shape[1:] and np.isfinite(first.raw).all()
+    grid = (96, 96) if spec.pixel_level else ex.layer(layer).shape[1:]  # the input's pixels
+    assert first.raw.shape == grid and np.isfinite(first.raw).all()
     assert first.heatmap.shape == (96, 96) and 0 <= first.heatmap.min() <= first.heatmap.max() <= 1
-    assert ex.passes["backward"] == (1 if spec.needs_gradients else 0)
+    # one backward to the layer for gradients, one to the input for pixel-level methods
+    assert ex.passes["backward"] == spec.needs_gradients + spec.pixel_level
+    assert (first.attribution is not None) == spec.pixel_level
     if spec.rectified:
         assert first.raw.min() >= 0
     passes = dict(ex.passes)

@@ -82,3 +82,31 @@ def test_encode_roundtrip():
     rgb = np.random.default_rng(1).integers(0, 255, (20, 30, 3), dtype=np.uint8)
     assert (np.asarray(Image.open(BytesIO(render.encode(rgb, "png")))) == rgb).all()
     assert Image.open(BytesIO(render.encode(rgb, "jpeg"))).size == (30, 20)
+
+
+def test_a_signed_map_is_stretched_at_a_percentile_and_keeps_its_zero():
+    values = np.array([[-4.0, 0.0, 1.0, 2.0]], dtype=np.float32)
+    np.testing.assert_allclose(render.stretch_signed(values, 100.0), [[-1.0, 0.0, 0.25, 0.5]])
+    # the 50th percentile of |values| is 1.5: larger magnitudes are clipped
+    stretched = render.stretch_signed(values, 50.0)
+    np.testing.assert_allclose(stretched, [[-1.0, 0.0, 1 / 1.5, 1.0]], rtol=1e-6)
+    assert not render.stretch_signed(np.zeros((2, 2))).any()
+    sparse = np.zeros((10, 10), dtype=np.float32)
+    sparse[0, 0] = -3.0  # the percentile is 0: the largest magnitude is used
+    assert render.stretch_signed(sparse)[0, 0] == -1.0
+
+
+def test_a_signed_blend_leaves_zero_grey_and_colours_by_sign():
+    rgb = np.full((1, 3, 3), 100, dtype=np.uint8)
+    signed = np.array([[-1.0, 0.0, 0.25]], dtype=np.float32)
+    out = render.blend_signed(rgb, signed, alpha=0.5)
+    grey = 100 * 0.6 + 60.0
+    assert tuple(out[0, 1]) == (round(grey),) * 3  # zero: the grey photo
+    blue = render.colorize(np.array([[0.0]]), render.DIVERGING)[0, 0]
+    np.testing.assert_array_equal(out[0, 0], blue)  # full opacity: min(1, 2 * 0.5 * 1)
+    red = render.colorize(np.array([[0.625]]), render.DIVERGING)[0, 0].astype(np.float32)
+    weight = 2 * 0.5 * np.sqrt(0.25)
+    np.testing.assert_array_equal(out[0, 2], np.rint(grey * (1 - weight) + red * weight))
+    assert red[0] > red[2]  # above zero is red
+    hidden = render.blend_signed(rgb, signed, alpha=0.5, threshold=0.5)
+    assert tuple(hidden[0, 2]) == (round(grey),) * 3

@@ -489,3 +489,56 @@ def test_the_static_picture_saved_with_a_notebook(panel):
     assert "Egyptian cat (285) · Grad-CAM" in summary
     panel.compare = True  # both views, side by side
     assert panel.picture().shape[1] == 2 * (frame.shape[1] + 4)
+
+
+def test_pixel_level_methods_show_a_signed_map_without_the_layer(panel):
+    layer = panel._controls["layer"]
+    toggle = panel._controls["positive_only"]
+    assert not layer.disabled and toggle.layout.display == "none"
+    panel.method = "guided-backprop"
+    assert layer.disabled and "reads no layer" in layer.tooltip
+    assert toggle.layout.display == "flex"
+    labels = dict((v, k) for k, v in panel._controls["method"].options)
+    assert labels["guided-backprop"] == "Guided Backprop (pixels)"
+    assert labels["guided-gradcam"] == "Guided Grad-CAM (pixels × layer)"
+    view = panel.main_view
+    e, rgb = view.explanation, view.rgb
+    signed = render.stretch_signed(e.heatmap_signed_at(rgb.shape[:2]))
+    assert signed.min() < 0 < signed.max()
+    np.testing.assert_array_equal(view.frame, render.blend_signed(rgb, signed, panel.alpha))
+    assert "against (blue) ← 0 → for the target (red)" in view.bar_text.value
+    bar = np.asarray(Image.open(io.BytesIO(bytes(view.bar.value))))
+    np.testing.assert_array_equal(bar, render.legend(render.DIVERGING, zero=0.5))
+
+    forwards = []
+    handle = panel.explainer.model.register_forward_pre_hook(lambda m, a: forwards.append(1))
+    try:
+        panel.positive_only = True  # a look change: no model pass
+        positive = render.stretch_signed(e.heatmap_at(rgb.shape[:2]))
+        assert positive.min() == 0.0
+        expected = render.blend(rgb, positive, panel.colormap, panel.alpha)
+        np.testing.assert_array_equal(view.frame, expected)
+        panel.layer = "blocks.12"  # reads no layer: the guided gradient is cached
+        panel.method = "guided-gradcam"  # Grad-CAM at blocks.12 and the cached gradient
+        assert forwards == []
+    finally:
+        handle.remove()
+    assert not layer.disabled
+    panel.method = "gradcam"
+    assert toggle.layout.display == "none"
+
+
+def test_a_model_without_relu_modules_is_told_in_the_panel():
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.GELU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    ).eval()
+    widget = CAMWidget(model, samples.load("chelsea"))
+    try:
+        widget.method = "guided-backprop"
+        assert "needs ReLU modules" in widget._controls["messages"].value
+    finally:
+        widget.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..explainer import Explainer, PreparedImage
+from ..methods import Method
 from ..targets import Region
 
 #: The most quick picks shown (a multi-label model may have many classes above 0.5).
@@ -35,3 +36,12 @@ def explained(pick: object, kind: str, region: str, size: tuple[int, int]) -> ob
     if kind == "dense" and region == "image" and isinstance(pick, int):
         return Region(pick, np.ones(size, bool))
     return pick
+
+
+def method_label(spec: Method) -> str:
+    """A method as the method list offers it: pixel-level ones say whether they read
+    the layer."""
+    if not spec.pixel_level:
+        return spec.title
+    return f"{spec.title} (pixels × layer)" if spec.needs_layer else f"{spec.title} (pixels)"
+

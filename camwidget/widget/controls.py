@@ -142,6 +142,13 @@ def _choosers() -> dict[str, widgets.Widget]:
         "threshold": widgets.FloatSlider(
             description="threshold", tooltip="hide the heatmap below this value", **slider
         ),
+        "positive_only": widgets.Checkbox(
+            description="positive only",
+            indent=False,
+            tooltip="a pixel-level map: show only its positive evidence, with the colormap, "
+            "instead of the signed map (red for the target, blue against)",
+            layout=widgets.Layout(display="none", width="auto"),
+        ),
         "compare": widgets.Checkbox(
             description="compare",
             indent=False,

@@ -43,6 +43,7 @@ _BINDINGS = {
     "target": ("classes", "target"),
     "compare_target": ("compare_classes", "target"),
     "region": ("region", "value"),
+    "positive_only": ("positive_only", "value"),
 }
 
 
@@ -69,6 +70,7 @@ class CAMWidget(widgets.VBox):
     compare_target = Any(0)
     compare_layer = Unicode()
     region = Unicode("predicted")
+    positive_only = Bool(False)
 
     def __init__(
         self,
@@ -284,7 +286,7 @@ class CAMWidget(widgets.VBox):
                 [main, c["compare_panel"], predictions],
                 layout=widgets.Layout(align_items="flex-start"),
             ),
-            widgets.HBox([c["layer"], c["method"], c["colormap"]]),
+            widgets.HBox([c["layer"], c["method"], c["colormap"], c["positive_only"]]),
             widgets.HBox([c["opacity"], c["threshold"]]),
             widgets.HBox([c["compare"], c["upload"], c["save"], c["inspect"], c["faithfulness"]]),
             c["progress"],
@@ -348,7 +350,7 @@ class CAMWidget(widgets.VBox):
         for name, spec in methods.REGISTRY.items():
             reason = self.explainer.why_not(name, self.layer)
             if reason is None:
-                offered.append((spec.title, name))
+                offered.append((choices.method_label(spec), name))
             else:
                 reasons.append(reason)
         with self._quiet(), control.hold_sync():
@@ -356,6 +358,7 @@ class CAMWidget(widgets.VBox):
                 control.options = offered
             control.value = self.method
             control.tooltip = "; ".join(reasons) or None
+        self._show_layer_use()
 
     @contextmanager
     def _quiet(self) -> Iterator[None]:
@@ -433,9 +436,21 @@ class CAMWidget(widgets.VBox):
         stale, note = self._follow_layer()
         self._update({view, *stale}, [note] if note else [])
 
-    @observe("method", "region")
+    @observe("method", "region", "positive_only")
     def _method_changed(self, change: Mapping) -> None:
+        self._show_layer_use()
         self._update(self.views)
+
+    def _show_layer_use(self) -> None:
+        """The layer control is off for a method that reads no layer, and says why."""
+        spec, control = methods.get(self.method), self._controls["layer"]
+        control.disabled = not spec.needs_layer
+        control.tooltip = (
+            "the layer whose feature maps are explained"
+            if spec.needs_layer
+            else f"{spec.title} reads no layer: it explains the input's pixels directly"
+        )
+        self._controls["positive_only"].layout.display = "flex" if spec.pixel_level else "none"
 
     @observe("compare")
     def _compare_toggled(self, change: Mapping) -> None:
@@ -474,6 +489,7 @@ class CAMWidget(widgets.VBox):
                 self.method,
                 target,
                 self._show_progress,
+                self.positive_only,
             )
         start = time.perf_counter()
         for view in self.views:

@@ -43,6 +43,7 @@ class View(HasTraits):
         self.region: np.ndarray | None = None
         self.frame: np.ndarray | None = None
         self.zero: float | None = None  # where 0 lies on the legend, for a signed map
+        self.signed = False  # a pixel-level map shown signed (``heat`` in [-1, 1])
         self._bar_key: tuple | None = None
 
     def explain(
@@ -53,20 +54,28 @@ class View(HasTraits):
         method: str,
         target: object,
         progress: Progress | None = None,
+        positive_only: bool = False,
     ) -> list[str]:
         """Explain ``target`` (what this view's pick means) at this view's layer with
-        ``method`` (or its fallback where it does not apply); return remarks in words."""
+        ``method`` (or its fallback where it does not apply); return remarks in words.
+        A pixel-level map is shown signed unless ``positive_only``."""
         resolved = explainer.resolve(method, self.layer, target, fallback=True)
         e = explainer.explain(
             image, resolved.layer, resolved.target, resolved.method, progress=progress
         )
         self.explanation, self.rgb = e, rgb
-        self.heat = e.heatmap_at(rgb.shape[:2])
+        self.signed = methods.get(e.method).pixel_level and not positive_only
+        if self.signed:
+            self.heat = render.stretch_signed(e.heatmap_signed_at(rgb.shape[:2]))
+        elif methods.get(e.method).pixel_level:  # a few bright pixels must not hide the rest
+            self.heat = render.stretch_signed(e.heatmap_at(rgb.shape[:2]))
+        else:
+            self.heat = e.heatmap_at(rgb.shape[:2])
         self.region = None
         if e.region is not None:
             self.region = render.upsample(e.region.astype(np.float32), rgb.shape[:2]) >= 0.5
         self.caption.value = f"{caption(e)} · {e.title} at <code>{html.escape(e.layer)}</code>"
-        self.zero, meaning = legend_meaning(e)
+        self.zero, meaning = legend_meaning(e, self.signed)
         self.bar_text.value = f"<small>{html.escape(meaning)}</small>"
         remarks = [remark for remark in (resolved.note, e.message) if remark]
         if methods.get(e.method).class_agnostic:
@@ -76,7 +85,11 @@ class View(HasTraits):
     def paint(self, colormap: str, alpha: float, threshold: float) -> None:
         """Blend the heatmap over the photo, outline the explained region or box, and
         show it."""
-        frame = render.blend(self.rgb, self.heat, colormap, alpha, threshold)
+        if self.signed:  # its own diverging colormap, centred on 0
+            colormap = render.DIVERGING
+            frame = render.blend_signed(self.rgb, self.heat, alpha, threshold)
+        else:
+            frame = render.blend(self.rgb, self.heat, colormap, alpha, threshold)
         if self.region is not None:
             frame = render.outline(frame, self.region)
         box = self.explanation.box
@@ -90,8 +103,13 @@ class View(HasTraits):
             self.bar.value = render.encode(render.legend(colormap, zero=self.zero), "png")
 
 
-def legend_meaning(e: Explanation) -> tuple[float | None, str]:
-    """Where 0 lies on the colorbar (None: at its low end) and what its ends mean."""
+def legend_meaning(e: Explanation, signed: bool = False) -> tuple[float | None, str]:
+    """Where 0 lies on the colorbar (None: at its low end) and what its ends mean;
+    ``signed``: a pixel-level map shown from -1 to 1."""
+    if signed:
+        return 0.5, "against (blue) ← 0 → for the target (red)"
+    if methods.get(e.method).pixel_level:
+        return None, "0 (no evidence) → high positive evidence"
     if methods.get(e.method).rectified:
         return None, "0 (no evidence) → high evidence"
     low, high = float(e.raw.min()), float(e.raw.max())
