@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from . import capture as capture_
-from . import images, methods, outputs, pixel, render
+from . import images, lrp, methods, outputs, pixel, render
 from .capture import Capture
 from .errors import CamwidgetError
 from .explanation import Explanation, PreparedImage, Resolved
@@ -71,7 +71,8 @@ class Explainer:
     gradients of the most recent classes are kept within ``gradient_bytes`` (the latest
     class's are always kept). Score-CAM scores masked inputs ``scorecam_batch_size`` at
     a time, and only the ``scorecam_channels`` most active channels when that is set;
-    Ablation-CAM scores ``ablation_batch_size`` ablated passes at a time.
+    Ablation-CAM scores ``ablation_batch_size`` ablated passes at a time. LRP uses the
+    zennit composite ``lrp_composite`` (see :data:`camwidget.lrp.COMPOSITES`).
     ``output``: a function picking the part of the model's output to explain, where
     camwidget cannot find it itself. ``activation``: how a classifier's logits become
     probabilities: None (softmax, or sigmoid for a single output), ``"softmax"`` or
@@ -91,6 +92,7 @@ class Explainer:
         scorecam_batch_size: int = 32,
         scorecam_channels: int | None = None,
         ablation_batch_size: int = 32,
+        lrp_composite: str = "epsilon-plus-flat",
         reshape: Mapping[str, Reshape] | None = None,
         output: Callable[[object], object] | None = None,
         activation: str | None = None,
@@ -110,6 +112,7 @@ class Explainer:
         self.scorecam_batch_size = scorecam_batch_size
         self.scorecam_channels = scorecam_channels
         self.ablation_batch_size = ablation_batch_size
+        self.lrp_composite = lrp_composite
         self.reshape = dict(reshape or {})
         self.output = output
         self.activation = activation
@@ -129,7 +132,7 @@ class Explainer:
         self._catalogues: dict[str, list[LayerInfo]] = {}
         self._gradients: OrderedDict[tuple, dict[str, Tensor]] = OrderedDict()
         self._maps: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._guided: OrderedDict[tuple, Tensor] = OrderedDict()  # the latest 16
+        self._pixels: OrderedDict[tuple, Tensor] = OrderedDict()  # the latest 16
         self._current: _Catalogue | None = None
         self._defaults: dict[tuple[str, ...], str] = {}  # by the final grid's layers
         # Maps that in-place ops downstream rewrite, so that forwards hand on copies of
@@ -468,7 +471,7 @@ class Explainer:
     def _forget(self, key: str) -> None:
         del self._captures[key]
         del self._catalogues[key]
-        for cache in (self._gradients, self._maps, self._guided):
+        for cache in (self._gradients, self._maps, self._pixels):
             for entry in [k for k in cache if k[0] == key]:
                 del cache[entry]
 
@@ -697,24 +700,39 @@ class Explainer:
         context = self._context(spec, capture, layer, row, target, inputs, progress, image_key)
         return spec.fn(activations, gradients, context).detach().float()
 
-    def _guided_gradient(self, inputs: Tensor, target: Target, image_key: str | None) -> Tensor:
-        """Guided backpropagation of ``target`` for ``inputs`` (1, 3, H, W); one forward
-        and one backward per (image, target), kept with the image's other passes."""
-        key = (image_key, target_key(target))
-        if image_key is not None and key in self._guided:
-            return self._guided[key]
+    def _pixel(self, kind: str, inputs: Tensor, target: Target, image_key: str | None) -> Tensor:
+        """The input attribution (3, H, W) of ``target`` for ``inputs`` (1, 3, H, W):
+        ``"guided"`` backpropagation or ``"lrp"`` relevance (under ``lrp_composite``). One
+        forward and one backward per (image, target[, composite]), kept with the image's
+        other passes."""
+        variant = self.lrp_composite if kind == "lrp" else None
+        key = (image_key, target_key(target), kind, variant)
+        if image_key is not None and key in self._pixels:
+            return self._pixels[key]
 
         def score(output: object) -> Tensor:
             return self._score(Capture(self._select(output), {}, {}), target, 0)
 
-        gradient = pixel.guided_backprop(self.model, inputs, score)
+        if kind == "lrp":
+            found = lrp.relevance(self.model, inputs, score, variant, self._input_bounds())
+        else:
+            found = pixel.guided_backprop(self.model, inputs, score)
         self.passes["forward"] += 1
         self.passes["backward"] += 1
         if image_key is not None:
-            self._guided[key] = gradient
-            while len(self._guided) > 16:
-                self._guided.popitem(last=False)
-        return gradient
+            self._pixels[key] = found
+            while len(self._pixels) > 16:
+                self._pixels.popitem(last=False)
+        return found
+
+    def _input_bounds(self) -> tuple[Tensor, Tensor] | None:
+        """The lowest and highest model input, per channel (1, 3, 1, 1), where the model's
+        normalisation is known (pixels 0 and 1 normalised), else None."""
+        if self.preprocess is not None:
+            return None
+        mean = torch.tensor(self.model_input.mean, device=self.device).reshape(1, 3, 1, 1)
+        std = torch.tensor(self.model_input.std, device=self.device).reshape(1, 3, 1, 1)
+        return (0.0 - mean) / std, (1.0 - mean) / std
 
     def _context(
         self,
@@ -738,7 +756,8 @@ class Explainer:
             ablate=partial(
                 self._score_ablated, inputs, capture.layouts[layer], layer, target, progress
             ),
-            guided=partial(self._guided_gradient, inputs, target, image_key),
+            guided=partial(self._pixel, "guided", inputs, target, image_key),
+            relevance=partial(self._pixel, "lrp", inputs, target, image_key),
             target_score=self._score(capture, target, row).detach().float(),
             input_size=(inputs.shape[-2], inputs.shape[-1]),
             options=self._options(spec),

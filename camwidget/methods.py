@@ -35,7 +35,8 @@ class MethodContext:
     indices (M,) to the target's score (its logit) with that channel of the layer's
     output set to zero (M,); ``target_score``: the target's score on the intact input.
     ``guided``: for the pixel-level methods, the guided backpropagation of the target
-    (3, H, W) at the input (see :mod:`camwidget.pixel`). ``input_size``: the model
+    (3, H, W) at the input (see :mod:`camwidget.pixel`); ``relevance``: its LRP relevance
+    (3, H, W) (see :mod:`camwidget.lrp`). ``input_size``: the model
     input's (H, W). ``options``: the method's settings by name (see
     :attr:`Method.options`).
     """
@@ -45,6 +46,7 @@ class MethodContext:
     ablate: Callable[[Tensor], Tensor] | None = None
     target_score: Tensor | None = None
     guided: Callable[[], Tensor] | None = None
+    relevance: Callable[[], Tensor] | None = None
     input_size: tuple[int, int] | None = None
     options: Mapping[str, object] = field(default_factory=dict)
 
@@ -206,6 +208,16 @@ def guided_gradcam(activations: Tensor, gradients: Tensor, context: MethodContex
     return context.guided() * fine.to(activations.device)
 
 
+def lrp(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
+    """Layer-wise Relevance Propagation (Bach et al., PLoS ONE 2015) under a zennit
+    composite: the relevance R (3, H, W) of each input pixel, starting from the
+    target's score at the output, so that sum R ~ y_c. Pixel level, signed; reads no
+    layer."""
+    if context.relevance is None:
+        raise ValueError("LRP needs the relevance")
+    return context.relevance()
+
+
 def _everywhere(layer: LayerInfo) -> bool:
     return True
 
@@ -259,6 +271,15 @@ _BUILT_IN = (
         rectified=False,
         pixel_level=True,
         needs_layer=False,
+    ),
+    Method(
+        "lrp",
+        "LRP",
+        lrp,
+        rectified=False,
+        pixel_level=True,
+        needs_layer=False,
+        options=("lrp_composite",),
     ),
     Method(
         "guided-gradcam",

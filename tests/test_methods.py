@@ -65,6 +65,7 @@ def test_every_contract_method_is_registered():
         "eigencam",
         "ablationcam",
         "guided-backprop",
+        "lrp",
         "guided-gradcam",
     }
 

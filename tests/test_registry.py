@@ -15,6 +15,7 @@ from camwidget import CAMWidget, CamwidgetError, Explainer, methods
 from camwidget.methods import Method, MethodContext
 
 SMALL = {"scorecam_channels": 6, "scorecam_batch_size": 4}  # keep Score-CAM quick
+ANOTHER = {"lrp_composite": "epsilon-alpha2-beta1"}  # another value of a non-numeric option
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,8 @@ def test_options_enter_the_cache_key(resnet18, image, name):
     ex.explain(image, "layer3", 3, name)
     for option in spec.options:
         passes = sum(ex.passes.values())
-        setattr(ex, option, getattr(ex, option) + 1)
+        value = ANOTHER[option] if option in ANOTHER else getattr(ex, option) + 1
+        setattr(ex, option, value)
         ex.explain(image, "layer3", 3, name)
         assert sum(ex.passes.values()) > passes, f"{option} did not enter the cache key"
 
