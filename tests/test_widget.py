@@ -542,3 +542,34 @@ def test_a_model_without_relu_modules_is_told_in_the_panel():
         assert "needs ReLU modules" in widget._controls["messages"].value
     finally:
         widget.close()
+
+
+def test_compare_grad_cam_with_guided_grad_cam(panel):
+    panel.compare = True
+    panel.compare_layer = panel.layer
+    panel.compare_target = panel.target
+    panel.compare_method = "guided-gradcam"
+    main, second = panel.main_view.explanation, panel.compare_view.explanation
+    assert main.method == "gradcam" and second.method == "guided-gradcam"
+    assert second.layer == main.layer and second.attribution is not None
+    assert panel.compare_view.signed and not panel.main_view.signed
+    assert panel._controls["positive_only"].layout.display == "flex"
+    panel.compare_method = "lrp"  # reads no layer: its layer control is off
+    assert panel._controls["compare_layer"].disabled and not panel._controls["layer"].disabled
+    with pytest.raises(TraitError, match="unknown method 'nonsense'"):
+        panel.compare_method = "nonsense"
+    panel.compare_method = ""  # back to the main view's method
+    assert panel.compare_view.explanation.method == "gradcam"
+    assert panel._controls["positive_only"].layout.display == "none"
+
+
+def test_lrp_in_the_panel_with_its_rules(panel):
+    rules = panel._controls["lrp_composite"]
+    assert rules.layout.display == "none"
+    panel.method = "lrp"
+    assert rules.layout.display == "flex" and rules.value == "epsilon-plus-flat"
+    first = panel.main_view.explanation.attribution
+    rules.value = "epsilon-alpha2-beta1"  # as the front end sets it
+    assert panel.explainer.lrp_composite == "epsilon-alpha2-beta1"
+    assert not np.array_equal(panel.main_view.explanation.attribution, first)
+    assert panel._controls["layer"].disabled

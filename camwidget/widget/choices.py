@@ -44,4 +44,3 @@ def method_label(spec: Method) -> str:
     if not spec.pixel_level:
         return spec.title
     return f"{spec.title} (pixels × layer)" if spec.needs_layer else f"{spec.title} (pixels)"
-

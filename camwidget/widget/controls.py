@@ -8,8 +8,9 @@ from collections.abc import Callable, Mapping, Sequence
 import ipywidgets as widgets
 from traitlets import Any, observe
 
-from .. import render
+from .. import lrp, methods, render
 from ..errors import CamwidgetError
+from . import choices
 from .choices import REGIONS
 
 
@@ -89,7 +90,12 @@ def build(
     labels: list[str], resolve: Callable[[str], int | None], on_error: Callable[[str], None]
 ) -> dict[str, widgets.Widget]:
     """The panel's controls by name, each tagged with the CSS class ``camwidget-<name>``."""
-    built = {**_pickers(labels, resolve, on_error), **_choosers(), **_actions()}
+    built = {
+        **_pickers(labels, resolve, on_error),
+        **_choosers(),
+        **_comparers(),
+        **_actions(),
+    }
     for name, control in built.items():
         control.add_class(f"camwidget-{name.replace('_', '-')}")
     return built
@@ -123,9 +129,6 @@ def _choosers() -> dict[str, widgets.Widget]:
             tooltip="the layer whose feature maps are explained",
             layout=_wide(360),
         ),
-        "compare_layer": widgets.Dropdown(
-            description="layer", tooltip="the compare view's layer", layout=_wide(360)
-        ),
         "method": widgets.Dropdown(
             description="method", tooltip="how the feature maps are weighted", layout=_wide(220)
         ),
@@ -149,16 +152,38 @@ def _choosers() -> dict[str, widgets.Widget]:
             "instead of the signed map (red for the target, blue against)",
             layout=widgets.Layout(display="none", width="auto"),
         ),
-        "compare": widgets.Checkbox(
-            description="compare",
-            indent=False,
-            tooltip="a second view with its own class and layer",
+        "lrp_composite": widgets.Dropdown(
+            options=list(lrp.COMPOSITES),
+            description="rules",
+            tooltip="LRP's composite: which rule each layer type follows (zennit)",
+            layout=widgets.Layout(display="none", width="260px"),
         ),
         "reference": widgets.FileUpload(
             accept="image/*",
             multiple=False,
             description="reference",
             tooltip="the image whose embedding the map compares with",
+        ),
+    }
+
+
+def _comparers() -> dict[str, widgets.Widget]:
+    """The compare view's switch, and its own layer and method."""
+    return {
+        "compare": widgets.Checkbox(
+            description="compare",
+            indent=False,
+            tooltip="a second view with its own class, layer and method",
+        ),
+        "compare_layer": widgets.Dropdown(
+            description="layer", tooltip="the compare view's layer", layout=_wide(360)
+        ),
+        "compare_method": widgets.Dropdown(
+            options=[("same as the main view", "")]
+            + [(choices.method_label(spec), name) for name, spec in methods.REGISTRY.items()],
+            description="method",
+            tooltip="the compare view's method, e.g. Guided Grad-CAM beside Grad-CAM",
+            layout=_wide(360),
         ),
     }
 

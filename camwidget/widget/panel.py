@@ -35,6 +35,7 @@ from .views import View, caption, display_frame, legend_meaning
 _BINDINGS = {
     "layer": ("layer", "value"),
     "compare_layer": ("compare_layer", "value"),
+    "compare_method": ("compare_method", "value"),
     "method": ("method", "value"),
     "colormap": ("colormap", "value"),
     "alpha": ("opacity", "value"),
@@ -69,6 +70,7 @@ class CAMWidget(widgets.VBox):
     compare = Bool(False)
     compare_target = Any(0)
     compare_layer = Unicode()
+    compare_method = Unicode("")
     region = Unicode("predicted")
     positive_only = Bool(False)
 
@@ -268,6 +270,7 @@ class CAMWidget(widgets.VBox):
                 second.legend,
                 c["compare_classes"],
                 c["compare_layer"],
+                c["compare_method"],
             ],
             layout=widgets.Layout(display="none"),
         )
@@ -286,7 +289,9 @@ class CAMWidget(widgets.VBox):
                 [main, c["compare_panel"], predictions],
                 layout=widgets.Layout(align_items="flex-start"),
             ),
-            widgets.HBox([c["layer"], c["method"], c["colormap"], c["positive_only"]]),
+            widgets.HBox(
+                [c["layer"], c["method"], c["colormap"], c["positive_only"], c["lrp_composite"]]
+            ),
             widgets.HBox([c["opacity"], c["threshold"]]),
             widgets.HBox([c["compare"], c["upload"], c["save"], c["inspect"], c["faithfulness"]]),
             c["progress"],
@@ -306,6 +311,8 @@ class CAMWidget(widgets.VBox):
         self._controls["save"].on_click(self._save_clicked)
         self._controls["inspect"].observe(self._inspect_toggled, "value")
         self._controls["faithfulness"].observe(self._faithfulness_toggled, "value")
+        self._controls["lrp_composite"].value = self.explainer.lrp_composite
+        self._controls["lrp_composite"].observe(self._composite_chosen, "value")
         self.faithfulness.rank_button.on_click(self._rank_clicked)
 
     def _bind(self, control: widgets.Widget, attribute: str, trait: str) -> None:
@@ -385,6 +392,15 @@ class CAMWidget(widgets.VBox):
         except CamwidgetError as error:
             raise TraitError(str(error)) from None
 
+    @validate("compare_method")
+    def _valid_compare_method(self, proposal: Mapping) -> str:
+        if proposal["value"] == "":  # the main view's method
+            return ""
+        try:
+            return methods.get(proposal["value"]).name
+        except CamwidgetError as error:
+            raise TraitError(str(error)) from None
+
     @validate("target", "compare_target")
     def _valid_target(self, proposal: Mapping) -> object:
         try:
@@ -441,16 +457,33 @@ class CAMWidget(widgets.VBox):
         self._show_layer_use()
         self._update(self.views)
 
+    @observe("compare_method")
+    def _compare_method_changed(self, change: Mapping) -> None:
+        self._show_layer_use()
+        self._update((self.compare_view,))
+
     def _show_layer_use(self) -> None:
-        """The layer control is off for a method that reads no layer, and says why."""
-        spec, control = methods.get(self.method), self._controls["layer"]
-        control.disabled = not spec.needs_layer
-        control.tooltip = (
-            "the layer whose feature maps are explained"
-            if spec.needs_layer
-            else f"{spec.title} reads no layer: it explains the input's pixels directly"
-        )
-        self._controls["positive_only"].layout.display = "flex" if spec.pixel_level else "none"
+        """A layer control is off for a method that reads no layer, and says why; the
+        positive-only toggle shows where a view has a pixel-level method, the LRP rules
+        where one has LRP."""
+        shown = {"layer": self.method, "compare_layer": self.compare_method or self.method}
+        for name, method in shown.items():
+            spec, control = methods.get(method), self._controls[name]
+            control.disabled = not spec.needs_layer
+            control.tooltip = (
+                "the layer whose feature maps are explained"
+                if spec.needs_layer
+                else f"{spec.title} reads no layer: it explains the input's pixels directly"
+            )
+        pixel = any(methods.get(method).pixel_level for method in shown.values())
+        self._controls["positive_only"].layout.display = "flex" if pixel else "none"
+        relevance = "lrp" in shown.values()
+        self._controls["lrp_composite"].layout.display = "flex" if relevance else "none"
+
+    def _composite_chosen(self, change: Mapping) -> None:
+        """LRP's rules, a setting of the explainer (its maps are cached by it)."""
+        self.explainer.lrp_composite = change["new"]
+        self._update(self.views)
 
     @observe("compare")
     def _compare_toggled(self, change: Mapping) -> None:
@@ -486,7 +519,7 @@ class CAMWidget(widgets.VBox):
                 self.explainer,
                 self._image,
                 self._frame_rgb,
-                self.method,
+                self.compare_method or self.method if view is self.compare_view else self.method,
                 target,
                 self._show_progress,
                 self.positive_only,
