@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from camwidget import METHODS, CAMWidget, Explainer
+from camwidget import METHODS, CAMWidget, Explainer, methods
 
 pytestmark = [
     pytest.mark.gpu,
@@ -37,7 +37,12 @@ def pair(resnet18):
 # Methods that use the gradient element by element (not its spatial mean) see the
 # float32 summation order of cuDNN's backward against the CPU's: at layer1 of resnet18,
 # a few pixels of a 150x128 map differed by up to 3.5e-4 of the map's maximum on an H200.
-ELEMENTWISE = {"gradcam++", "hirescam", "layercam"}
+# Ablation-CAM's weights are differences of nearly equal scores (y_c - y_c^k), likewise.
+ELEMENTWISE = {"gradcam++", "hirescam", "layercam", "ablationcam"}
+# A pixel-level map is a backward to the input through every ReLU: where a ReLU's input
+# lies within rounding of 0, it opens on one device and not on the other, and the pixels
+# behind it differ. The maps agree everywhere else.
+PIXEL = {name for name, spec in methods.REGISTRY.items() if spec.pixel_level}
 
 
 def close(cpu: np.ndarray, gpu: np.ndarray, tolerance: float = 1e-4) -> None:
@@ -54,7 +59,16 @@ def test_explain_agrees_with_the_cpu(pair, photo, method):
         a = cpu.explain(photo, layer, 7, method)
         b = gpu.explain(photo, layer, 7, method)
         assert b.raw.dtype == np.float32 and b.heatmap.shape == a.heatmap.shape
-        close(a.raw, b.raw, 1e-3 if method in ELEMENTWISE else 1e-4)
+        difference = np.abs(b.raw - a.raw) / max(1e-12, float(np.abs(a.raw).max()))
+        correlation = np.corrcoef(a.raw.ravel(), b.raw.ravel())[0, 1]
+        print(
+            f"{method} {layer}: max |gpu - cpu| / max |cpu| = {difference.max():.1e}, "
+            f"share within 1e-3: {np.mean(difference <= 1e-3):.5f}, correlation {correlation:.6f}"
+        )
+        if method in PIXEL:
+            assert np.mean(difference <= 1e-3) >= 0.999 and correlation >= 0.999
+        else:
+            close(a.raw, b.raw, 1e-3 if method in ELEMENTWISE else 1e-4)
         assert abs(a.score - b.score) <= 1e-4 * max(1.0, abs(a.score))
     assert gpu.device.type == "cuda"
     assert gpu.prepare(photo).inputs.is_cuda
