@@ -1,6 +1,7 @@
 """camwidget: a live Jupyter panel that shows what a PyTorch image model looks at."""
 
 from . import metrics, samples, targets, zoo
+from .audit import Audit, explain_dataset
 from .errors import CamwidgetError
 from .explainer import Explainer
 from .explanation import Explanation, PreparedImage
@@ -11,12 +12,14 @@ from .widget import CAMWidget
 
 __all__ = [
     "METHODS",
+    "Audit",
     "CAMWidget",
     "CamwidgetError",
     "Explainer",
     "Explanation",
     "LayerInfo",
     "PreparedImage",
+    "explain_dataset",
     "metrics",
     "overlay",
     "samples",

@@ -359,4 +359,3 @@ def score_ablated(
         module = model.get_submodule(layer)
         handles.append(module.register_forward_hook(zero_channels))
         return score_inputs(model, batches(), score, len(channels), progress, select)
-

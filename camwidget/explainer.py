@@ -628,7 +628,7 @@ class Explainer:
         for indices in groups.values():
             group = [(prepared[i], targets[i]) for i in indices]
             try:
-                explained = self._explain_group(group, layer, methods.get(method))
+                explained, _ = self._explain_group(group, layer, methods.get(method))
             except CamwidgetError:
                 if not self._learn_input_size(group[0][0]):
                     raise
@@ -636,10 +636,36 @@ class Explainer:
             results.update(zip(indices, explained, strict=True))
         return [results[i] for i in range(len(prepared))]
 
+    def explain_inputs(
+        self,
+        inputs: Tensor,
+        layer: str | None = None,
+        targets: Sequence[int | str | Target | None] | None = None,
+        method: str = "gradcam",
+    ) -> tuple[list[Explanation], Tensor | list[dict]]:
+        """Explain a batch of model inputs (N, 3, H, W), already preprocessed, as
+        :meth:`explain_batch` does; also return the model's output for the batch (the
+        part explained, on the CPU), e.g. for predictions and losses."""
+        if inputs.dim() != 4 or inputs.shape[1] != 3:
+            raise CamwidgetError(f"inputs must be (N, 3, H, W); got {tuple(inputs.shape)}")
+        inputs = inputs.to(self.device, self.dtype)
+        targets = [None] * len(inputs) if targets is None else list(targets)
+        if len(targets) != len(inputs):
+            raise CamwidgetError(f"got {len(inputs)} inputs but {len(targets)} targets")
+        method, layer, _, _ = self.resolve(method, layer)
+        size = (inputs.shape[-2], inputs.shape[-1])
+        group = [
+            (PreparedImage(inputs=row[None], size=size), self.check_target(target))
+            for row, target in zip(inputs, targets, strict=True)
+        ]
+        explained, host = self._explain_group(group, layer, methods.get(method))
+        return explained, host.output
+
     def _explain_group(
         self, group: list[tuple[PreparedImage, object]], layer: str, spec: methods.Method
-    ) -> list[Explanation]:
-        """Images of one input size with their targets: one forward, one backward.
+    ) -> tuple[list[Explanation], Capture]:
+        """Images of one input size with their targets: one forward, one backward; the
+        explanations and the capture's output on the host.
 
         The batch goes in channels-last (1.3-1.7x faster convolutions on CPU at 16
         images, with the model untouched), with autograd recorded from ``layer`` on.
@@ -663,12 +689,13 @@ class Explainer:
             for row, target in enumerate(chosen)
         ]
         raws = torch.stack(raws).cpu().numpy()  # one copy for the batch
-        return [
+        explained = [
             self._finish(raw, image, host, row, (layer, spec.name), target, number, {})
             for row, (raw, (image, _), target, number) in enumerate(
                 zip(raws, group, chosen, numbers, strict=True)
             )
         ]
+        return explained, host
 
     # ----------------------------------------------------------------- helpers
 

@@ -142,4 +142,3 @@ def _by_largest(values: np.ndarray) -> np.ndarray:
     if not np.isfinite(largest) or largest <= 0.0:
         return np.zeros_like(values, dtype=np.float32)
     return (values / largest).astype(np.float32)
-

@@ -113,4 +113,3 @@ def guided_backprop(
         )
     (gradient,) = torch.autograd.grad(value, x)
     return gradient[0].detach()
-

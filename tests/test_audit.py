@@ -1,0 +1,202 @@
+"""explain_dataset: a labelled folder built from the shipped photos, equal to explain_batch,
+the Parquet store, the triage numbers, interrupts, other sources, and the Ray engine."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from camwidget import Audit, CamwidgetError, Explainer, explain_dataset, samples, zoo
+from camwidget.audit import ParquetStore, Store, summary
+
+CLASSES = {  # ImageNet class -> photos (composites: the class's photo beside another)
+    "Egyptian cat": [("chelsea",), ("chelsea", "coffee")],
+    "espresso": [("coffee",), ("coffee", "rocket")],
+    "military uniform": [("grace_hopper",)],
+}
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    model, _, labels = zoo.load("efficientnet_lite0")
+    return Explainer(model, labels=labels)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A labelled folder (one sub-folder per class), each photo also turned and mirrored."""
+    root = tmp_path_factory.mktemp("photos")
+    for name, photos in CLASSES.items():
+        (root / name).mkdir()
+        for names in photos:
+            photo = samples.composite(list(names))
+            stem = "+".join(names)
+            photo.save(root / name / f"{stem}.jpg", quality=95)
+            photo.rotate(90, expand=True).save(root / name / f"{stem}-turned.jpg", quality=95)
+            photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(root / name / f"{stem}-m.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def audit(lite0, folder):
+    return explain_dataset(lite0, folder, layer="blocks.12", batch_size=4, progress=False)
+
+
+def test_one_row_per_image_in_source_order(audit, folder, lite0):
+    paths = sorted(p for p in folder.rglob("*") if p.is_file())
+    assert len(audit) == len(paths) == 15
+    assert [audit[i].path for i in range(len(audit))] == [str(p) for p in paths]
+    assert [audit[i].index for i in range(len(audit))] == list(range(15))
+    for image in audit:
+        assert image.label == lite0.check_target(image.path.split("/")[-2])
+        assert image.raw.shape == (7, 7) and image.target == image.predicted  # stride 32
+    frame = audit.to_pandas()
+    assert len(frame) == 15 and "map" not in frame
+    assert set(frame["label_name"]) == set(CLASSES)
+    plain = frame["path"].str.endswith(("/chelsea.jpg", "/coffee.jpg", "/grace_hopper.jpg"))
+    assert frame[plain]["correct"].all() and not frame["correct"].all()  # mistakes to audit
+    assert audit.settings["layer"] == "blocks.12" and audit.complete
+
+
+def test_equal_to_explain_batch(audit, lite0, folder):
+    paths = [audit[i].path for i in range(6)]
+    resized = [
+        Image.open(p).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR) for p in paths
+    ]
+    for image, e in zip(audit, lite0.explain_batch(resized, "blocks.12"), strict=False):
+        scale = float(np.abs(e.raw).max())
+        bound = 1e-5 * scale + np.abs(e.raw) * 2.0**-11  # plus float16's rounding
+        assert (np.abs(image.raw - e.raw) <= bound + 1e-12).all()
+        assert image.predicted == e.target and image.probability == pytest.approx(e.probability)
+        assert image.score == pytest.approx(e.score, rel=1e-5)
+
+
+def test_losses_and_true_targets(lite0, folder):
+    audit = explain_dataset(lite0, folder, targets="true", batch_size=8, progress=False)
+    for image in audit:
+        assert image.target == image.label
+        photo = Image.open(image.path).convert("RGB")
+        logits = lite0.predict(photo.resize((224, 224), Image.Resampling.BILINEAR), k=1000)
+        probability = dict((i, p) for i, _, p in logits)[image.label]
+        assert image.loss == pytest.approx(-math.log(probability), rel=1e-3, abs=1e-4)
+
+
+def test_the_parquet_store_round_trips(audit, lite0, folder, tmp_path):
+    path = tmp_path / "audit.parquet"
+    stored = explain_dataset(
+        lite0, folder, layer="blocks.12", batch_size=4, store=path, progress=False
+    )
+    reopened = Audit.open(path)
+    assert len(reopened) == len(audit) == len(stored)
+    for a, b in zip(audit, reopened, strict=True):
+        np.testing.assert_array_equal(a.raw, b.raw)
+        assert (a.path, a.label, a.predicted, a.probability) == (
+            b.path,
+            b.label,
+            b.predicted,
+            b.probability,
+        )
+    assert reopened.settings["class_names"]["285"] == "Egyptian cat"
+    with pytest.raises(CamwidgetError, match="cannot read the audit"):
+        Audit.open(tmp_path / "missing.parquet")
+
+
+def test_triage_numbers_by_hand():
+    uniform = np.ones((4, 4))
+    centroid_y, centroid_x, border, entropy = summary(uniform, (8, 8))
+    assert (centroid_y, centroid_x) == (0.5, 0.5)
+    assert border == pytest.approx(1 - 0.75**2)  # the outer eighth of each side
+    assert entropy == pytest.approx(1.0)
+    corner = np.zeros((8, 8))
+    corner[0, 0] = 1.0
+    centroid_y, centroid_x, border, entropy = summary(corner, (8, 8))
+    assert border == 1.0 and centroid_y == centroid_x == 0.0625 and entropy == 0.0
+    assert all(math.isnan(v) for v in summary(-uniform, (8, 8)))  # no positive mass
+
+
+class StopAfter(Store):
+    """A store that is interrupted (as by Ctrl-C) after ``batches`` batches."""
+
+    def __init__(self, batches: int) -> None:
+        super().__init__()
+        self.left = batches
+
+    def append(self, columns):
+        if self.left == 0:
+            raise KeyboardInterrupt
+        self.left -= 1
+        super().append(columns)
+
+
+def test_an_interrupt_keeps_what_is_done(lite0, folder, tmp_path):
+    audit = explain_dataset(lite0, folder, batch_size=4, store=StopAfter(2), progress=False)
+    assert len(audit) == 8 and not audit.complete
+    assert [image.index for image in audit] == list(range(8))
+
+    class Interrupted(ParquetStore):
+        def append(self, columns):
+            if columns["index"][0] >= 8:
+                raise KeyboardInterrupt
+            super().append(columns)
+
+    stored = explain_dataset(
+        lite0, folder, batch_size=4, store=Interrupted(tmp_path / "a.parquet"), progress=False
+    )
+    reopened = Audit.open(tmp_path / "a.parquet")
+    assert len(stored) == len(reopened) == 8 and not reopened.complete
+
+
+class Photos(torch.utils.data.Dataset):
+    def __init__(self) -> None:
+        self.items = [(samples.load("chelsea"), 285), (samples.load("coffee"), 967)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_a_dataset_and_a_list_of_paths(lite0, folder):
+    audit = explain_dataset(lite0, Photos(), progress=False)
+    assert [image.predicted for image in audit] == [285, 967]
+    assert [image.path for image in audit] == [None, None]
+    paths = [str(p) for p in sorted(folder.rglob("*.jpg"))[:3]]
+    listed = explain_dataset(lite0, paths, progress=False)
+    assert [image.path for image in listed] == paths
+    assert all(image.label == -1 and math.isnan(image.loss) for image in listed)
+
+
+def test_bad_sources_are_told_in_words(lite0, tmp_path):
+    with pytest.raises(CamwidgetError, match="is not a folder"):
+        explain_dataset(lite0, tmp_path / "nowhere", progress=False)
+    with pytest.raises(CamwidgetError, match="no sub-folders"):
+        explain_dataset(lite0, tmp_path, progress=False)
+    with pytest.raises(CamwidgetError, match="cannot audit a int"):
+        explain_dataset(lite0, 3, progress=False)
+    with pytest.raises(CamwidgetError, match="engine must be 'local' or 'ray'"):
+        explain_dataset(lite0, [str(tmp_path)], engine="spark", progress=False)
+
+
+@pytest.mark.slow
+def test_the_ray_engine_gives_the_same_audit(audit, lite0, folder, tmp_path):
+    pytest.importorskip("ray")
+    path = tmp_path / "ray.parquet"
+    distributed = explain_dataset(
+        lite0, folder, layer="blocks.12", batch_size=4, engine="ray", store=path, progress=False
+    )
+    assert len(distributed) == len(audit)
+    exact = 0
+    for a, b in zip(audit, distributed, strict=True):
+        assert (a.index, a.path, a.predicted) == (b.index, b.path, b.predicted)
+        assert b.score == pytest.approx(a.score, rel=1e-5)
+        # one thread per actor against two here: float32 sums in another order, which a
+        # map with much cancellation (a sum of 112 channels) turns into ~1e-3 of its top
+        np.testing.assert_allclose(b.raw, a.raw, atol=1e-2 * float(np.abs(a.raw).max()))
+        exact += np.array_equal(a.raw, b.raw)
+    assert exact >= len(audit) - 2
+    assert len(Audit.open(path)) == len(audit)
