@@ -17,6 +17,7 @@ __all__ = [
     "CamwidgetError",
     "Explainer",
     "Explanation",
+    "Gallery",
     "LayerInfo",
     "PreparedImage",
     "explain_dataset",
@@ -27,3 +28,12 @@ __all__ = [
     "zoo",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """``Gallery`` is imported when first used (it needs pandas)."""
+    if name == "Gallery":
+        from .widget.gallery import Gallery
+
+        return Gallery
+    raise AttributeError(f"module 'camwidget' has no attribute {name!r}")

@@ -8,16 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import PHOTO_CLASSES
 from PIL import Image
 
 from camwidget import Audit, CamwidgetError, Explainer, explain_dataset, samples, zoo
 from camwidget.audit import ParquetStore, Store, summary
-
-CLASSES = {  # ImageNet class -> photos (composites: the class's photo beside another)
-    "Egyptian cat": [("chelsea",), ("chelsea", "coffee")],
-    "espresso": [("coffee",), ("coffee", "rocket")],
-    "military uniform": [("grace_hopper",)],
-}
 
 
 @pytest.fixture(scope="module")
@@ -27,18 +22,8 @@ def lite0():
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    """A labelled folder (one sub-folder per class), each photo also turned and mirrored."""
-    root = tmp_path_factory.mktemp("photos")
-    for name, photos in CLASSES.items():
-        (root / name).mkdir()
-        for names in photos:
-            photo = samples.composite(list(names))
-            stem = "+".join(names)
-            photo.save(root / name / f"{stem}.jpg", quality=95)
-            photo.rotate(90, expand=True).save(root / name / f"{stem}-turned.jpg", quality=95)
-            photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(root / name / f"{stem}-m.png")
-    return root
+def folder(photo_folder):
+    return photo_folder
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +41,7 @@ def test_one_row_per_image_in_source_order(audit, folder, lite0):
         assert image.raw.shape == (7, 7) and image.target == image.predicted  # stride 32
     frame = audit.to_pandas()
     assert len(frame) == 15 and "map" not in frame
-    assert set(frame["label_name"]) == set(CLASSES)
+    assert set(frame["label_name"]) == set(PHOTO_CLASSES)
     plain = frame["path"].str.endswith(("/chelsea.jpg", "/coffee.jpg", "/grace_hopper.jpg"))
     assert frame[plain]["correct"].all() and not frame["correct"].all()  # mistakes to audit
     assert audit.settings["layer"] == "blocks.12" and audit.complete

@@ -58,7 +58,8 @@ class CAMWidget(widgets.VBox):
     image with ``region = "image"``), or any target of :mod:`camwidget.targets` (a
     detection's box for a detector). With a ``reference`` image, the map explains the
     similarity of the model's embedding of the image to that of the reference.
-    ``output``, ``activation`` and ``reshape`` go to the :class:`Explainer`.
+    ``output``, ``activation`` and ``reshape`` go to the :class:`Explainer`; ``model``
+    may be an :class:`Explainer` itself, whose passes the panel then shares.
     """
 
     layer = Unicode()
@@ -76,7 +77,7 @@ class CAMWidget(widgets.VBox):
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: torch.nn.Module | Explainer,
         image: object = None,
         *,
         preprocess: Callable | None = None,
@@ -93,7 +94,7 @@ class CAMWidget(widgets.VBox):
         reference: object = None,
         **options: object,
     ) -> None:
-        self.explainer = Explainer(model, preprocess, labels, device, **options)
+        self.explainer = _explainer(model, preprocess, labels, device, options)
         if image is not None:  # the catalogue comes from this image, not a 224 probe
             image = self.explainer.prepare(image)
             self.explainer.predict(image, k=1)
@@ -715,3 +716,16 @@ def _descendants(widget: widgets.Widget) -> list[widgets.Widget]:
         found.append(child)
         stack.extend(getattr(child, "children", ()))
     return found
+
+
+def _explainer(
+    model: torch.nn.Module | Explainer,
+    preprocess: Callable | None,
+    labels: Sequence[str] | None,
+    device: str | torch.device | None,
+    options: Mapping[str, object],
+) -> Explainer:
+    """``model`` itself where it is an Explainer (its caches shared), else a new one."""
+    if isinstance(model, Explainer):
+        return model
+    return Explainer(model, preprocess, labels, device, **options)
