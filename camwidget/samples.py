@@ -7,6 +7,7 @@ cup), ``rocket`` and ``astronaut`` come with scikit-image.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -73,3 +74,29 @@ def composite(names: Sequence[str], height: int = 300) -> Image.Image:
         canvas.paste(tile, (left, 0))
         left += tile.width
     return canvas
+
+
+#: The labelled folder's classes (ImageNet names) and their photos: single photos, and
+#: composites of the class's photo beside another (harder: two objects in one picture).
+FOLDER_CLASSES: dict[str, list[tuple[str, ...]]] = {
+    "Egyptian cat": [("chelsea",), ("chelsea", "coffee")],
+    "espresso": [("coffee",), ("coffee", "rocket")],
+    "military uniform": [("grace_hopper",)],
+}
+
+
+def labelled_folder(root: str | Path) -> Path:
+    """Write a small labelled dataset under ``root``: one sub-folder per class (named
+    after its ImageNet class), each photo as it is, turned by 90° and mirrored (15
+    images). For lessons and tests of :func:`camwidget.explain_dataset`."""
+    root = Path(root)
+    for name, photos in FOLDER_CLASSES.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for names_ in photos:
+            photo = composite(list(names_))
+            stem = "+".join(names_)
+            photo.save(root / name / f"{stem}.jpg", quality=95)
+            photo.rotate(90, expand=True).save(root / name / f"{stem}-turned.jpg", quality=95)
+            photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(root / name / f"{stem}-m.png")
+    return root
+

@@ -86,23 +86,10 @@ class ModelState:
         assert now.grads == self.grads
 
 
-PHOTO_CLASSES = {  # ImageNet class -> photos (composites: the class's photo beside another)
-    "Egyptian cat": [("chelsea",), ("chelsea", "coffee")],
-    "espresso": [("coffee",), ("coffee", "rocket")],
-    "military uniform": [("grace_hopper",)],
-}
+PHOTO_CLASSES = samples.FOLDER_CLASSES
 
 
 @pytest.fixture(scope="session")
 def photo_folder(tmp_path_factory):
     """A labelled folder (one sub-folder per class), each photo also turned and mirrored."""
-    root = tmp_path_factory.mktemp("photos")
-    for name, photos in PHOTO_CLASSES.items():
-        (root / name).mkdir()
-        for names in photos:
-            photo = samples.composite(list(names))
-            stem = "+".join(names)
-            photo.save(root / name / f"{stem}.jpg", quality=95)
-            photo.rotate(90, expand=True).save(root / name / f"{stem}-turned.jpg", quality=95)
-            photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(root / name / f"{stem}-m.png")
-    return root
+    return samples.labelled_folder(tmp_path_factory.mktemp("photos"))

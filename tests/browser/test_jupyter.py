@@ -49,6 +49,7 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
     shutil.copy(NOTEBOOKS / "quickstart.ipynb", root)  # as it ships in the package
     shutil.copy(REPO / "notebooks" / "beyond_classification.ipynb", root)
+    shutil.copy(REPO / "notebooks" / "audit.ipynb", root)
     samples.load("coffee").save(root / "coffee.jpg")
     port = _free_port()
     log = open(root / "server.log", "w")  # noqa: SIM115 (closed below)
@@ -302,6 +303,28 @@ def test_beyond_classification(server, browser):
     second = boxes.nth(1).inner_text().split(" · ")[0]
     _changes(page, detection, lambda: boxes.nth(1).click(), f"{second} box", "detection")
     page.screenshot(path=str(ARTIFACTS / "lab-beyond-classification.png"), full_page=True)
+    page.close()
+
+
+def test_the_gallery_opens_a_thumbnail_in_a_panel(server, browser):
+    """The audit notebook's gallery renders its thumbnails; 'open' under one shows the
+    image in a live panel below the grid."""
+    url, _ = server
+    page = _open(browser, f"{url}/lab/tree/audit.ipynb?reset")
+    _run_all_cells(page)
+    thumbnails = "() => document.querySelectorAll('.camwidget-gallery img[src]').length >= 15"
+    try:
+        page.wait_for_function(thumbnails, timeout=300_000)
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "failed-gallery.png"), full_page=True)
+        raise
+    gallery = page.locator(".camwidget-gallery")
+    assert "15 of 15 images" in gallery.inner_text()
+    gallery.locator("button", has_text="open").first.click()
+    panel = gallery.locator(".camwidget img.camwidget-overlay[src]")
+    panel.first.wait_for(timeout=60_000)
+    assert "blocks.12" in gallery.locator(".camwidget").first.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "lab-gallery.png"), full_page=True)
     page.close()
 
 
