@@ -1,7 +1,7 @@
 """The dataset audit's throughput and memory, measured in one run.
 
     python benchmarks/audit.py [--images 256] [--batch 32] [--memory 10000] [--device cuda]
-                               [--skip-ray]
+                               [--skip-ray] [--workers 0]
 
 1. Throughput (images/s, ResNet-50 at 224, random weights, Grad-CAM at layer4):
    ``explain_batch`` in a plain loop over pre-made input tensors (the reference), the
@@ -55,7 +55,7 @@ def rate(action, images: int, runs: int = 3) -> float:
     return images / statistics.median(times)
 
 
-def throughput(images: int, batch: int, device: str, ray: bool) -> dict[str, float]:
+def throughput(images: int, batch: int, device: str, ray: bool, workers: int) -> dict[str, float]:
     torch.manual_seed(0)
     model = torchvision.models.resnet50(weights=None).eval().to(device)
     explainer = camwidget.Explainer(model)
@@ -68,7 +68,9 @@ def throughput(images: int, batch: int, device: str, ray: bool) -> dict[str, flo
             explainer.explain_batch(tensors[start : start + batch], "layer4")
 
     def local() -> None:
-        explain_dataset(explainer, data, layer="layer4", batch_size=batch, progress=False)
+        explain_dataset(
+            explainer, data, layer="layer4", batch_size=batch, num_workers=workers, progress=False
+        )
 
     rates = {"explain_batch, plain loop": rate(plain, images), "local engine": rate(local, images)}
     if ray:
@@ -136,6 +138,7 @@ def main() -> None:
     parser.add_argument("--memory", type=int, default=10_000)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--workers", type=int, default=0, help="the local engine's DataLoader")
     args = parser.parse_args()
     where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     print(f"torch {torch.__version__}, {where}, {torch.get_num_threads()} threads\n")
@@ -143,7 +146,7 @@ def main() -> None:
         f"## Throughput: ResNet-50 at 224, Grad-CAM at layer4, {args.images} images, "
         f"batches of {args.batch}\n"
     )
-    rates = throughput(args.images, args.batch, args.device, not args.skip_ray)
+    rates = throughput(args.images, args.batch, args.device, not args.skip_ray, args.workers)
     reference = rates["explain_batch, plain loop"]
     print("| how | images/s | vs plain loop |\n|---|---|---|")
     for name, value in rates.items():

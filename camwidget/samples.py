@@ -99,4 +99,3 @@ def labelled_folder(root: str | Path) -> Path:
             photo.rotate(90, expand=True).save(root / name / f"{stem}-turned.jpg", quality=95)
             photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(root / name / f"{stem}-m.png")
     return root
-

@@ -286,10 +286,11 @@ class Gallery(widgets.VBox):
         picture.layout = widgets.Layout(width=f"{self.thumbnail}px")
         mark = "✓" if record["correct"] else "✗"
         caption = widgets.HTML(
-            f"<small>{mark} {html.escape(self._name(record['label']))} → "
+            f"<div style='line-height:1.3;font-size:85%'>{mark} "
+            f"{html.escape(self._name(record['label']))} → "
             f"<b>{html.escape(self._name(record['predicted']))}</b><br>p = "
             f"{record['probability']:.2f} · loss {record['loss']:.2f} · border "
-            f"{record['border']:.2f}</small>"
+            f"{record['border']:.2f}</div>"
         )
         button = widgets.Button(description="open", tooltip="explain it in a panel below")
         button.on_click(lambda _: self.open_image(row))

@@ -320,6 +320,7 @@ def test_the_gallery_opens_a_thumbnail_in_a_panel(server, browser):
         raise
     gallery = page.locator(".camwidget-gallery")
     assert "15 of 15 images" in gallery.inner_text()
+    gallery.screenshot(path=str(ARTIFACTS / "lab-gallery-grid.png"))
     gallery.locator("button", has_text="open").first.click()
     panel = gallery.locator(".camwidget img.camwidget-overlay[src]")
     panel.first.wait_for(timeout=60_000)
