@@ -47,7 +47,8 @@ _TRIAGE = ("centroid_y", "centroid_x", "border", "entropy")
 
 @dataclass(frozen=True)
 class Item:
-    """One image of a source: its place, its path (or None), its true class (-1: none)."""
+    """One image of a source: its place, its path (or None), its true class (-1: none,
+    or not known until a Dataset item is read)."""
 
     index: int
     path: str | None
@@ -72,13 +73,16 @@ class Images(Dataset):
         """The paths of images ``indices`` ("" where the source has none)."""
         return np.asarray([self.items[i].path or "" for i in indices], dtype=object)
 
-    def image(self, index: int) -> object:
-        """Image ``index`` as the source holds it (a path, a PIL image, a tensor)."""
-        item = self.items[index]
-        return item.path if self.dataset is None else self.dataset[index][0]
+    def read(self, index: int) -> tuple[object, int]:
+        """Image ``index`` as the source holds it (a path, a PIL image, a tensor) and its
+        true class (-1: none)."""
+        if self.dataset is None:
+            return self.items[index].path, self.items[index].label
+        image, label = self.dataset[index]
+        return image, int(label)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
-        image = self.image(index)
+        image, label = self.read(index)
         if isinstance(image, Tensor):
             inputs = torch.nn.functional.interpolate(
                 image.detach().float()[None], size=self.size, mode="bilinear", align_corners=False
@@ -87,7 +91,7 @@ class Images(Dataset):
             inputs = self.preprocess(Image.fromarray(images.to_rgb(image)))
         else:
             inputs = self.model_input.at_size(self.size, "the audit")(images.to_rgb(image))[0]
-        return inputs, self.items[index].label, index
+        return inputs, label, index
 
 
 def _items(source: object, explainer: Explainer) -> tuple[list[Item], Dataset | None, list]:
@@ -95,9 +99,8 @@ def _items(source: object, explainer: Explainer) -> tuple[list[Item], Dataset | 
     label)), the Dataset itself (or None) and the folder's class names."""
     if isinstance(source, (str, Path)):
         return _folder(Path(source), explainer), None, _folder_classes(source)
-    if isinstance(source, Dataset):
-        labels = [int(source[i][1]) for i in range(len(source))]  # type: ignore[arg-type]
-        return [Item(i, None, label) for i, label in enumerate(labels)], source, []
+    if isinstance(source, Dataset):  # labels come with the images, when read
+        return [Item(i, None, -1) for i in range(len(source))], source, []  # type: ignore[arg-type]
     if isinstance(source, Sequence):
         return [Item(i, str(path), -1) for i, path in enumerate(source)], None, []
     raise CamwidgetError(
