@@ -257,9 +257,7 @@ class ParquetStore(Store):
         self.writer = None
 
     def append(self, columns: dict[str, np.ndarray]) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
+        pa, pq = _optional("pyarrow"), _optional("pyarrow.parquet")
         maps = columns["map"]
         flat = pa.array(maps.reshape(len(maps), -1).ravel(), type=pa.float16())
         arrays = {k: pa.array(v) for k, v in columns.items() if k != "map"}
@@ -314,8 +312,7 @@ class Audit:
     @classmethod
     def open(cls, path: str | Path) -> Audit:
         """Reopen an audit written to a Parquet store."""
-        import pyarrow.parquet as pq
-
+        pq = _optional("pyarrow.parquet")
         try:
             table = pq.read_table(path, memory_map=True)
             footer = pq.ParquetFile(path).metadata.metadata or {}
@@ -356,8 +353,7 @@ class Audit:
     def to_pandas(self) -> pd.DataFrame:
         """One row per image with its numbers (no maps), the class names where known
         and whether the prediction is right."""
-        import pandas as pd
-
+        pd = _optional("pandas")
         frame = pd.DataFrame({k: v for k, v in self._columns.items() if k != "map"})
         names = self.settings.get("class_names") or {}
         frame["label_name"] = [names.get(str(i), "") for i in frame["label"]]
@@ -481,8 +477,10 @@ class _Progress:
         self.done, self.start = 0, time.perf_counter()
         self.bar = None
         if show:
-            from tqdm.auto import tqdm
-
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:  # no bar without tqdm: the audit runs the same
+                return
             self.bar = tqdm(total=total, unit="image", desc="explaining")
 
     def update(self, count: int) -> None:
@@ -497,3 +495,16 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _optional(name: str) -> object:
+    """The optional module ``name`` (pyarrow, pandas), or a message on how to get it."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        package = name.split(".")[0]
+        raise CamwidgetError(
+            f"this part of the audit needs {package}: pip install 'camwidget[audit]'"
+        ) from error

@@ -185,3 +185,19 @@ def test_the_ray_engine_gives_the_same_audit(audit, lite0, folder, tmp_path):
         exact += np.array_equal(a.raw, b.raw)
     assert exact >= len(audit) - 2
     assert len(Audit.open(path)) == len(audit)
+
+
+def test_a_missing_optional_package_is_named(lite0, folder, tmp_path, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def without_pyarrow(name, *args, **kwargs):
+        if name.startswith("pyarrow"):
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_pyarrow)
+    monkeypatch.setattr("importlib.import_module", lambda name: without_pyarrow(name))
+    with pytest.raises(CamwidgetError, match=r"needs pyarrow: pip install 'camwidget\[audit\]'"):
+        explain_dataset(lite0, folder, store=tmp_path / "a.parquet", progress=False)
