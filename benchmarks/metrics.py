@@ -13,14 +13,13 @@ solves one sparse system per percentile, as the peer does.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 from contextlib import contextmanager
 from functools import partial
 
 import torch
 import torchvision
+from run import median_ms  # benchmarks/run.py, beside this script
 
 from camwidget import Explainer, metrics, samples, zoo
 
@@ -41,15 +40,6 @@ class GivenMap:
     @contextmanager
     def _hooks_off(self):
         yield
-
-
-def median_ms(action, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        action()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
 
 
 def main() -> None:

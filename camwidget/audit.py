@@ -98,7 +98,8 @@ def _items(source: object, explainer: Explainer) -> tuple[list[Item], Dataset | 
     """The items of ``source`` (a folder, a list of paths, or a Dataset of (image,
     label)), the Dataset itself (or None) and the folder's class names."""
     if isinstance(source, (str, Path)):
-        return _folder(Path(source), explainer), None, _folder_classes(source)
+        items, classes = _folder(Path(source), explainer)
+        return items, None, classes
     if isinstance(source, Dataset):  # labels come with the images, when read
         return [Item(i, None, -1) for i in range(len(source))], source, []  # type: ignore[arg-type]
     if isinstance(source, Sequence):
@@ -109,17 +110,13 @@ def _items(source: object, explainer: Explainer) -> tuple[list[Item], Dataset | 
     )
 
 
-def _folder_classes(folder: str | Path) -> list[str]:
-    return sorted(p.name for p in Path(folder).iterdir() if p.is_dir())
-
-
-def _folder(folder: Path, explainer: Explainer) -> list[Item]:
+def _folder(folder: Path, explainer: Explainer) -> tuple[list[Item], list[str]]:
     """A folder with one sub-folder per class (torchvision's ImageFolder layout). A
     sub-folder named after one of the model's classes (or its index) is that class;
     otherwise classes are numbered in sorted order, as ImageFolder does."""
     if not folder.is_dir():
         raise CamwidgetError(f"{str(folder)!r} is not a folder")
-    classes = _folder_classes(folder)
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
     if not classes:
         raise CamwidgetError(f"{str(folder)!r} has no sub-folders: one per class is needed")
     index = {name: i for i, name in enumerate(classes)}
@@ -136,7 +133,7 @@ def _folder(folder: Path, explainer: Explainer) -> list[Item]:
     ]
     if not items:
         raise CamwidgetError(f"no images ({', '.join(EXTENSIONS)}) under {str(folder)!r}")
-    return [Item(i, item.path, item.label) for i, item in enumerate(items)]
+    return [Item(i, item.path, item.label) for i, item in enumerate(items)], classes
 
 
 # ----------------------------------------------------------------------- one batch

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,28 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def _serving(process: subprocess.Popen, log, url: str, name: str):
+    """Wait until ``url`` answers (failing with ``log``'s text if ``process`` exits or
+    120 s pass), then stop ``process`` and close ``log`` on the way out."""
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(url, timeout=5)
+                break
+            except OSError:
+                if process.poll() is not None:
+                    pytest.fail(f"{name} exited: {Path(log.name).read_text()}")
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"{name} did not answer within 120 s")
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -75,22 +98,8 @@ def server(tmp_path_factory):
         cwd=root,
     )
     url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"{url}/api/status", timeout=2)
-                break
-            except OSError:
-                if process.poll() is not None:
-                    pytest.fail(f"JupyterLab exited: {(root / 'server.log').read_text()}")
-                time.sleep(0.5)
-        else:
-            pytest.fail("JupyterLab did not answer within 120 s")
+    with _serving(process, log, f"{url}/api/status", "JupyterLab"):
         yield url, root
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -342,22 +351,8 @@ def app(server):
         cwd=root,
     )
     url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(url, timeout=5)
-                break
-            except OSError:
-                if process.poll() is not None:
-                    pytest.fail(f"the app exited: {(root / 'app.log').read_text()}")
-                time.sleep(0.5)
-        else:
-            pytest.fail("the app did not answer within 120 s")
+    with _serving(process, log, url, "the app"):
         yield url, root
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
 
 
 def test_the_code_free_app(app, browser):
