@@ -57,25 +57,40 @@ MODELS = {
 }
 
 
-def references(panel, photo, runs: int) -> tuple[float, float, float]:
-    """One plain forward; one partial backward to every layer, its result dropped, and
-    kept in a cache of two classes (as the panel must keep it)."""
-    ex = panel.explainer
-    inputs = ex.prepare(photo).inputs.clone().requires_grad_(True)
-    forward = median_of([lambda: ex.model(inputs)] * runs)  # plain, no hooks
-    kept = capture.forward(ex.model, inputs)
-    classes = itertools.count(100)
-    backward = median_of([lambda: capture.backward(kept, kept.logits[0, next(classes)])] * runs)
-    cache: list = []
+class References:
+    """The passes the targets are stated against, timed in turn with the panel's
+    changes (so that a drift of the machine's speed reaches both alike): one plain
+    forward, and one partial backward to every layer with its result dropped or kept
+    in a cache of two classes (as the panel must keep it)."""
 
-    def backward_kept() -> None:
-        cache.append(capture.backward(kept, kept.logits[0, next(classes)]))
-        del cache[:-2]
+    def __init__(self, panel, photo) -> None:
+        ex = panel.explainer
+        self.model = ex.model
+        self.inputs = ex.prepare(photo).inputs.clone().requires_grad_(True)
+        self.kept = capture.forward(ex.model, self.inputs)
+        self.classes = itertools.count(100)
+        self.cache: list = []
+        self.times: dict[str, list[float]] = {"forward": [], "backward": [], "kept": []}
 
-    return forward, backward, median_of([backward_kept] * runs)
+    def run(self) -> None:
+        """Time each reference pass once."""
+        logits = self.kept.logits
+        self.times["forward"].append(timed(lambda: self.model(self.inputs)))  # no hooks
+        self.times["backward"].append(
+            timed(lambda: capture.backward(self.kept, logits[0, next(self.classes)]))
+        )
+
+        def backward_kept() -> None:
+            self.cache.append(capture.backward(self.kept, logits[0, next(self.classes)]))
+            del self.cache[:-2]
+
+        self.times["kept"].append(timed(backward_kept))
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.times[name])
 
 
-def rows_for(panel, photo, runs: int, forward: float, backward: float) -> list[tuple]:
+def rows_for(panel, photo, runs: int, reference: References) -> list[tuple]:
     ex = panel.explainer
     default = panel.layer
     layers = [info.name for info in ex.layers if info.shape[1] > 1][-4 * runs :]
@@ -90,6 +105,14 @@ def rows_for(panel, photo, runs: int, forward: float, backward: float) -> list[t
     def setter(trait, values):
         return [lambda: setattr(panel, trait, next(values))] * runs
 
+    def in_turn(action) -> float:
+        """The median of ``action`` timed in turn with the reference passes."""
+        times = []
+        for _ in range(runs):
+            reference.run()
+            times.append(action())
+        return statistics.median(times)
+
     def earliest_after_a_class_change() -> float:
         panel.layer, panel.target = default, next(targets)  # not timed
         return timed(lambda: setattr(panel, "layer", ex.layers[0].name))
@@ -101,26 +124,19 @@ def rows_for(panel, photo, runs: int, forward: float, backward: float) -> list[t
         ("layer (first visit)", median_of(setter("layer", layer_cycle)), 25.0, None),
     ]
     panel.layer = default
-    rows += [
-        ("method", median_of(setter("method", methods_cycle)), 25.0, None),
-        ("class (new)", median_of(setter("target", targets)), 1.2 * backward, backward),
-        (
-            "earliest layer, 1st",
-            statistics.median(earliest_after_a_class_change() for _ in range(runs)),
-            1.2 * backward,
-            backward,
-        ),
-    ]
+    rows.append(("method", median_of(setter("method", methods_cycle)), 25.0, None))
+    class_change = in_turn(lambda: timed(lambda: setattr(panel, "target", next(targets))))
+    earliest = in_turn(earliest_after_a_class_change)
     panel.layer = default
-    rows.append(
-        (
-            "new image",
-            median_of([lambda: panel.set_image(next(variants))] * runs),
-            1.2 * (forward + backward),
-            forward + backward,
-        )
-    )
-    return rows
+    new_image = in_turn(lambda: timed(lambda: panel.set_image(next(variants))))
+    backward = reference.median("backward")
+    both = reference.median("forward") + backward
+    return [
+        *rows,
+        ("class (new)", class_change, 1.2 * backward, backward),
+        ("earliest layer, 1st", earliest, 1.2 * backward, backward),
+        ("new image", new_image, 1.2 * both, both),
+    ]
 
 
 def main() -> None:
@@ -136,8 +152,9 @@ def main() -> None:
         model, preprocess, labels = load()
         model = model.to(args.device)
         panel = camwidget.CAMWidget(model, photo, preprocess=preprocess, labels=labels)
-        forward, backward, kept = references(panel, photo, args.runs)
-        rows = rows_for(panel, photo, args.runs, forward, backward)
+        reference = References(panel, photo)
+        rows = rows_for(panel, photo, args.runs, reference)
+        forward, backward, kept = (reference.median(n) for n in ("forward", "backward", "kept"))
         panel.close()
         where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
         print(

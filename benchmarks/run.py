@@ -10,7 +10,8 @@
    colormap change the peers' cheapest path is re-blending a heatmap the user kept
    ("re-blend"); their re-run is shown beside it. A new image must be read and resized
    to the display size by every contender (the panel does it; the peers' runs too).
-   The panel's class and image changes are measured at the default layer.
+   The panel's class and image changes are measured at the default layer. The
+   contenders run in turns, so that a drift of the machine's speed reaches all alike.
 2. Batch throughput: Grad-CAM maps per second on batches of 16 at 224 (ResNet-50).
 3. Memory: peak RSS growth of a process holding the panel with one image and every
    layer's gradients cached, against a plain forward + backward of the same model.
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -39,16 +41,25 @@ from camwidget.widget.views import display_frame
 warnings.filterwarnings("ignore")
 
 
-def median_ms(action, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        action()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
+def median_ms(action: Callable[[], object], runs: int) -> float:
+    return medians({"action": action}, runs)["action"]
 
 
 DISPLAY = 448  # the panel's frame: 448 px on the long side
+
+
+def medians(actions: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
+    """The median ms of each action, run in turns (each round runs every action once,
+    starting one further along each time), so that a drift of the machine's speed
+    during the run reaches every contender alike."""
+    times: dict[str, list[float]] = {name: [] for name in actions}
+    names = list(actions)
+    for round_ in range(runs):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            start = time.perf_counter()
+            actions[name]()
+            times[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def frame(rgb: np.ndarray, heatmap: np.ndarray, colormap: str = "jet") -> bytes:
@@ -89,18 +100,7 @@ def interaction(runs: int, device: str) -> list[tuple]:
     rows = []
     for name, (model, layer, others) in models(device).items():
         panel = camwidget.CAMWidget(model, x, layer=layer)
-        classes = itertools.count(10)
-        layer_cycle = itertools.cycle([layer, *others])
         colormaps = itertools.cycle(["viridis", "jet"])
-        images = iter(variants)
-        ours = {
-            "colormap": median_ms(lambda: setattr(panel, "colormap", next(colormaps)), runs),
-            "layer": median_ms(lambda: setattr(panel, "layer", next(layer_cycle)), runs),
-        }
-        panel.layer = layer  # class and image changes at the default layer, as the peers
-        ours["class"] = median_ms(lambda: setattr(panel, "target", next(classes)), runs)
-        ours["new image"] = median_ms(lambda: panel.set_image(next(images)), runs)
-        panel.close()
 
         def module(name_):
             return model.get_submodule(name_)
@@ -122,6 +122,7 @@ def interaction(runs: int, device: str) -> list[tuple]:
             if "extractor" not in kept:
                 kept["extractor"] = TorchCAMGradCAM(model, module(layer))
                 kept["scores"] = model(x[None])
+                kept["extractor"].disable_hooks()  # the others run the model in between
             heat = kept["extractor"](target, kept["scores"], retain_graph=True)[0][0]
             heat = render.upsample(heat.detach().cpu().numpy(), (224, 224))
             return frame(rgb, render.normalise(heat))
@@ -136,33 +137,48 @@ def interaction(runs: int, device: str) -> list[tuple]:
 
         with GradCAM(model=model, target_layers=[module(layer)]) as cam:
             kept_heat = cam(x[None], targets=[ClassifierOutputTarget(1)])[0]
-        reblend = median_ms(lambda: frame(rgb, kept_heat, next(colormaps)), runs)
-        counter = itertools.count(10)
-        layers = itertools.cycle([layer, *others])
-        images = iter(variants)
-        peers = {
-            "pytorch-grad-cam": {
-                "colormap": (reblend, median_ms(lambda: grad_cam_run(layer, 1), runs)),
-                "layer": median_ms(lambda: grad_cam_run(next(layers), 1), runs),
-                "class": median_ms(lambda: grad_cam_run(layer, next(counter)), runs),
-                "new image": median_ms(lambda: grad_cam_run(layer, 1, next(images)), runs),
+        peer_colormaps = itertools.cycle(["viridis", "jet"])
+        # Each contender keeps its own sequence of layers, classes and images.
+        layer_cycles = [itertools.cycle([layer, *others]) for _ in range(4)]
+        class_counters = [itertools.count(10) for _ in range(4)]
+        image_iters = [iter(variants) for _ in range(4)]
+        changes = {
+            "colormap": {
+                "camwidget": lambda: setattr(panel, "colormap", next(colormaps)),
+                "re-blend": lambda: frame(rgb, kept_heat, next(peer_colormaps)),
+                "pytorch-grad-cam": lambda: grad_cam_run(layer, 1),
+                "TorchCAM": lambda: torchcam_run(layer, 1),
+                "Captum LayerGradCam": lambda: captum_run(layer, 1),
             },
-            "TorchCAM": {
-                "colormap": (reblend, median_ms(lambda: torchcam_run(layer, 1), runs)),
-                "layer": median_ms(lambda: torchcam_run(next(layers), 1), runs),
-                "class": median_ms(lambda: torchcam_class(next(counter)), runs),
-                "new image": median_ms(lambda: torchcam_run(layer, 1, next(images)), runs),
+            "layer": {
+                "camwidget": lambda: setattr(panel, "layer", next(layer_cycles[0])),
+                "pytorch-grad-cam": lambda: grad_cam_run(next(layer_cycles[1]), 1),
+                "TorchCAM": lambda: torchcam_run(next(layer_cycles[2]), 1),
+                "Captum LayerGradCam": lambda: captum_run(next(layer_cycles[3]), 1),
             },
-            "Captum LayerGradCam": {
-                "colormap": (reblend, median_ms(lambda: captum_run(layer, 1), runs)),
-                "layer": median_ms(lambda: captum_run(next(layers), 1), runs),
-                "class": median_ms(lambda: captum_run(layer, next(counter)), runs),
-                "new image": median_ms(lambda: captum_run(layer, 1, next(images)), runs),
+            "class": {  # the panel at its default layer, as the peers
+                "camwidget": lambda: setattr(panel, "target", next(class_counters[0])),
+                "pytorch-grad-cam": lambda: grad_cam_run(layer, next(class_counters[1])),
+                "TorchCAM": lambda: torchcam_class(next(class_counters[2])),
+                "Captum LayerGradCam": lambda: captum_run(layer, next(class_counters[3])),
+            },
+            "new image": {
+                "camwidget": lambda: panel.set_image(next(image_iters[0])),
+                "pytorch-grad-cam": lambda: grad_cam_run(layer, 1, next(image_iters[1])),
+                "TorchCAM": lambda: torchcam_run(layer, 1, next(image_iters[2])),
+                "Captum LayerGradCam": lambda: captum_run(layer, 1, next(image_iters[3])),
             },
         }
+        for change, actions in changes.items():
+            if change == "class":
+                panel.layer = layer
+            ms = medians(actions, runs)
+            reblend = ms.pop("re-blend", None)
+            ours = ms.pop("camwidget")
+            peers = {p: v if reblend is None else (reblend, v) for p, v in ms.items()}
+            rows.append((name, change, ours, peers))
         kept.get("extractor") and kept["extractor"].remove_hooks()
-        for change, ms in ours.items():
-            rows.append((name, change, ms, {peer: v[change] for peer, v in peers.items()}))
+        panel.close()
     return rows
 
 

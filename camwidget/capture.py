@@ -110,30 +110,33 @@ class _Recorder:
         self.handed_on: dict[str, tuple[Tensor, int]] = {}  # name -> (passed on, version)
         self.copies: dict[int, tuple[Tensor, str]] = {}  # id -> (a copy we made, whose)
 
-    def hook(self, name: str) -> Callable[[nn.Module, object, object], object]:
-        """A forward hook for the module ``name``."""
+    def hook(self, name: str, module: nn.Module) -> Callable[[nn.Module, object, object], object]:
+        """A forward hook for ``module``, called ``name``."""
+        linear = isinstance(module, nn.Linear)
+        last = linear or isinstance(module, nn.LayerNorm)  # works on the last dimension
+        kind = type(module).__name__
 
         def record(module: nn.Module, args: object, output: object) -> object:
             self.calls[name] += 1
-            if isinstance(module, nn.Linear):
+            if linear:
                 self.linears.append(name)
-            if not (isinstance(output, Tensor) and output.dim() in (3, 4)):
-                return None
-            if not output.is_floating_point():
+            if not (
+                isinstance(output, Tensor) and output.dim() in (3, 4) and output.is_floating_point()
+            ):
                 return None
             handed = None
             if name == self.graph_from and self.calls[name] == 1:
                 torch.set_grad_enabled(True)  # the rest of the pass records the graph
                 output = output.detach().requires_grad_(True)
                 handed = output.clone()  # in-place ops downstream must not touch the leaf
-            layout = self._layout(name, module, output)
+            layout = self._layout(name, output, last)
             reason = layout if isinstance(layout, str) else self._refusal(name, output)
             if reason is not None:
                 self.kept.pop(name, None)
                 self.handed_on.pop(name, None)
                 self.skipped[name] = reason
                 return None
-            self.kinds[name] = type(module).__name__
+            self.kinds[name] = kind
             self.layouts[name] = layout
             if handed is not None:
                 self.kept[name] = output
@@ -142,12 +145,12 @@ class _Recorder:
 
         return record
 
-    def _layout(self, name: str, module: nn.Module, output: Tensor) -> Layout | str:
+    def _layout(self, name: str, output: Tensor, channels_last: bool) -> Layout | str:
         """The layout of ``output``: the user's reshape for ``name``, or found from its
-        shape; a string says why it is not a map."""
+        shape (``channels_last``: the module works on the last dimension); a string says
+        why it is not a map."""
         if name not in self.reshape:
-            last = isinstance(module, (nn.Linear, nn.LayerNorm))
-            return layouts.find(tuple(output.shape), self.input_size, self.batch, last)
+            return layouts.find(tuple(output.shape), self.input_size, self.batch, channels_last)
         try:
             shape = tuple(self.reshape[name](output.detach()).shape)
         except Exception as error:
@@ -239,7 +242,7 @@ def forward(
     with guarded(model) as handles, torch.set_grad_enabled(graph_from is None):
         for name, module in model.named_modules():
             if name and (wanted is None or name in wanted or isinstance(module, nn.Linear)):
-                handles.append(module.register_forward_hook(recorder.hook(name)))
+                handles.append(module.register_forward_hook(recorder.hook(name, module)))
         inputs = inputs.detach().requires_grad_(graph_from is None)
         try:
             output = model(inputs)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from . import capture as capture_
-from . import images, lrp, methods, outputs, pixel, render
+from . import images, lrp, memory, methods, outputs, pixel, render
 from .capture import Capture
 from .errors import CamwidgetError
 from .explanation import Explanation, PreparedImage, Resolved
@@ -76,7 +76,9 @@ class Explainer:
     ``output``: a function picking the part of the model's output to explain, where
     camwidget cannot find it itself. ``activation``: how a classifier's logits become
     probabilities: None (softmax, or sigmoid for a single output), ``"softmax"`` or
-    ``"sigmoid"`` (multi-label).
+    ``"sigmoid"`` (multi-label). ``keep_freed_memory``: let the process keep freed memory
+    for the next pass instead of mapping it again (glibc's malloc, process-wide; see
+    :mod:`camwidget.memory`); False leaves the allocator as it is.
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class Explainer:
         reshape: Mapping[str, Reshape] | None = None,
         output: Callable[[object], object] | None = None,
         activation: str | None = None,
+        keep_freed_memory: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise CamwidgetError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -103,6 +106,8 @@ class Explainer:
             raise CamwidgetError(
                 f"activation must be None, 'softmax' or 'sigmoid', not {activation!r}"
             )
+        if keep_freed_memory:
+            memory.keep_freed_memory()
         self.model = model
         self.preprocess = preprocess
         self.labels = labels
@@ -131,6 +136,7 @@ class Explainer:
         self._captures: OrderedDict[str, Capture] = OrderedDict()
         self._catalogues: dict[str, list[LayerInfo]] = {}
         self._gradients: OrderedDict[tuple, dict[str, Tensor]] = OrderedDict()
+        self._gradient_sizes: dict[tuple, int] = {}  # bytes of each entry above
         self._maps: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._pixels: OrderedDict[tuple, Tensor] = OrderedDict()  # the latest 16
         self._current: _Catalogue | None = None
@@ -471,7 +477,7 @@ class Explainer:
     def _forget(self, key: str) -> None:
         del self._captures[key]
         del self._catalogues[key]
-        for cache in (self._gradients, self._maps, self._pixels):
+        for cache in (self._gradients, self._gradient_sizes, self._maps, self._pixels):
             for entry in [k for k in cache if k[0] == key]:
                 del cache[entry]
 
@@ -505,8 +511,9 @@ class Explainer:
         timings["backward"] = _ms(start)
         grads = self._gradients.setdefault(key, {})
         grads.update(found)
-        while len(self._gradients) > 1 and _nbytes(self._gradients) > self.gradient_bytes:
-            self._gradients.popitem(last=False)
+        self._gradient_sizes[key] = _nbytes(grads)
+        while len(self._gradients) > 1 and sum(self._gradient_sizes.values()) > self.gradient_bytes:
+            del self._gradient_sizes[self._gradients.popitem(last=False)[0]]
         return grads[layer]
 
     # ----------------------------------------------------------------- answers
@@ -902,10 +909,10 @@ class Explainer:
         )
 
 
-def _nbytes(gradients: Mapping[object, dict[str, Tensor]]) -> int:
-    """Bytes of the distinct gradient tensors held in a gradient cache."""
-    unique = {id(g): g for grads in gradients.values() for g in grads.values()}
-    return sum(g.numel() * g.element_size() for g in unique.values())
+def _nbytes(tensors: Mapping[str, Tensor]) -> int:
+    """Bytes of the distinct tensors among ``tensors`` (layers may share one)."""
+    unique = {id(t): t for t in tensors.values()}
+    return sum(t.numel() * t.element_size() for t in unique.values())
 
 
 def _values(target: Target) -> Callable[[object], Tensor]:

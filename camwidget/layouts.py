@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from torch import Tensor
 
@@ -53,6 +54,7 @@ class Layout:
         return self.reshape(tensor)
 
 
+@lru_cache(maxsize=4096)  # called once per module per pass; the shapes repeat
 def find(
     shape: tuple[int, ...], input_size: tuple[int, int], batch: int, channels_last: bool = False
 ) -> Layout | str:
