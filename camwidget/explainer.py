@@ -146,6 +146,8 @@ class Explainer:
         self._copies: set[str] = set()
         # Whether CAM applies, by layer: checked once per layer, not per image.
         self._cam: dict[str, bool] = {}
+        # The latest layer list, by what decides it (names, shapes and layouts of maps).
+        self._listed: tuple[tuple, list[LayerInfo]] = ((), [])
 
     close = clear
 
@@ -225,8 +227,17 @@ class Explainer:
                 f"could not list the layers with a {size[0]}×{size[1]} probe input "
                 f"({error}); explain an image of a size the model accepts first"
             ) from None
-        self._current = _Catalogue(catalogue(self.model, capture, self._cam), capture)
+        self._current = _Catalogue(self._catalogue(capture), capture)
         return self._current
+
+    def _catalogue(self, capture: Capture) -> list[LayerInfo]:
+        """The layers of ``capture``: the latest list again where the pass kept the same
+        maps at the same shapes (another image of the same size), else a new list."""
+        maps, layouts, kinds = capture.activations, capture.layouts, capture.kinds
+        key = tuple((n, a.shape, layouts[n], kinds[n]) for n, a in maps.items())
+        if key != self._listed[0]:
+            self._listed = (key, catalogue(self.model, capture, self._cam))
+        return self._listed[1]
 
     # ----------------------------------------------------------------- policy
 
@@ -468,7 +479,7 @@ class Explainer:
             capture = self._forward(image.inputs)
             timings["forward"] = _ms(start)
             self._captures[image.key] = capture
-            self._catalogues[image.key] = catalogue(self.model, capture, self._cam)
+            self._catalogues[image.key] = self._catalogue(capture)
             while len(self._captures) > self.max_images:
                 self._forget(next(iter(self._captures)))
         self._current = _Catalogue(self._catalogues[image.key], capture)

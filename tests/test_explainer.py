@@ -277,6 +277,25 @@ def test_catalogue_order_shapes_and_default(resnet18, photo):
     assert {layer.name: layer for layer in ex.layers}["layer4"].shape == (512, 19, 16)
 
 
+def test_the_layer_list_is_made_once_per_input_size(resnet18, photo, monkeypatch):
+    from camwidget import explainer, layers
+
+    made = []
+    monkeypatch.setattr(
+        explainer, "catalogue", lambda *args: made.append(1) or layers.catalogue(*args)
+    )
+    ex = Explainer(resnet18, max_images=3)
+    ex.explain(photo)
+    first = ex.layers
+    ex.explain(photo.rotate(180))  # another image of the same size: the same list
+    assert ex.layers is first and len(made) == 1
+    ex.explain(photo.resize((224, 224)))  # another size: new shapes
+    assert len(made) == 2
+    assert {x.name: x for x in ex.layers}["layer4"].shape == (512, 7, 7)
+    ex.explain(photo)  # a kept pass keeps its list
+    assert ex.layers is first and len(made) == 2
+
+
 def test_default_layer_skips_an_upsampling_pool(vgg11):
     ex = Explainer(vgg11)
     assert ex.default_layer == "avgpool"  # at 224 the 7×7 pool keeps the 7×7 map
