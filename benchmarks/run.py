@@ -316,7 +316,7 @@ def main() -> None:
                     f"{value[0] / ms:.1f} / {value[1] / ms:.0f}",
                 ]
             else:
-                cells += [f"{value:.0f}", f"{value / ms:.1f}"]
+                cells += [f"{value:.1f}", f"{value / ms:.2f}"]
         print(f"| {model} | {change} | {ms:.1f} | " + " | ".join(cells) + " |")
 
     print("\n## Batch throughput: Grad-CAM maps/s, ResNet-50, batches of 16 at 224\n")

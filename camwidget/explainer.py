@@ -475,13 +475,13 @@ class Explainer:
         if capture is not None:
             self._captures.move_to_end(image.key)
         else:
+            while len(self._captures) >= self.max_images:  # first: the pass reuses its memory
+                self._forget(next(iter(self._captures)))
             start = time.perf_counter()
             capture = self._forward(image.inputs)
             timings["forward"] = _ms(start)
             self._captures[image.key] = capture
             self._catalogues[image.key] = self._catalogue(capture)
-            while len(self._captures) > self.max_images:
-                self._forget(next(iter(self._captures)))
         self._current = _Catalogue(self._catalogues[image.key], capture)
         return capture
 
