@@ -106,8 +106,11 @@ def blend(
     weight = np.float32(alpha)
     if threshold > 0.0:
         weight = (heatmap >= threshold).astype(np.float32)[:, :, None] * weight
-    out = rgb.astype(np.float32) * (1.0 - weight) + colored * weight
-    return np.rint(out).astype(np.uint8)
+    out = rgb.astype(np.float32)
+    out *= np.float32(1.0) - weight  # in place: a third fewer passes over the frame
+    colored *= weight
+    out += colored
+    return np.rint(out, out=out).astype(np.uint8)
 
 
 #: The colormap of signed pixel-level maps: blue below 0, white at 0, red above.
