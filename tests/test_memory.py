@@ -76,7 +76,7 @@ def test_the_users_own_malloc_settings_win():
         MALLOC_MMAP_THRESHOLD_=small,
     )
     assert applied == "False"
-    assert float(kept) < 8 and int(faults) > 16000
+    assert float(kept) < 32 and int(faults) > 16000  # most of the 64 MB went back
 
 
 def test_an_explainer_keeps_freed_memory_unless_told_not_to():
