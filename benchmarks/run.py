@@ -41,10 +41,6 @@ from camwidget.widget.views import display_frame
 warnings.filterwarnings("ignore")
 
 
-def median_ms(action: Callable[[], object], runs: int) -> float:
-    return medians({"action": action}, runs)["action"]
-
-
 DISPLAY = 448  # the panel's frame: 448 px on the long side
 
 
@@ -60,6 +56,11 @@ def medians(actions: dict[str, Callable[[], object]], runs: int) -> dict[str, fl
             actions[name]()
             times[name].append((time.perf_counter() - start) * 1000.0)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def median_ms(action: Callable[[], object], runs: int) -> float:
+    """The median ms of ``action`` over ``runs`` runs."""
+    return medians({"action": action}, runs)["action"]
 
 
 def frame(rgb: np.ndarray, heatmap: np.ndarray, colormap: str = "jet") -> bytes:
