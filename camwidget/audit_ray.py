@@ -24,19 +24,6 @@ import torch
 from .errors import CamwidgetError
 from .explainer import Explainer
 
-#: The Explainer settings an actor's copy takes over.
-_OPTIONS = (
-    "scorecam_batch_size",
-    "scorecam_channels",
-    "ablation_batch_size",
-    "lrp_composite",
-    "reshape",
-    "output",
-    "activation",
-    "preprocess",
-    "labels",
-)
-
 Step = Callable[..., dict[str, np.ndarray]]
 
 
@@ -105,7 +92,7 @@ def run(
         num_gpus=1 if torch.cuda.is_available() else 0,
         fn_constructor_kwargs={
             "model": explainer.model,  # pickled: each actor has its own copy
-            "explainer": {name: getattr(explainer, name) for name in _OPTIONS},
+            "explainer": _settings(explainer),
             "data": data,
             "step": step,
             "settings": settings,
@@ -115,3 +102,15 @@ def run(
     for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
         sink.append({k: np.asarray(v) for k, v in batch.items()})
         bar.update(len(batch["index"]))
+
+
+def _settings(explainer: Explainer) -> dict[str, object]:
+    """The keywords that make an actor's explainer behave as ``explainer``."""
+    return {
+        **explainer.settings,
+        "reshape": explainer.runner.reshape,
+        "output": explainer.runner.output,
+        "activation": explainer.activation,
+        "preprocess": explainer.preprocess,
+        "labels": explainer.labels,
+    }

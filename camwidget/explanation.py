@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import NamedTuple
@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import images, methods, render
-from .targets import Target
+from . import images, methods, outputs, render
+from .targets import Box, Class, Region, Target, describe
 
 
 @dataclass(frozen=True)
@@ -142,3 +142,52 @@ def _by_largest(values: np.ndarray) -> np.ndarray:
     if not np.isfinite(largest) or largest <= 0.0:
         return np.zeros_like(values, dtype=np.float32)
     return (values / largest).astype(np.float32)
+
+
+def explained(
+    raw: np.ndarray,
+    image: PreparedImage,
+    output: Tensor | list[dict],
+    row: int,
+    where: tuple[str, str],
+    target: Target,
+    numbers: tuple[float, float | None],
+    label: Callable[[int], str],
+    timings: Mapping[str, float] | None = None,
+) -> Explanation:
+    """The explanation of row ``row`` of a pass whose ``output`` is on the CPU: ``where``
+    is the (layer, method), ``numbers`` the row's score and probability, ``label`` names
+    a class; a pixel-level ``raw`` (3, H, W) is kept as the attribution and summed over
+    colour."""
+    attribution = raw if raw.ndim == 3 else None
+    raw = raw.sum(axis=0) if attribution is not None else raw
+    if isinstance(target, Class) and isinstance(output, Tensor) and output.dim() == 2:
+        shown, name = target.index, label(target.index)
+    else:
+        shown, name = target, describe(target, label)
+    region = None
+    if isinstance(target, Region):
+        mask = target.region(outputs.one(output, row))
+        region = render.upsample(mask.numpy(), image.size) >= 0.5
+    box = to_image(target.box, image) if isinstance(target, Box) else None
+    return Explanation(
+        raw=raw,
+        size=image.size,
+        layer=where[0],
+        target=shown,
+        method=where[1],
+        score=numbers[0],
+        label=name,
+        probability=numbers[1],
+        timings=dict(timings or {}),
+        region=region,
+        box=box,
+        attribution=attribution,
+    )
+
+
+def to_image(box: tuple[float, ...], image: PreparedImage) -> tuple[float, ...]:
+    """A box in pixels of the model's input -> in pixels of the image."""
+    height, width = image.inputs.shape[-2:]
+    scale = (image.size[1] / width, image.size[0] / height) * 2
+    return tuple(float(v) * s for v, s in zip(box, scale, strict=True))

@@ -6,14 +6,17 @@ never by guessing from class names, and listed in the order their outputs appear
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor, nn
 
 from . import capture as capture_
 from .capture import Capture
+from .errors import CamwidgetError
 
 
 @dataclass(frozen=True)
@@ -140,3 +143,58 @@ def default_layer(layers: list[LayerInfo], capture: Capture, score: Callable[[],
         if depth >= len(candidates):
             break
     return candidates[-1]
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A layer list and the pass it came from."""
+
+    layers: list[LayerInfo]
+    capture: Capture
+
+    @cached_property
+    def by_name(self) -> dict[str, LayerInfo]:
+        return {info.name: info for info in self.layers}
+
+    def find(self, name: str) -> LayerInfo:
+        """The layer ``name``, or an error in words naming close matches."""
+        if name in self.by_name:
+            return self.by_name[name]
+        skipped = self.capture.skipped
+        if name in skipped:
+            raise CamwidgetError(f"layer {name!r} is not offered: {skipped[name]}")
+        names = list(self.by_name)
+        close = difflib.get_close_matches(str(name), names, n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise CamwidgetError(
+            f"unknown layer {name!r}.{hint} The {len(names)} layers with a feature map "
+            f"are: {', '.join(names)}"
+        )
+
+
+class Catalogues:
+    """An explainer's layer lists: one per set of map names, shapes and layouts (another
+    image of the same size reuses its list), whether CAM applies by layer (checked once),
+    and the default layer by the model's final grid."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._cam: dict[str, bool] = {}
+        self._latest: tuple[tuple, list[LayerInfo]] = ((), [])
+        self._defaults: dict[tuple[str, ...], str] = {}
+
+    def of(self, capture: Capture) -> list[LayerInfo]:
+        """The layers of ``capture``: the latest list again where the pass kept the same
+        maps at the same shapes, else a new list."""
+        maps, layouts, kinds = capture.activations, capture.layouts, capture.kinds
+        key = tuple((n, a.shape, layouts[n], kinds[n]) for n, a in maps.items())
+        if key != self._latest[0]:
+            self._latest = (key, catalogue(self.model, capture, self._cam))
+        return self._latest[1]
+
+    def default(self, listing: Listing, score: Callable[[], Tensor]) -> str:
+        """:func:`default_layer` of ``listing``, found once per final grid."""
+        key = tuple(final_grid(listing.layers))
+        if key not in self._defaults:
+            self._defaults[key] = default_layer(listing.layers, listing.capture, score)
+        return self._defaults[key]

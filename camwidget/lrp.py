@@ -19,12 +19,9 @@ from torch import Tensor, nn
 from .capture import guarded
 from .errors import CamwidgetError
 
-#: Composite names (contract) -> zennit class names; the first is the default.
-COMPOSITES = {
-    "epsilon-plus-flat": "EpsilonPlusFlat",
-    "epsilon-gamma-box": "EpsilonGammaBox",
-    "epsilon-alpha2-beta1": "EpsilonAlpha2Beta1",
-}
+#: Composite names (contract), the default first.
+COMPOSITES = ("epsilon-plus-flat", "epsilon-gamma-box", "epsilon-alpha2-beta1")
+_ZENNIT_NAMES = {name: "".join(p.title() for p in name.split("-")) for name in COMPOSITES}
 
 #: Leaf modules without parameters that relevance passes through as the gradient does.
 _PASSING = (
@@ -53,41 +50,31 @@ def _zennit():
     return zennit
 
 
+#: module class -> a function that makes a zennit canonizer for the models holding one;
+#: a model's own package registers its canonizers (see :func:`register_canonizer`).
+_CANONIZERS: dict[type[nn.Module], Callable[[], object]] = {}
+
+
+def register_canonizer(kind: type[nn.Module], make: Callable[[], object]) -> None:
+    """Use the canonizer ``make()`` (zennit imported by then) for every model holding a
+    ``kind`` module, after batch norm merging."""
+    _CANONIZERS[kind] = make
+
+
 def canonizers(model: nn.Module) -> list:
     """zennit's canonizers for ``model``: torchvision's ResNet and VGG ones where the
-    model is one, camwidget's for its EfficientNet-Lite0, else batch norm merging."""
+    model is one, else batch norm merging and those registered for its modules."""
     zennit = _zennit()
     import torchvision
 
-    from .zoo.efficientnet_lite import MBConv
-
-    found = [type(m) for m in model.modules()]
+    found = {type(m) for m in model.modules()}
     resnet_blocks = (torchvision.models.resnet.BasicBlock, torchvision.models.resnet.Bottleneck)
     if any(issubclass(kind, resnet_blocks) for kind in found):
         return [zennit.torchvision.ResNetCanonizer()]
     if isinstance(model, torchvision.models.VGG):
         return [zennit.torchvision.VGGCanonizer()]
-    merge = zennit.canonizers.SequentialMergeBatchNorm()
-    return [merge, _mbconv_canonizer()] if MBConv in found else [merge]
-
-
-def _mbconv_canonizer():
-    """EfficientNet-Lite0's residual ``out + x`` as zennit's ``Sum`` of the two stacked,
-    for the pass only (the same numbers; relevance split by each branch's share)."""
-    zennit = _zennit()
-    from .zoo.efficientnet_lite import MBConv
-
-    def forward(self: MBConv, x: Tensor) -> Tensor:
-        out = x if self.expand is None else self.expand(x)
-        out = self.project(self.depthwise(out))
-        return self.canonizer_sum(torch.stack([out, x], dim=-1))
-
-    def attributes(name: str, module: nn.Module) -> dict | None:
-        if isinstance(module, MBConv) and module.skip:
-            return {"forward": forward.__get__(module), "canonizer_sum": zennit.layer.Sum()}
-        return None
-
-    return zennit.canonizers.AttributeCanonizer(attributes)
+    own = [make() for kind, make in _CANONIZERS.items() if kind in found]
+    return [zennit.canonizers.SequentialMergeBatchNorm(), *own]
 
 
 def composite(name: str, model: nn.Module, low: Tensor, high: Tensor) -> object:
@@ -97,7 +84,7 @@ def composite(name: str, model: nn.Module, low: Tensor, high: Tensor) -> object:
         raise CamwidgetError(
             f"unknown LRP composite {name!r}: choose one of {', '.join(COMPOSITES)}"
         )
-    kind = getattr(_zennit().composites, COMPOSITES[name])
+    kind = getattr(_zennit().composites, _ZENNIT_NAMES[name])
     if name == "epsilon-gamma-box":
         return kind(low=low, high=high, canonizers=canonizers(model))
     return kind(canonizers=canonizers(model))

@@ -10,6 +10,7 @@ Nothing here knows about hooks, caches or widgets.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import CamwidgetError
+from .lrp import COMPOSITES as _LRP_COMPOSITES
 
 if TYPE_CHECKING:
     from .layers import LayerInfo
@@ -26,18 +28,18 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class MethodContext:
-    """What some methods need besides A and g.
+    """What a method may ask for besides A and g: the engine fills in what the method's
+    descriptor ``needs`` (see :data:`NEEDS`), and always its ``options``.
 
     ``class_weights``: the final fully connected layer's weights W[c] (C,) for the
-    target class, where CAM applies at this layer, else None. ``score``: for Score-CAM,
-    maps masks (M, 1, H, W) in [0, 1] at the input's size to the target's softmax
-    probability on the masked inputs (M,). ``ablate``: for Ablation-CAM, maps channel
-    indices (M,) to the target's score (its logit) with that channel of the layer's
-    output set to zero (M,); ``target_score``: the target's score on the intact input.
-    ``guided``: for the pixel-level methods, the guided backpropagation of the target
-    (3, H, W) at the input (see :mod:`camwidget.pixel`); ``relevance``: its LRP relevance
-    (3, H, W) (see :mod:`camwidget.lrp`). ``input_size``: the model
-    input's (H, W). ``options``: the method's settings by name (see
+    target class, where CAM applies at this layer, else None. ``score``: maps masks
+    (M, 1, H, W) in [0, 1] at the input's size to the target's probability on the
+    masked inputs (M,). ``ablate``: maps channel indices (M,) to the target's score (its
+    logit) with that channel of the layer's output set to zero (M,). ``target_score``:
+    the target's score on the intact input. ``guided``: the guided backpropagation of
+    the target (3, H, W) at the input (see :mod:`camwidget.pixel`); ``relevance``: its
+    LRP relevance (3, H, W) (see :mod:`camwidget.lrp`). ``input_size``: the model
+    input's (H, W). ``options``: the method's options by their short names (see
     :attr:`Method.options`).
     """
 
@@ -49,6 +51,24 @@ class MethodContext:
     relevance: Callable[[], Tensor] | None = None
     input_size: tuple[int, int] | None = None
     options: Mapping[str, object] = field(default_factory=dict)
+
+
+#: What a method may declare in ``Method.needs``: the gradient dy_c/dA at the layer (one
+#: partial backward per class), or a :class:`MethodContext` field the engine fills in.
+NEEDS = ("gradients", "class_weights", "score", "ablate", "guided", "relevance")
+#: The needs that run many model passes: such a method reports progress and can be
+#: cancelled between batches.
+PERTURBING = ("score", "ablate")
+
+
+@dataclass(frozen=True)
+class Option:
+    """A setting of a method: its ``default``, what it does (``doc``), and ``choices``
+    where it takes one of a few values (the panel offers those in a list)."""
+
+    default: object
+    doc: str = ""
+    choices: tuple[object, ...] = ()
 
 
 MapFunction = Callable[[Tensor, Tensor, MethodContext], Tensor]
@@ -147,14 +167,14 @@ def scorecam(activations: Tensor, gradients: Tensor, context: MethodContext) -> 
     Each channel A^k, upsampled (bilinear, align_corners=False) to the input's size and
     min-max normalised to H^k in [0, 1], masks the input; alpha_k = softmax(f(X * H^k))_c,
     the target's probability on the masked input, as in the authors' code. Constant
-    channels (no mask) get alpha_k = 0. With the option ``scorecam_channels`` = n, only
+    channels (no mask) get alpha_k = 0. With the option ``channels`` = n, only
     the n channels with the largest mean activation are scored.
     """
     if context.score is None or context.input_size is None:
         raise ValueError("Score-CAM needs a scoring function and the input size")
     channels = activations.shape[0]
     chosen = torch.arange(channels, device=activations.device)
-    cap = context.options.get("scorecam_channels")
+    cap = context.options.get("channels")
     if isinstance(cap, int) and cap < channels:
         chosen = activations.mean(dim=(1, 2)).topk(cap).indices.sort().values
     masks = F.interpolate(
@@ -230,21 +250,22 @@ def _where_cam_applies(layer: LayerInfo) -> bool:
 class Method:
     """Everything camwidget needs to know about one method.
 
-    ``fn`` computes the raw map; ``needs_gradients``: it reads dy_c/dA (one partial
-    backward per class); ``rectified``: the paper ends with a ReLU, so a zero map means
-    no positive evidence; ``class_agnostic``: the map is the same for every class;
-    ``pixel_level``: the map lies on the input's pixels, not on a layer's grid;
-    ``needs_layer``: the method reads a layer's activations; ``applies``: whether it is
-    defined at a catalogued layer, with ``requirement`` saying what it needs there (its
-    ``{layer}`` is filled in) and ``fallback`` the method to show instead; ``options``:
-    the names of the Explainer settings that change the map (passed in the context,
-    part of the cache key).
+    ``fn`` computes the raw map; ``needs``: what it reads besides A (see :data:`NEEDS`);
+    ``rectified``: the paper ends with a ReLU, so a zero map means no positive evidence;
+    ``class_agnostic``: the map is the same for every class; ``pixel_level``: the map
+    lies on the input's pixels, not on a layer's grid; ``needs_layer``: the method reads
+    a layer's activations; ``applies``: whether it is defined at a catalogued layer,
+    with ``requirement`` saying what it needs there (its ``{layer}`` is filled in) and
+    ``fallback`` the method to show instead; ``options``: its settings by short name,
+    passed to ``fn`` in ``context.options`` and part of the cache key; an explainer
+    takes each as the keyword ``{prefix}_{name}`` (``prefix``: by default the method's
+    name without punctuation).
     """
 
     name: str
     title: str
     fn: MapFunction
-    needs_gradients: bool = False
+    needs: tuple[str, ...] = ()
     rectified: bool = True
     class_agnostic: bool = False
     pixel_level: bool = False
@@ -252,22 +273,65 @@ class Method:
     applies: Callable[[LayerInfo], bool] = _everywhere
     requirement: str = ""
     fallback: str | None = None
-    options: tuple[str, ...] = ()
+    options: Mapping[str, Option] = field(default_factory=dict)
+    prefix: str = ""
 
+    def __post_init__(self) -> None:
+        unknown = set(self.needs) - set(NEEDS)
+        if unknown:
+            raise CamwidgetError(
+                f"method {self.name!r} needs {sorted(unknown)}; a method may need {NEEDS}"
+            )
+        if not self.prefix:
+            object.__setattr__(self, "prefix", re.sub(r"\W", "", self.name))
+
+    @property
+    def needs_gradients(self) -> bool:
+        """It reads dy_c/dA: one partial backward per class."""
+        return "gradients" in self.needs
+
+    @property
+    def perturbing(self) -> bool:
+        """It runs many model passes (batched, with progress, cancellable)."""
+        return any(need in PERTURBING for need in self.needs)
+
+    def keyword(self, option: str) -> str:
+        """The explainer's keyword for ``option``, e.g. ``scorecam_batch_size``."""
+        return f"{self.prefix}_{option}"
+
+
+GRADIENTS = ("gradients",)
 
 _BUILT_IN = (
-    Method("gradcam", "Grad-CAM", gradcam, needs_gradients=True),
-    Method("gradcam++", "Grad-CAM++", gradcam_plus_plus, needs_gradients=True),
-    Method("hirescam", "HiResCAM", hirescam, needs_gradients=True),
-    Method("xgradcam", "XGrad-CAM", xgradcam, needs_gradients=True),
-    Method("layercam", "LayerCAM", layercam, needs_gradients=True),
-    Method("scorecam", "Score-CAM", scorecam, options=("scorecam_channels", "scorecam_batch_size")),
+    Method("gradcam", "Grad-CAM", gradcam, needs=GRADIENTS),
+    Method("gradcam++", "Grad-CAM++", gradcam_plus_plus, needs=GRADIENTS),
+    Method("hirescam", "HiResCAM", hirescam, needs=GRADIENTS),
+    Method("xgradcam", "XGrad-CAM", xgradcam, needs=GRADIENTS),
+    Method("layercam", "LayerCAM", layercam, needs=GRADIENTS),
+    Method(
+        "scorecam",
+        "Score-CAM",
+        scorecam,
+        needs=("score",),
+        options={
+            "batch_size": Option(32, "masked inputs scored per forward"),
+            "channels": Option(None, "score only this many most active channels (None: all)"),
+        },
+    ),
     Method("eigencam", "Eigen-CAM", eigencam, rectified=False, class_agnostic=True),
-    Method("ablationcam", "Ablation-CAM", ablationcam),
+    Method(
+        "ablationcam",
+        "Ablation-CAM",
+        ablationcam,
+        needs=("ablate",),
+        options={"batch_size": Option(32, "ablated passes per forward")},
+        prefix="ablation",
+    ),
     Method(
         "guided-backprop",
         "Guided Backprop",
         guided_backprop,
+        needs=("guided",),
         rectified=False,
         pixel_level=True,
         needs_layer=False,
@@ -276,16 +340,19 @@ _BUILT_IN = (
         "lrp",
         "LRP",
         lrp,
+        needs=("relevance",),
         rectified=False,
         pixel_level=True,
         needs_layer=False,
-        options=("lrp_composite",),
+        options={
+            "composite": Option(_LRP_COMPOSITES[0], "zennit's rules by layer type", _LRP_COMPOSITES)
+        },
     ),
     Method(
         "guided-gradcam",
         "Guided Grad-CAM",
         guided_gradcam,
-        needs_gradients=True,
+        needs=(*GRADIENTS, "guided"),
         rectified=False,
         pixel_level=True,
     ),
@@ -293,6 +360,7 @@ _BUILT_IN = (
         "cam",
         "CAM",
         cam,
+        needs=("class_weights",),
         rectified=False,
         applies=_where_cam_applies,
         requirement="CAM needs the layer to feed global average pooling and then the final "
@@ -307,6 +375,24 @@ REGISTRY: dict[str, Method] = {method.name: method for method in _BUILT_IN}
 
 #: Method names the engine supports (contract): the built-in ones.
 METHODS: tuple[str, ...] = tuple(REGISTRY)
+
+
+def keywords() -> dict[str, tuple[Method, str]]:
+    """Every method option as an explainer keyword -> (method, short name): the first
+    registered method that declares a keyword owns it."""
+    found: dict[str, tuple[Method, str]] = {}
+    for spec in REGISTRY.values():
+        for option in spec.options:
+            found.setdefault(spec.keyword(option), (spec, option))
+    return found
+
+
+def where_it_applies(spec: Method, layers: list[LayerInfo]) -> str:
+    """Which of ``layers`` ``spec`` applies at, in words, with its fallback."""
+    where = [layer.name for layer in layers if spec.applies(layer)]
+    found = f"applies at: {', '.join(where)}." if where else "applies at no layer of this model."
+    suggestion = f" Use method={spec.fallback!r}." if spec.fallback else ""
+    return f"{spec.title} {found}{suggestion}"
 
 
 def get(name: str) -> Method:

@@ -9,6 +9,18 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "camwidget"
 ENGINE = {"errors", "images", "render", "labels", "layers", "methods", "capture", "explainer"}
+#: The package's tiers, bottom first: a module imports only from its own tier or below.
+TIERS = (
+    {"errors", "inputs", "layouts", "memory", "cache", "worker", "images", "labels", "targets"},
+    {"samples", "outputs", "render", "capture", "pixel", "lrp", "layers", "scoring"},
+    {"methods", "metrics", "explanation", "options", "preparation", "passes", "kept"},
+    {"requests", "batch"},
+    {"explainer"},
+    {"audit", "audit_ray", "audit_store", "zoo", "zoo.efficientnet_lite", "cli"},
+    {"widget", "widget.*"},
+    {""},  # the package's front door
+)
+MAX_LINES = {"function": 50, "class": 400, "module": 500}
 
 
 def module_name(path: Path) -> str:
@@ -75,3 +87,46 @@ def test_no_function_over_50_lines(path):
         and node.end_lineno - node.lineno + 1 > 50
     ]
     assert not long, f"{path.name}: {', '.join(long)}"
+
+
+def tier(module: str) -> int:
+    for index, members in enumerate(TIERS):
+        if module in members or any(
+            m.endswith(".*") and module.startswith(m[:-1]) for m in members
+        ):
+            return index
+    raise AssertionError(f"camwidget.{module} is in no tier: place it in TIERS")
+
+
+def test_no_module_imports_one_above_it():
+    above = [
+        f"{module} (tier {tier(module)}) imports {other} (tier {tier(other)})"
+        for module, others in imports().items()
+        for other in others
+        if tier(other) > tier(module)
+    ]
+    assert not above, "; ".join(above)
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: p.name)
+def test_no_class_or_module_over_its_size(path):
+    text = path.read_text()
+    large = [
+        f"class {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for node in ast.walk(ast.parse(text))
+        if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > MAX_LINES["class"]
+    ]
+    lines = len(text.splitlines())
+    if lines > MAX_LINES["module"]:
+        large.append(f"the module ({lines} lines)")
+    assert not large, f"{path.name}: {', '.join(large)}"
+
+
+def test_the_size_checks_can_fail(tmp_path):
+    """The checks above read what they are meant to: a long class and module are seen."""
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_LINES["class"] + 1))
+    tree = ast.parse(f"class Big:\n{body}\n")
+    (node,) = [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
+    assert node.end_lineno - node.lineno + 1 > MAX_LINES["class"]
+    with pytest.raises(AssertionError, match="in no tier"):
+        tier("nowhere")

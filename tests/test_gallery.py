@@ -50,7 +50,7 @@ def test_wrong_first_then_by_loss(gallery, audit):
 def test_filters_and_pages(gallery, audit, explainer):
     frame = audit.to_pandas()
     cat = explainer.check_target("Egyptian cat")
-    gallery._controls["true_class"].value = cat  # as the front end sets it
+    gallery.controls["true_class"].value = cat  # as the front end sets it
     assert set(shown_rows(gallery)) == set(frame[frame["label"] == cat]["index"])
     gallery.wrong_only = True
     assert set(shown_rows(gallery)) == set(
@@ -60,7 +60,7 @@ def test_filters_and_pages(gallery, audit, explainer):
     gallery.page_size = 24
     assert gallery.pages == 1 and len(gallery.grid.children) == 15
     gallery.page_size = 36
-    gallery._controls["next"].click()  # one page only: stays
+    gallery.controls["next"].click()  # one page only: stays
     assert gallery.page == 0
 
 
@@ -88,7 +88,7 @@ def test_restyling_runs_no_model_pass(gallery):
     forwards = []
     handle = gallery.explainer.model.register_forward_pre_hook(lambda m, a: forwards.append(1))
     try:
-        gallery._controls["colormap"].value = "magma"
+        gallery.controls["colormap"].value = "magma"
         gallery.alpha = 0.8
     finally:
         handle.remove()

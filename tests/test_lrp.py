@@ -15,6 +15,7 @@ from zennit.core import Composite
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
 from camwidget import CamwidgetError, Explainer, lrp, samples, zoo
+from camwidget.zoo import efficientnet_lite
 
 
 def zennit_direct(model, x, composite, target):
@@ -115,7 +116,7 @@ def test_efficientnet_lite0_residuals_are_canonized_without_changing_a_bit():
     x = ex.prepare(samples.load("chelsea")).inputs
     with torch.no_grad():
         plain = model(x)
-        with Composite(canonizers=[lrp._mbconv_canonizer()]).context(model):
+        with Composite(canonizers=[efficientnet_lite.mbconv_canonizer()]).context(model):
             sums = sum(hasattr(m, "canonizer_sum") for m in model.modules())
             canonized = model(x)
     assert sums == 9 and torch.equal(canonized, plain)  # the 9 blocks with a skip

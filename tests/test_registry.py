@@ -12,7 +12,7 @@ from conftest import ModelState
 
 import camwidget
 from camwidget import CAMWidget, CamwidgetError, Explainer, methods
-from camwidget.methods import Method, MethodContext
+from camwidget.methods import Method, MethodContext, Option
 
 SMALL = {"scorecam_channels": 6, "scorecam_batch_size": 4}  # keep Score-CAM quick
 ANOTHER = {"lrp_composite": "epsilon-alpha2-beta1"}  # another value of a non-numeric option
@@ -28,7 +28,9 @@ def test_the_registry_is_the_contract():
     for name, spec in methods.REGISTRY.items():
         assert spec.name == name and spec.title and callable(spec.fn)
         assert spec.fallback is None or spec.fallback in methods.REGISTRY
-        assert set(spec.options) <= set(vars(Explainer(torch.nn.Conv2d(3, 1, 1))))
+        explainer = Explainer(torch.nn.Conv2d(3, 1, 1))
+        for option, declared in spec.options.items():  # every option is a keyword
+            assert getattr(explainer, spec.keyword(option)) == declared.default
 
 
 @pytest.mark.parametrize("name", list(methods.REGISTRY))
@@ -79,12 +81,12 @@ def test_options_enter_the_cache_key(resnet18, image, name):
     spec = methods.REGISTRY[name]
     ex = Explainer(resnet18, **SMALL)
     ex.explain(image, "layer3", 3, name)
-    for option in spec.options:
+    for keyword in map(spec.keyword, spec.options):
         passes = sum(ex.passes.values())
-        value = ANOTHER[option] if option in ANOTHER else getattr(ex, option) + 1
-        setattr(ex, option, value)
+        value = ANOTHER[keyword] if keyword in ANOTHER else getattr(ex, keyword) + 1
+        setattr(ex, keyword, value)
         ex.explain(image, "layer3", 3, name)
-        assert sum(ex.passes.values()) > passes, f"{option} did not enter the cache key"
+        assert sum(ex.passes.values()) > passes, f"{keyword} did not enter the cache key"
 
 
 def random_map(activations, gradients, context: MethodContext):
@@ -94,8 +96,8 @@ def random_map(activations, gradients, context: MethodContext):
 
 
 def test_a_new_method_is_one_function_and_one_entry(resnet18, image, monkeypatch):
-    monkeypatch.setattr(Explainer, "seed", 0, raising=False)  # the method's one option
-    entry = Method("random", "Random", random_map, class_agnostic=True, options=("seed",))
+    seed = Option(0, "the noise's seed")  # the method's one option, declared on it
+    entry = Method("random", "Random", random_map, class_agnostic=True, options={"seed": seed})
     monkeypatch.setitem(methods.REGISTRY, "random", entry)  # the one registry entry
 
     ex = Explainer(resnet18)
@@ -103,8 +105,19 @@ def test_a_new_method_is_one_function_and_one_entry(resnet18, image, monkeypatch
     expected = torch.rand((12, 12), generator=torch.Generator().manual_seed(0)).numpy()
     np.testing.assert_array_equal(e.raw, expected)
     assert e.title == "Random" and ex.passes["backward"] == 0
-    ex.seed = 1
-    assert not np.array_equal(ex.explain(image, "layer2", method="random").raw, expected)
+    assert ex.random_seed == 0 and ex.options("random") == {"seed": 0}
+    ex.random_seed = 1  # part of the cache key: the map is made again, with seed 1
+    again = ex.explain(image, "layer2", method="random").raw
+    np.testing.assert_array_equal(
+        again, torch.rand((12, 12), generator=torch.Generator().manual_seed(1)).numpy()
+    )
+    seeded_two = Explainer(resnet18, random_seed=2)  # a keyword generated from the entry
+    third = seeded_two.explain(image, "layer2", method="random").raw
+    np.testing.assert_array_equal(
+        third, torch.rand((12, 12), generator=torch.Generator().manual_seed(2)).numpy()
+    )
+    with pytest.raises(CamwidgetError, match="random_seed"):  # known keywords are listed
+        Explainer(resnet18, random_seeds=2)
 
     panel = CAMWidget(resnet18, image, layer="layer2")
     assert ("Random", "random") in panel.controls["method"].options

@@ -41,7 +41,9 @@ def expected(panel, image=None, **options):
 
 
 def shown(panel, view=0):
-    """The bytes the view shows must be the blend of the current state at frame size."""
+    """The bytes the view shows must be the blend of the current state at frame size
+    (once the work started from the page is done)."""
+    panel.wait()
     view = panel.views[view]
     e = view.explanation
     frame = render.blend(
@@ -74,6 +76,7 @@ def upload(panel, name, content):
             ]
         }
     )
+    panel.wait()  # the upload's work runs beside the kernel
 
 
 CHANGES = [
@@ -404,7 +407,7 @@ def test_method_switches_run_no_pass_except_the_first_scorecam(panel):
     scored = ex.passes["scored"]
     assert 0 < scored <= 8 and ex.passes["forward"] == ex.passes["backward"] == 0
     assert panel.controls["progress"].value == panel.controls["progress"].max == scored
-    assert panel.controls["progress"].layout.display == "none"  # hidden again when done
+    assert panel.controls["work"].layout.display == "none"  # hidden again when done
     panel.method = "gradcam"
     panel.method = "scorecam"
     assert ex.passes["scored"] == scored  # cached
@@ -417,6 +420,7 @@ def test_the_faithfulness_view(panel, monkeypatch):
     ex = panel.explainer
     ex.scorecam_channels = 8  # keep the ranking quick
     panel.controls["faithfulness"].value = True
+    panel.wait()  # the numbers are computed beside the kernel
     view = panel.faithfulness
     assert view.box.layout.display == "flex" and bytes(view.plot.value[:4]) == b"\x89PNG"
     e = panel.explanation
@@ -438,6 +442,7 @@ def test_the_faithfulness_view(panel, monkeypatch):
     finally:
         handle.remove()
     view.rank_button.click()
+    panel.wait()
     rows = view.table.value.count("<tr>") - 1
     applicable = [m for m in camwidget.methods.REGISTRY if ex.why_not(m, "head") is None]
     assert rows == len(applicable) + 1 and "random maps" in view.table.value
@@ -492,13 +497,13 @@ def test_the_static_picture_saved_with_a_notebook(panel):
 
 
 def test_pixel_level_methods_show_a_signed_map_without_the_layer(panel):
-    layer = panel._controls["layer"]
-    toggle = panel._controls["positive_only"]
+    layer = panel.controls["layer"]
+    toggle = panel.controls["positive_only"]
     assert not layer.disabled and toggle.layout.display == "none"
     panel.method = "guided-backprop"
     assert layer.disabled and "reads no layer" in layer.tooltip
     assert toggle.layout.display == "flex"
-    labels = dict((v, k) for k, v in panel._controls["method"].options)
+    labels = dict((v, k) for k, v in panel.controls["method"].options)
     assert labels["guided-backprop"] == "Guided Backprop (pixels)"
     assert labels["guided-gradcam"] == "Guided Grad-CAM (pixels × layer)"
     view = panel.main_view
@@ -539,7 +544,7 @@ def test_a_model_without_relu_modules_is_told_in_the_panel():
     widget = CAMWidget(model, samples.load("chelsea"))
     try:
         widget.method = "guided-backprop"
-        assert "needs ReLU modules" in widget._controls["messages"].value
+        assert "needs ReLU modules" in widget.controls["messages"].value
     finally:
         widget.close()
 
@@ -553,23 +558,24 @@ def test_compare_grad_cam_with_guided_grad_cam(panel):
     assert main.method == "gradcam" and second.method == "guided-gradcam"
     assert second.layer == main.layer and second.attribution is not None
     assert panel.compare_view.signed and not panel.main_view.signed
-    assert panel._controls["positive_only"].layout.display == "flex"
+    assert panel.controls["positive_only"].layout.display == "flex"
     panel.compare_method = "lrp"  # reads no layer: its layer control is off
-    assert panel._controls["compare_layer"].disabled and not panel._controls["layer"].disabled
+    assert panel.controls["compare_layer"].disabled and not panel.controls["layer"].disabled
     with pytest.raises(TraitError, match="unknown method 'nonsense'"):
         panel.compare_method = "nonsense"
     panel.compare_method = ""  # back to the main view's method
     assert panel.compare_view.explanation.method == "gradcam"
-    assert panel._controls["positive_only"].layout.display == "none"
+    assert panel.controls["positive_only"].layout.display == "none"
 
 
 def test_lrp_in_the_panel_with_its_rules(panel):
-    rules = panel._controls["lrp_composite"]
+    rules = panel.controls["lrp_composite"]
     assert rules.layout.display == "none"
     panel.method = "lrp"
     assert rules.layout.display == "flex" and rules.value == "epsilon-plus-flat"
     first = panel.main_view.explanation.attribution
     rules.value = "epsilon-alpha2-beta1"  # as the front end sets it
+    panel.wait()
     assert panel.explainer.lrp_composite == "epsilon-alpha2-beta1"
     assert not np.array_equal(panel.main_view.explanation.attribution, first)
-    assert panel._controls["layer"].disabled
+    assert panel.controls["layer"].disabled

@@ -15,6 +15,7 @@ from camwidget import CAMWidget, Explainer, render, targets
 
 
 def shown_frame_is_the_overlay_with(panel, decorate):
+    panel.wait()  # a change from the page runs beside the kernel
     view = panel.main_view
     frame = render.blend(view.rgb, view.heat, panel.colormap, panel.alpha, panel.threshold)
     assert view.image.value == render.encode(decorate(frame), "jpeg")

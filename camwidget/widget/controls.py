@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 import ipywidgets as widgets
 from traitlets import Any, observe
 
-from .. import lrp, methods, render
+from .. import methods, render
 from ..errors import CamwidgetError
 from . import choices
 from .choices import REGIONS
@@ -152,12 +152,7 @@ def _choosers() -> dict[str, widgets.Widget]:
             "instead of the signed map (red for the target, blue against)",
             layout=widgets.Layout(display="none", width="auto"),
         ),
-        "lrp_composite": widgets.Dropdown(
-            options=list(lrp.COMPOSITES),
-            description="rules",
-            tooltip="LRP's composite: which rule each layer type follows (zennit)",
-            layout=widgets.Layout(display="none", width="260px"),
-        ),
+        **option_choosers(),
         "reference": widgets.FileUpload(
             accept="image/*",
             multiple=False,
@@ -165,6 +160,22 @@ def _choosers() -> dict[str, widgets.Widget]:
             tooltip="the image whose embedding the map compares with",
         ),
     }
+
+
+def option_choosers() -> dict[str, widgets.Dropdown]:
+    """A list for each method option with a few choices, named by its explainer keyword
+    (e.g. ``lrp_composite``); the panel shows it while its method is on."""
+    found = {}
+    for keyword, (spec, name) in methods.keywords().items():
+        option = spec.options[name]
+        if option.choices:
+            found[keyword] = widgets.Dropdown(
+                options=list(option.choices),
+                description=name,
+                tooltip=f"{spec.title}: {option.doc}",
+                layout=widgets.Layout(display="none", width="260px"),
+            )
+    return found
 
 
 def _comparers() -> dict[str, widgets.Widget]:
@@ -211,8 +222,10 @@ def _actions() -> dict[str, widgets.Widget]:
             tooltip="deletion and insertion curves of the shown map (about 40 model passes, "
             "once per map)",
         ),
-        "progress": widgets.IntProgress(
-            description="Score-CAM", layout=widgets.Layout(display="none")
+        "progress": widgets.IntProgress(layout=widgets.Layout(width="240px")),
+        "progress_text": widgets.HTML(),
+        "cancel": widgets.Button(
+            description="cancel", icon="stop", tooltip="stop the work and keep what is shown"
         ),
         "messages": widgets.HTML(),
         "inspector": widgets.Box(),

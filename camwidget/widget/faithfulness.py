@@ -16,7 +16,7 @@ import ipywidgets as widgets
 import numpy as np
 
 from .. import methods, metrics
-from ..explainer import Explainer, Explanation, PreparedImage
+from ..explainer import Explainer, Explanation, PreparedImage, Progress
 from ..targets import key as target_key
 
 #: How many random maps make the floor of the ranking.
@@ -46,6 +46,16 @@ class FaithfulnessView:
         self._curves: dict[Hashable, tuple[metrics.Curve, metrics.Curve, float]] = {}
         self._rankings: dict[Hashable, str] = {}
 
+    def compute(
+        self,
+        explainer: Explainer,
+        image: PreparedImage,
+        e: Explanation,
+        progress: Progress | None = None,
+    ) -> None:
+        """Compute the numbers of ``e``'s map (once per map), showing nothing."""
+        self._numbers(explainer, image, e, progress)
+
     def show(self, explainer: Explainer, image: PreparedImage, e: Explanation) -> None:
         """The curves, AUCs and Average Drop of ``e``'s map (computed once per map)."""
         deleted, inserted, drop = self._numbers(explainer, image, e)
@@ -65,9 +75,11 @@ class FaithfulnessView:
         image: PreparedImage,
         e: Explanation,
         explain: Callable[[str], Explanation],
+        progress: Progress | None = None,
     ) -> None:
         """Every method applicable at ``e``'s layer, explained by ``explain(method)``,
-        ranked by insertion − deletion AUC against random maps of the same smoothness."""
+        ranked by insertion − deletion AUC against random maps of the same smoothness;
+        ``progress`` hears of each map scored (and may raise to stop)."""
         names = [name for name in methods.REGISTRY if explainer.why_not(name, e.layer) is None]
         self.progress.max, self.progress.value = len(names) + RANDOM_DRAWS, 0
         self.progress.layout.display = "flex"
@@ -77,25 +89,36 @@ class FaithfulnessView:
                 other = explain(name)
                 deleted, inserted, _ = self._numbers(explainer, image, other)
                 rows.append((other.title, inserted.auc - deleted.auc))
-                self.progress.value += 1
+                self._step(progress)
             floor = []
             for seed in range(RANDOM_DRAWS):
                 noise = metrics.random_heatmap(e.raw.shape, e.heatmap.shape, seed)
                 deleted, inserted = metrics.deletion_insertion(explainer, image, noise, e.target)
                 floor.append(inserted.auc - deleted.auc)
-                self.progress.value += 1
+                self._step(progress)
         finally:
             self.progress.layout.display = "none"
         rows.append((f"random maps ({RANDOM_DRAWS} draws, the floor)", float(np.mean(floor))))
         self._rankings[_key(image, e, "*")] = self.table.value = _table(rows)
 
+    def _step(self, progress: Progress | None) -> None:
+        self.progress.value += 1
+        if progress is not None:
+            progress(self.progress.value, self.progress.max)
+
     def _numbers(
-        self, explainer: Explainer, image: PreparedImage, e: Explanation
+        self,
+        explainer: Explainer,
+        image: PreparedImage,
+        e: Explanation,
+        progress: Progress | None = None,
     ) -> tuple[metrics.Curve, metrics.Curve, float]:
         """Deletion, insertion and Average Drop of ``e``'s map, computed once."""
         key = _key(image, e, e.method)
         if key not in self._curves:
-            deleted, inserted = metrics.deletion_insertion(explainer, image, e.heatmap, e.target)
+            deleted, inserted = metrics.deletion_insertion(
+                explainer, image, e.heatmap, e.target, progress=progress
+            )
             drop = metrics.average_drop(explainer, image, e.heatmap, e.target)
             self._curves[key] = (deleted, inserted, drop)
         return self._curves[key]

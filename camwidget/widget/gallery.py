@@ -14,6 +14,7 @@ import base64
 import html
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import ipywidgets as widgets
 import numpy as np
@@ -95,6 +96,11 @@ class Gallery(widgets.VBox):
         self._show()
 
     # ----------------------------------------------------------------- public
+
+    @property
+    def controls(self) -> Mapping[str, widgets.Widget]:
+        """The gallery's controls by name (read-only), e.g. ``controls["sort"]``."""
+        return MappingProxyType(self._controls)
 
     @property
     def shown(self) -> pd.DataFrame:

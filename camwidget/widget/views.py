@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 
 import ipywidgets as widgets
 import numpy as np
@@ -46,23 +47,29 @@ class View(HasTraits):
         self.signed = False  # a pixel-level map shown signed (``heat`` in [-1, 1])
         self._bar_key: tuple | None = None
 
-    def explain(
+    def request(
         self,
         explainer: Explainer,
         image: PreparedImage,
-        rgb: np.ndarray,
         method: str,
         target: object,
         progress: Progress | None = None,
-        positive_only: bool = False,
-    ) -> list[str]:
+    ) -> tuple[Explanation, list[str]]:
         """Explain ``target`` (what this view's pick means) at this view's layer with
-        ``method`` (or its fallback where it does not apply); return remarks in words.
-        A pixel-level map is shown signed unless ``positive_only``."""
+        ``method`` (or its fallback where it does not apply): the explanation and remarks
+        in words. Changes nothing on show (it may run in the panel's worker)."""
         resolved = explainer.resolve(method, self.layer, target, fallback=True)
         e = explainer.explain(
             image, resolved.layer, resolved.target, resolved.method, progress=progress
         )
+        remarks = [remark for remark in (resolved.note, e.message) if remark]
+        if methods.get(e.method).class_agnostic:
+            remarks.append(f"{e.title} is class-agnostic: its map is the same for every class")
+        return e, remarks
+
+    def show(self, e: Explanation, rgb: np.ndarray, positive_only: bool = False) -> None:
+        """Show ``e`` over ``rgb`` (the photo at display size); a pixel-level map is shown
+        signed unless ``positive_only``. :meth:`paint` draws it."""
         self.explanation, self.rgb = e, rgb
         self.signed = methods.get(e.method).pixel_level and not positive_only
         if self.signed:
@@ -77,10 +84,6 @@ class View(HasTraits):
         self.caption.value = f"{caption(e)} · {e.title} at <code>{html.escape(e.layer)}</code>"
         self.zero, meaning = legend_meaning(e, self.signed)
         self.bar_text.value = f"<small>{html.escape(meaning)}</small>"
-        remarks = [remark for remark in (resolved.note, e.message) if remark]
-        if methods.get(e.method).class_agnostic:
-            remarks.append(f"{e.title} is class-agnostic: its map is the same for every class")
-        return remarks
 
     def paint(self, colormap: str, alpha: float, threshold: float) -> None:
         """Blend the heatmap over the photo, outline the explained region or box, and
@@ -142,3 +145,29 @@ def display_frame(rgb: np.ndarray, display_size: int) -> np.ndarray:
         return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
     shrunk = Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     return np.asarray(shrunk)
+
+
+def status_line(
+    e: Explanation,
+    image: PreparedImage,
+    look: tuple[str, float, float],
+    timings: Mapping[str, float],
+    running: str | None = None,
+) -> str:
+    """The panel's status in HTML: the work that runs, if any (``running``), then what
+    is shown: the image's size and notes, the layer, the target, the method, the
+    (colormap, opacity, threshold) ``look``, and the milliseconds of the last update."""
+    height, width = image.size
+    colormap, alpha, threshold = look
+    shown = f"{colormap} · opacity {alpha:.2f}"
+    if threshold > 0:
+        shown += f" · threshold {threshold:.2f}"
+    notes = "".join(f" ({html.escape(note)})" for note in image.notes)
+    work = f"<b>{html.escape(running)} running</b> · showing " if running else ""
+    t = {"forward": 0.0, "backward": 0.0, "render": 0.0, **timings}
+    return (
+        f"{work}<b>{width}×{height}</b> px{notes} · <code>{html.escape(e.layer)}</code> · "
+        f"{caption(e, detail=False)} · {e.title} · {shown} <span style='color:#666'>— forward "
+        f"{t['forward']:.0f} ms · backward {t['backward']:.0f} ms · render "
+        f"{t['render']:.0f} ms</span>"
+    )

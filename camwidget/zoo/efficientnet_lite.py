@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from .. import lrp
 from ..errors import CamwidgetError
 
 #: (expand ratio, kernel, stride, output channels, repeats) of the seven stages.
@@ -181,3 +182,26 @@ def preprocess(image: Image.Image) -> Tensor:
     rgb = np.asarray(image.convert("RGB").resize((INPUT_SIZE, INPUT_SIZE), Image.BICUBIC))
     x = (rgb.astype(np.float32) - 127.0) / 128.0
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def mbconv_canonizer() -> object:
+    """For LRP: the residual ``out + x`` of each block with a skip as zennit's ``Sum`` of
+    the two stacked, for the pass only (the same numbers; relevance split by each
+    branch's share)."""
+    from zennit.canonizers import AttributeCanonizer
+    from zennit.layer import Sum
+
+    def forward(self: MBConv, x: Tensor) -> Tensor:
+        out = x if self.expand is None else self.expand(x)
+        out = self.project(self.depthwise(out))
+        return self.canonizer_sum(torch.stack([out, x], dim=-1))
+
+    def attributes(name: str, module: nn.Module) -> dict | None:
+        if isinstance(module, MBConv) and module.skip:
+            return {"forward": forward.__get__(module), "canonizer_sum": Sum()}
+        return None
+
+    return AttributeCanonizer(attributes)
+
+
+lrp.register_canonizer(MBConv, mbconv_canonizer)

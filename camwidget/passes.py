@@ -1,0 +1,174 @@
+"""The model's passes for one explainer: forwards that keep the feature maps, partial
+backwards, batches of perturbed inputs, and pixel attributions, each counted.
+
+Everything here runs through :mod:`camwidget.capture` (hooks and the model guard) and
+holds the explainer's ``lock``, so that passes on one model never overlap, whichever
+thread asks.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping
+
+from torch import Tensor, nn
+
+from . import capture as capture_
+from . import lrp, outputs, pixel
+from .capture import Capture
+from .errors import CamwidgetError
+from .layouts import Layout, Reshape
+
+Progress = Callable[[int, int], None]
+Scorer = Callable[[object], Tensor]
+
+
+class Passes:
+    """Runs ``model`` for an explainer. ``output`` picks the part of the model's output
+    to explain where camwidget cannot find it; ``reshape`` gives layouts by layer name.
+    ``counts``: passes run so far, ``"forward"``, ``"backward"`` and ``"scored"``
+    perturbed inputs."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        output: Callable[[object], object] | None = None,
+        reshape: Mapping[str, Reshape] | None = None,
+    ) -> None:
+        self.model, self.output, self.reshape = model, output, dict(reshape or {})
+        self.counts: Counter[str] = Counter()
+        #: Held around every pass and every cache read or write of the explainer.
+        self.lock = threading.RLock()
+        # Maps that in-place ops downstream rewrite, so that forwards hand on copies of
+        # them; learned when a pass finds one of its kept maps rewritten.
+        self.copies: set[str] = set()
+
+    def forward(
+        self, inputs: Tensor, layers: Collection[str] | None = None, graph_from: str | None = None
+    ) -> Capture:
+        """One forward keeping the feature maps of ``layers`` (None: all), recorded by
+        autograd from ``graph_from`` on (None: from the input); run again, copying,
+        where a kept map was rewritten in place downstream."""
+
+        def run() -> Capture:
+            return capture_.forward(
+                self.model, inputs, layers, self.copies, graph_from, self.reshape, self.select
+            )
+
+        with self.lock:
+            capture = run()
+            if capture.modified - self.copies:  # a kept map was rewritten in place: redo
+                self.copies |= capture.modified
+                self.counts["forward"] += 1
+                capture = run()
+            self.counts["forward"] += 1
+        if not capture.activations and layers is None:
+            raise CamwidgetError(
+                "this model has no layer whose output is a feature map: (N, C, H, W) "
+                "from a convolution, (N, H, W, C) channels-last or (N, T, C) tokens on a "
+                "grid over the image; class activation maps need one (or give reshape=)"
+            )
+        return capture
+
+    def backward(
+        self, capture: Capture, score: Tensor, layers: Collection[str], retain: bool = True
+    ) -> dict[str, Tensor]:
+        """d score / dA for the kept maps of ``layers``, in one partial backward."""
+        with self.lock:
+            found = capture_.backward(capture, score, layers, retain=retain)
+            self.counts["backward"] += 1
+        return found
+
+    def select(self, output: object) -> Tensor | list[dict]:
+        """The part of the model's ``output`` to explain: the user's ``output`` function
+        first, then :func:`camwidget.outputs.select`."""
+        if self.output is not None:
+            try:
+                output = self.output(output)
+            except CamwidgetError:
+                raise
+            except Exception as error:
+                raise CamwidgetError(
+                    f"the output function failed: {type(error).__name__}: {error}"
+                ) from error
+        return outputs.select(output)
+
+    def score_inputs(
+        self, inputs: Tensor, scorer: Scorer, batch_size: int, progress: Progress | None = None
+    ) -> Tensor:
+        """``scorer`` on each of ``inputs`` (M, 3, h, w), ``batch_size`` at a time."""
+        step = max(1, batch_size)
+        batches = (inputs[start : start + step] for start in range(0, len(inputs), step))
+        with self.lock:
+            return capture_.score_inputs(
+                self.model, batches, scorer, len(inputs), self._counted(progress), self.select
+            )
+
+    def score_masked(
+        self,
+        inputs: Tensor,
+        masks: Tensor,
+        scorer: Scorer,
+        batch_size: int,
+        progress: Progress | None = None,
+    ) -> Tensor:
+        """``scorer`` on ``inputs`` (1, 3, H, W) under each mask (M, 1, H, W)."""
+        with self.lock:
+            return capture_.score_masked(
+                self.model, inputs, masks.to(inputs.dtype), scorer, batch_size,
+                self._counted(progress), self.select,
+            )  # fmt: skip
+
+    def score_ablated(
+        self,
+        inputs: Tensor,
+        layer: str,
+        layout: Layout,
+        channels: Tensor,
+        scorer: Scorer,
+        batch_size: int,
+        progress: Progress | None = None,
+    ) -> Tensor:
+        """``scorer`` with each of ``channels`` of ``layer`` set to zero in turn."""
+        with self.lock:
+            return capture_.score_ablated(
+                self.model, inputs, layer, layout, channels, scorer, batch_size,
+                self._counted(progress), self.select,
+            )  # fmt: skip
+
+    def _counted(self, progress: Progress | None) -> Progress:
+        """``progress`` that first counts each batch's inputs as ``"scored"`` (also the
+        batches of work stopped on the way)."""
+        done_before = [0]
+
+        def counted(done: int, total: int) -> None:
+            self.counts["scored"] += done - done_before[0]
+            done_before[0] = done
+            if progress is not None:
+                progress(done, total)
+
+        return counted
+
+    def guided(self, inputs: Tensor, score: Callable[[object], Tensor]) -> Tensor:
+        """Guided backpropagation (3, H, W) of ``score(selected output)``."""
+        with self.lock:
+            found = pixel.guided_backprop(self.model, inputs, self._selected(score))
+            self.counts.update(("forward", "backward"))
+        return found
+
+    def relevance(
+        self,
+        inputs: Tensor,
+        score: Callable[[object], Tensor],
+        composite: str,
+        bounds: tuple[Tensor, Tensor] | None,
+    ) -> Tensor:
+        """LRP relevance (3, H, W) of ``score(selected output)`` under ``composite``."""
+        with self.lock:
+            found = lrp.relevance(self.model, inputs, self._selected(score), composite, bounds)
+            self.counts.update(("forward", "backward"))
+        return found
+
+    def _selected(self, score: Callable[[object], Tensor]) -> Callable[[object], Tensor]:
+        return lambda output: score(self.select(output))

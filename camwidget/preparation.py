@@ -1,0 +1,128 @@
+"""Images made ready for a model: read, fitted, preprocessed, and resized to the one
+input size a model takes when it turns out to take only one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import images
+from .errors import CamwidgetError
+from .explanation import PreparedImage
+from .inputs import ModelInput
+
+Preprocess = Callable[[object], Tensor]
+
+
+class Preparation:
+    """How images become model inputs for one model: its ``preprocess`` (None: the
+    model's own normalisation, ``model_input``), images larger than ``max_side``
+    downscaled, inputs on ``device`` as ``dtype``. ``worked_at`` holds the input sizes
+    the model has taken."""
+
+    def __init__(
+        self,
+        model_input: ModelInput,
+        preprocess: Preprocess | None,
+        max_side: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.model_input, self.preprocess, self.max_side = model_input, preprocess, max_side
+        self.device, self.dtype = device, dtype
+        self.worked_at: set[tuple[int, int]] = set()
+
+    def __call__(self, image: object) -> PreparedImage:
+        """Read and preprocess ``image`` (path, bytes, PIL, HWC array, CHW tensor)."""
+        if isinstance(image, PreparedImage):
+            if not self._resizes(image):
+                return image
+            image = image.source  # prepared before the model's input size was learned
+        if isinstance(image, Tensor):
+            inputs = image.detach()
+            if inputs.dim() == 3:
+                inputs = inputs[None]
+            source, notes = inputs, ()
+            size = (inputs.shape[-2], inputs.shape[-1])
+        else:
+            source = images.to_rgb(image)
+            fitted, note = images.fit(source, self.max_side)
+            notes = tuple(n for n in (note, self._resize_note(fitted)) if n)
+            inputs = self._preprocess(fitted)
+            size = source.shape[:2]
+        if inputs.dim() != 4 or inputs.shape[:2] != (1, 3) or not inputs.is_floating_point():
+            raise CamwidgetError(
+                f"a preprocessed image must be a float tensor (3, H, W) or (1, 3, H, W); "
+                f"got {tuple(inputs.shape)} {inputs.dtype}"
+            )
+        inputs = inputs.to(self.device, self.dtype).contiguous()
+        return PreparedImage(inputs=inputs, size=size, notes=notes, source=source)
+
+    def probe(self) -> Tensor:
+        """A random input at the model's size (224×224 where it takes any)."""
+        size = self.model_input.size or self.model_input.preferred
+        probe = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
+        return probe.to(self.device, self.dtype)
+
+    def learn_input_size(self, image: PreparedImage, works: Callable[[Tensor], bool]) -> bool:
+        """After the model failed on ``image``: whether it takes the size it was made for
+        instead (``works(probe)`` tries it); then every image is resized to it."""
+        size = self.model_input.preferred
+        if self.preprocess is not None or self.model_input.size is not None:
+            return False
+        if not isinstance(image.source, np.ndarray) or self.worked_at - {size}:
+            return False  # the model has taken another size: it does not need one size
+        probe = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
+        if not works(probe.to(self.device, self.dtype)):
+            return False
+        height, width = image.inputs.shape[-2:]
+        self.model_input = self.model_input.at_size(
+            size, f"it failed at {width}×{height} and works at {size[1]}×{size[0]}"
+        )
+        return True
+
+    def input_bounds(self) -> tuple[Tensor, Tensor] | None:
+        """The lowest and highest model input, per channel (1, 3, 1, 1), where the model's
+        normalisation is known (pixels 0 and 1 normalised), else None."""
+        if self.preprocess is not None:
+            return None
+        mean = torch.tensor(self.model_input.mean, device=self.device).reshape(1, 3, 1, 1)
+        std = torch.tensor(self.model_input.std, device=self.device).reshape(1, 3, 1, 1)
+        return (0.0 - mean) / std, (1.0 - mean) / std
+
+    def _resizes(self, image: PreparedImage) -> bool:
+        """Whether ``image`` must be prepared again: the model's input size is now known
+        and ``image`` was read from pixels at another size."""
+        size = self.model_input.size
+        return (
+            self.preprocess is None
+            and size is not None
+            and isinstance(image.source, np.ndarray)
+            and tuple(image.inputs.shape[-2:]) != size
+        )
+
+    def _resize_note(self, rgb: np.ndarray) -> str | None:
+        size = self.model_input.size
+        if self.preprocess is not None or size is None or rgb.shape[:2] == size:
+            return None
+        return f"resized to {size[1]}×{size[0]} for the model ({self.model_input.source})"
+
+    def _preprocess(self, rgb: np.ndarray) -> Tensor:
+        if self.preprocess is None:
+            return self.model_input(rgb)
+        from PIL import Image
+
+        try:
+            inputs = self.preprocess(Image.fromarray(rgb))
+        except Exception as error:
+            raise CamwidgetError(
+                f"the preprocess function failed: {type(error).__name__}: {error}"
+            ) from error
+        if not isinstance(inputs, Tensor):
+            raise CamwidgetError(
+                f"the preprocess function must return a torch tensor, not {type(inputs).__name__}"
+            )
+        return inputs[None] if inputs.dim() == 3 else inputs

@@ -1,0 +1,147 @@
+"""One map to compute: what a method is asked for, and what it is given.
+
+A :class:`MapRequest` names the method, the pass, the layer, the image's row and the
+target; :func:`raw_map` hands the method its activations, gradients and the
+:class:`~camwidget.methods.MethodContext` holding what its descriptor ``needs``, each
+made only when needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+from torch import Tensor
+
+from . import methods, scoring
+from .cache import BoundedCache
+from .capture import Capture
+from .layers import final_linear
+from .passes import Passes, Progress
+from .targets import Class, Target
+from .targets import key as target_key
+
+
+@dataclass(frozen=True)
+class MapRequest:
+    """``spec`` at ``layer`` for row ``row`` of ``capture``, explaining ``target``.
+
+    ``inputs``: that row's model input (1, 3, H, W); ``options``: the method's options
+    by short name; ``cam``: CAM applies at ``layer``; ``image_key``: where pixel
+    attributions may be cached (None: nowhere); ``progress(done, total)``: told of
+    each batch of perturbed inputs (it may raise to stop the work).
+    """
+
+    spec: methods.Method
+    capture: Capture
+    layer: str
+    target: Target
+    inputs: Tensor
+    row: int = 0
+    options: Mapping[str, object] = field(default_factory=dict)
+    cam: bool = False
+    image_key: str | None = None
+    progress: Progress | None = None
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the engine lends a method: the model's ``passes``, the cache of pixel
+    attributions, the activation of a classifier's logits and the bounds of the
+    model's input (for LRP's box rule)."""
+
+    passes: Passes
+    pixels: BoundedCache[Tensor]
+    activation: str | None
+    bounds: Callable[[], tuple[Tensor, Tensor] | None]
+
+
+def raw_map(request: MapRequest, gradients: Tensor | None, services: Services) -> Tensor:
+    """The method's raw map for the request, float32 on the model's device;
+    ``gradients`` of the whole batch in the layer's own layout (None: not needed)."""
+    capture, row = request.capture, request.row
+    layout = capture.layouts[request.layer]
+    activations = layout.to_nchw(capture.activations[request.layer].detach())[row].float()
+    if gradients is None:
+        gradients = torch.zeros_like(activations)
+    else:
+        gradients = layout.to_nchw(gradients)[row].float()
+    context = _context(request, services)
+    return request.spec.fn(activations, gradients, context).detach().float()
+
+
+def _context(request: MapRequest, services: Services) -> methods.MethodContext:
+    """The method's context: its options, the target's score and the input's size, and
+    whatever else it needs, made lazily (the passes run only when the method asks)."""
+    needs = request.spec.needs
+    lent = {name: make(request, services) for name, make in _LENDERS.items() if name in needs}
+    return methods.MethodContext(
+        target_score=scoring.score(request.capture.output, request.target, request.row)
+        .detach()
+        .float(),
+        input_size=(request.inputs.shape[-2], request.inputs.shape[-1]),
+        options=request.options,
+        **lent,
+    )
+
+
+def _class_weights(request: MapRequest, services: Services) -> Tensor | None:
+    target, capture = request.target, request.capture
+    if not (isinstance(target, Class) and capture.logits is not None and request.cam):
+        return None
+    return final_linear(services.passes.model, capture).weight.detach()[target.index].float()
+
+
+def _score(request: MapRequest, services: Services) -> Callable[[Tensor], Tensor]:
+    scorer = scoring.probabilities(request.target, services.activation)
+    batch_size = int(request.options.get("batch_size", 32))
+    return lambda masks: services.passes.score_masked(
+        request.inputs, masks, scorer, batch_size, request.progress
+    )
+
+
+def _ablate(request: MapRequest, services: Services) -> Callable[[Tensor], Tensor]:
+    layout = request.capture.layouts[request.layer]
+    scorer = scoring.values(request.target)
+    batch_size = int(request.options.get("batch_size", 32))
+    return lambda channels: services.passes.score_ablated(
+        request.inputs, request.layer, layout, channels, scorer, batch_size, request.progress
+    )
+
+
+def _pixels(kind: str, request: MapRequest, services: Services) -> Callable[[], Tensor]:
+    """Guided backpropagation or LRP relevance of the target at the input, one forward
+    and one backward per (image, target[, composite]), kept with the image's passes."""
+    composite = request.options.get("composite") if kind == "relevance" else None
+    key = (request.image_key, target_key(request.target), kind, composite)
+
+    def attribution() -> Tensor:
+        found = services.pixels.get(key) if request.image_key is not None else None
+        if found is not None:
+            return found
+        score = partial(_row_score, request.target)
+        if kind == "relevance":
+            found = services.passes.relevance(request.inputs, score, composite, services.bounds())
+        else:
+            found = services.passes.guided(request.inputs, score)
+        if request.image_key is not None:
+            services.pixels.put(key, found)
+        return found
+
+    return attribution
+
+
+def _row_score(target: Target, output: object) -> Tensor:
+    return scoring.score(output, target, 0)
+
+
+#: MethodContext field -> how it is made for a request (see ``Method.needs``).
+_LENDERS: dict[str, Callable[[MapRequest, Services], object]] = {
+    "class_weights": _class_weights,
+    "score": _score,
+    "ablate": _ablate,
+    "guided": partial(_pixels, "guided"),
+    "relevance": partial(_pixels, "relevance"),
+}

@@ -1,0 +1,166 @@
+"""What the panel's buttons and uploads do, and how it tells the user: messages in
+words and the work that runs (what, how far, how long still, and a cancel button)."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Mapping
+
+import ipywidgets as widgets
+
+from ..errors import CamwidgetError
+from ..explainer import Explanation, Progress
+from ..worker import Cancelled, Job
+from .inspector import Inspector
+
+
+class Actions:
+    """The panel's event handlers and messages (a part of :class:`CAMWidget`)."""
+
+    def _reference_uploaded(self, change: Mapping) -> None:
+        files = change["new"]
+        if not files:
+            return
+        upload = files[0]
+        self._controls["reference"].value = ()
+        try:
+            self.set_reference(bytes(upload["content"]))
+        except CamwidgetError as error:
+            self._say_error(f"{upload.get('name', 'the reference')}: {error}")
+
+    def _uploaded(self, change: Mapping) -> None:
+        files = change["new"]
+        if not files:
+            return
+        upload = files[0]
+        self._controls["upload"].value = ()  # so that the same file can be uploaded again
+        name = upload.get("name", "the upload")
+
+        def load(progress: Progress | None, generation: int) -> None:
+            try:
+                self._load(bytes(upload["content"]), None, progress, generation)
+            except CamwidgetError as error:
+                raise CamwidgetError(f"{name}: {error}") from None
+
+        with self._from_page():
+            self._run(load, "new image")
+
+    def _save_clicked(self, button: widgets.Button) -> None:
+        if self._image is None:
+            self._say_error("nothing to save yet: load an image first")
+            return
+        e = self.explanation
+        name = f"camwidget-{e.label}-{e.layer}-{e.method}.png".replace(" ", "_").replace("/", "_")
+        try:
+            self._say(f"saved {self.save(name).resolve()}")
+        except OSError as error:
+            self._say_error(f"could not save: {error}")
+
+    def _faithfulness_toggled(self, change: Mapping) -> None:
+        self.faithfulness.box.layout.display = "flex" if change["new"] else "none"
+        if change["new"] and self._image is not None:
+            with self._from_page():
+                self._update((self.main_view,))
+
+    def _rank_clicked(self, button: widgets.Button) -> None:
+        e = self.main_view.explanation
+        if e is None:
+            self._say_error("nothing to rank yet: load an image first")
+            return
+
+        def rank(progress: Progress | None, generation: int) -> None:
+            def explain(method: str) -> Explanation:
+                return self.explainer.explain(self._image, e.layer, e.target, method)
+
+            self.faithfulness.rank(self.explainer, self._image, e, explain, progress)
+
+        with self._from_page():
+            self._run(rank, "ranking")
+
+    def _cancel_clicked(self, button: widgets.Button) -> None:
+        """Stop the work; the controls show again what the views show."""
+        with self._shown:
+            self._generation += 1
+            self._stale.clear()
+        self._worker.cancel()
+        e = self.main_view.explanation
+        if e is not None:
+            with self._quiet():
+                self.layer = e.layer
+                self.method = e.method
+                self.target = e.target
+            self._offer_methods()
+        self._controls["work"].layout.display = "none"
+        self._write_status()
+        self._say("cancelled: the panel shows what it showed before")
+
+    def _job(self, work: Callable, job: Job, generation: int) -> None:
+        """``work`` in the worker: a cancelled job shows nothing, an error is told in
+        words and the panel goes on."""
+        try:
+            work(job.progress, generation)
+        except Cancelled:
+            return
+        except CamwidgetError as error:
+            self._say_error(str(error))
+        except Exception as error:  # the panel must survive whatever the model does
+            self._say_error(f"unexpected error: {type(error).__name__}: {error}")
+        with self._shown:
+            self._controls["work"].layout.display = "none"
+            if generation == self._generation and self.main_view.explanation is not None:
+                self._write_status()
+
+    def _guarded(self, action: Callable[[], object]) -> None:
+        """Run ``action``; an error goes to the panel in words."""
+        try:
+            action()
+        except CamwidgetError as error:
+            self._say_error(str(error))
+        except Exception as error:  # the panel must survive whatever the model does
+            self._say_error(f"unexpected error: {type(error).__name__}: {error}")
+
+    def _inspect_toggled(self, change: Mapping) -> None:
+        box = self._controls["inspector"]
+        if change["new"]:
+            self._inspector = Inspector(self.display_size)
+            box.children = [self._inspector.canvas]
+            view = self.main_view
+            if view.explanation is not None:
+                self._inspector.show(view.rgb, view.heat, self.colormap, self.alpha)
+        elif self._inspector is not None:
+            box.children = []
+            self._inspector.close()
+            self._inspector = None
+
+    # ----------------------------------------------------------------- messages
+
+    def _progress(self, done: int, total: int) -> None:
+        """Passes of work run here (from Python), shown as they go."""
+        self._show_progress("", done, total)
+
+    def _progress_of(self, job: Job, done: int, total: int) -> None:
+        """Passes of work in the worker: what runs, how far, how long still."""
+        self._show_progress(job.describe(), done, total)
+
+    def _show_progress(self, text: str, done: int, total: int) -> None:
+        bar = self._controls["progress"]
+        with bar.hold_sync():
+            bar.max, bar.value = total, done
+        self._controls["progress_text"].value = html.escape(text)
+        self._controls["cancel"].layout.display = "flex" if text else "none"
+        self._controls["work"].layout.display = "none" if done >= total else "flex"
+
+    def _require(self) -> Explanation:
+        explanation = self.explanation
+        if explanation is None:
+            raise CamwidgetError("no image yet: call set_image(...) or upload one")
+        return explanation
+
+    def _say(self, text: str, error: bool = False) -> None:
+        color = "#b00020" if error else "#555"
+        self._controls["messages"].value = (
+            f"<span style='color:{color}'>{html.escape(text, quote=False)}</span>" if text else ""
+        )
+
+    def _say_error(self, text: str) -> None:
+        self._say(text, error=True)

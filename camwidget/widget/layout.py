@@ -1,0 +1,53 @@
+"""Where each part of the panel goes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import ipywidgets as widgets
+
+from . import controls as controls_
+from .faithfulness import FaithfulnessView
+from .views import View
+
+
+def arrange(
+    c: dict[str, widgets.Widget], main: View, second: View, faithfulness: FaithfulnessView
+) -> list[widgets.Widget]:
+    """The panel's rows, top to bottom: the status; the views beside the class list;
+    the choosers; the look; the actions; the work running; the messages; the
+    faithfulness view; the inspector. Adds the containers it makes to ``c``."""
+    c["compare_panel"] = widgets.VBox(
+        [*_view(second), c["compare_classes"], c["compare_layer"], c["compare_method"]],
+        layout=widgets.Layout(display="none"),
+    )
+    heading = widgets.HTML("<b>top predictions</b> (click to explain)")
+    predictions = widgets.VBox(
+        [heading, *(c[name] for name in ("classes", "region", "reference", "reference_image"))]
+    )
+    c["work"] = widgets.HBox(
+        [c["progress_text"], c["progress"], c["cancel"]], layout=widgets.Layout(display="none")
+    )
+    options = [c[keyword] for keyword in controls_.option_choosers()]
+    return [
+        c["status"],
+        widgets.HBox(
+            [widgets.VBox(_view(main)), c["compare_panel"], predictions],
+            layout=widgets.Layout(align_items="flex-start"),
+        ),
+        widgets.HBox([c["layer"], c["method"], c["colormap"], c["positive_only"], *options]),
+        widgets.HBox([c["opacity"], c["threshold"]]),
+        _row(c, "compare", "upload", "save", "inspect", "faithfulness"),
+        c["work"],
+        c["messages"],
+        faithfulness.box,
+        c["inspector"],
+    ]
+
+
+def _view(view: View) -> list[widgets.Widget]:
+    return [view.image, view.caption, view.legend]
+
+
+def _row(c: Mapping[str, widgets.Widget], *names: str) -> widgets.HBox:
+    return widgets.HBox([c[name] for name in names])
