@@ -3,7 +3,7 @@ every layout catalogued (the transformers' blocks too), the default layer on the
 grid and showing something, three more layers explained with Grad-CAM, every map
 finite, the model unchanged and hook-free afterwards.
 
-The results are written to test-artifacts/compatibility.md (the README's table).
+The results are written to test-artifacts/compatibility.md (the table in docs/models.md).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def test_transformer_blocks_are_catalogued():
 
 
 def test_write_compatibility_table():
-    """The README's compatibility table, from the run above (a report, not a check)."""
+    """The compatibility table of docs/models.md, from the run above (a report, not a check)."""
     if not ROWS:
         pytest.skip("no model was run")
     write_table("compatibility.md", MODELS, ROWS, {})

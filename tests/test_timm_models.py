@@ -5,7 +5,7 @@ layers explained, every map finite, the model left exactly as it was.
 
 The list was made once by instantiating the smallest-named candidates of each of
 ``timm.list_modules()`` and keeping the one with the fewest parameters; the results are
-written to test-artifacts/compatibility-timm.md (the README's table).
+written to test-artifacts/compatibility-timm.md (the table in docs/models.md).
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def test_timm_family(family):
 
 
 def test_write_timm_compatibility_table():
-    """The README's timm table, from the run above (a report, not a check)."""
+    """The timm table of docs/models.md, from the run above (a report, not a check)."""
     if not ROWS:
         pytest.skip("no model was run")
     names = [name for name, _ in FAMILIES.values()]

@@ -123,10 +123,11 @@ class Gallery(widgets.VBox):
         """How many pages the filtered rows fill."""
         return max(1, -(-len(self.shown) // self.page_size))
 
-    def open_image(self, row: int) -> CAMWidget:
+    def open_image(self, row: int, *, background: bool = False) -> CAMWidget:
         """Explain image ``row`` (its index in the source) in a panel below the grid as
         the audit saw it (resized to the audit's input size), at the audit's layer, with
-        its method and target."""
+        its method and target. With ``background`` (a click on a thumbnail) the panel
+        appears at once and its passes run in its worker."""
         found = self.table[self.table["index"] == row]
         if found.empty:
             raise CamwidgetError(f"the audit has no image {row}")
@@ -139,13 +140,12 @@ class Gallery(widgets.VBox):
         target = int(record["target"]) if record["target"] >= 0 else None
         self.panel = CAMWidget(
             self.explainer,
-            self._as_audited(record["path"]),
             layer=settings.get("layer"),
-            target=target,
             method=settings.get("method", "gradcam"),
             colormap=self.colormap,
             alpha=self.alpha,
         )
+        self.panel.set_image(self._as_audited(record["path"]), target, background=background)
         self.below.children = [self.panel]
         return self.panel
 
@@ -299,7 +299,7 @@ class Gallery(widgets.VBox):
             f"{record['border']:.2f}</div>"
         )
         button = widgets.Button(description="open", tooltip="explain it in a panel below")
-        button.on_click(lambda _: self.open_image(row))
+        button.on_click(lambda _: self.open_image(row, background=True))
         card = widgets.VBox([picture, caption, button])
         card.row = row
         return card

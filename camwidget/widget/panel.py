@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType
@@ -171,12 +171,16 @@ class CAMWidget(Actions, Offers, Checked, widgets.VBox):
         """Wait until the work started from the page has finished (False on time-out)."""
         return self._worker.wait(timeout)
 
-    def set_image(self, image: object, target: int | str | None = None) -> None:
+    def set_image(
+        self, image: object, target: int | str | None = None, *, background: bool = False
+    ) -> None:
         """Show a new image (path, bytes, PIL, HWC array or CHW tensor) and explain its
         top-1 class (or ``target``). A bad image is reported and the panel keeps the
-        previous one."""
+        previous one. With ``background`` the work runs in the panel's worker (as for an
+        upload) and an error is only reported."""
         try:
-            self._run(partial(self._load, image, target), "new image")
+            with self._from_page() if background else nullcontext():
+                self._run(partial(self._load, image, target), "new image")
         except CamwidgetError as error:
             self._say_error(str(error))
             raise
