@@ -105,9 +105,10 @@ class Batches:
             grads = self.runner.backward(capture, torch.stack(scores).sum(), {layer}, False)
             grads = grads[layer]
         cam, services = self.layer(layer).cam, self.services
+        rows = [image.inputs for image, _ in group]  # as one image's own passes see it
         raws = [
             raw_map(
-                MapRequest(spec, capture, layer, target, inputs[row : row + 1], row, options, cam),
+                MapRequest(spec, capture, layer, target, rows[row], row, options, cam),
                 grads,
                 services,
             )

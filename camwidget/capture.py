@@ -294,11 +294,13 @@ def score_inputs(
     total: int,
     progress: Callable[[int, int], None] | None = None,
     select: Callable[[object], Tensor | list[dict]] = outputs.select,
+    scored: Callable[[Tensor], None] | None = None,
 ) -> Tensor:
     """``score(output)`` (one number per input) of the model on each input of each of
     ``batches``, without autograd; ``output`` is the selected part of the model's output
     for a batch. Batches go in channels-last (faster convolutions on CPU, the model
-    untouched). ``progress(done, total)`` is called after each batch."""
+    untouched). After each batch, ``scored(scores so far)`` and then ``progress(done,
+    total)`` are called."""
     scores, done = [], 0
     with guarded(model):
         for batch in batches:
@@ -306,6 +308,8 @@ def score_inputs(
                 batch = batch.contiguous(memory_format=torch.channels_last)
             scores.append(score(select(model(batch))).float())
             done += len(batch)
+            if scored is not None:
+                scored(torch.cat(scores))
             if progress is not None:
                 progress(done, total)
     return torch.cat(scores)
@@ -319,11 +323,12 @@ def score_masked(
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
     select: Callable[[object], Tensor | list[dict]] = outputs.select,
+    scored: Callable[[Tensor], None] | None = None,
 ) -> Tensor:
     """:func:`score_inputs` on ``inputs * mask`` for each mask (M, 1, H, W), in batches."""
     step = max(1, batch_size)
     batches = (inputs * masks[start : start + step] for start in range(0, len(masks), step))
-    return score_inputs(model, batches, score, len(masks), progress, select)
+    return score_inputs(model, batches, score, len(masks), progress, select, scored)
 
 
 def score_ablated(
@@ -336,6 +341,7 @@ def score_ablated(
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
     select: Callable[[object], Tensor | list[dict]] = outputs.select,
+    scored: Callable[[Tensor], None] | None = None,
 ) -> Tensor:
     """:func:`score_inputs` of ``inputs`` (1, 3, H, W) once per channel in ``channels``
     (M,), with that channel of ``layer``'s output (in its ``layout``) set to zero by a
@@ -361,4 +367,4 @@ def score_ablated(
     with guarded(model) as handles:
         module = model.get_submodule(layer)
         handles.append(module.register_forward_hook(zero_channels))
-        return score_inputs(model, batches(), score, len(channels), progress, select)
+        return score_inputs(model, batches(), score, len(channels), progress, select, scored)

@@ -398,6 +398,7 @@ class Explainer(MethodOptions, Batches):
         method: str = "gradcam",
         *,
         progress: Progress | None = None,
+        preview: Callable[[Tensor, float], None] | None = None,
     ) -> Explanation:
         """Explain ``target`` at ``layer`` with ``method``.
 
@@ -405,7 +406,8 @@ class Explainer(MethodOptions, Batches):
         None for the model's top answer (the top-1 class, the class with the most
         predicted pixels, the best detection). ``progress(done, total)`` is called after
         each batch of a method's perturbed inputs; an exception it raises stops the work
-        and leaves nothing cached.
+        and leaves nothing cached. ``preview(raw, fraction)`` is shown the partial raw
+        map of a method that builds it batch by batch (Score-CAM, Ablation-CAM).
         """
         timings = {"forward": 0.0, "backward": 0.0, "map": 0.0}
         image, capture = self._prepared_capture(image, timings)
@@ -422,7 +424,7 @@ class Explainer(MethodOptions, Batches):
             start = time.perf_counter()
             request = MapRequest(
                 spec, capture, layer, target, image.inputs, 0, options,
-                self.layer(layer).cam, image.key, progress,
+                self.layer(layer).cam, image.key, progress, preview,
             )  # fmt: skip
             raw = self._kept.maps.put(key, raw_map(request, grads, self.services).cpu().numpy())
             timings["map"] = _ms(start)

@@ -35,12 +35,14 @@ class MethodContext:
     target class, where CAM applies at this layer, else None. ``score``: maps masks
     (M, 1, H, W) in [0, 1] at the input's size to the target's probability on the
     masked inputs (M,). ``ablate``: maps channel indices (M,) to the target's score (its
-    logit) with that channel of the layer's output set to zero (M,). ``target_score``:
+    logit) with that channel of the layer's output set to zero (M,). Both take an
+    optional ``scored(scores so far)`` called after each batch. ``target_score``:
     the target's score on the intact input. ``guided``: the guided backpropagation of
     the target (3, H, W) at the input (see :mod:`camwidget.pixel`); ``relevance``: its
     LRP relevance (3, H, W) (see :mod:`camwidget.lrp`). ``input_size``: the model
     input's (H, W). ``options``: the method's options by their short names (see
-    :attr:`Method.options`).
+    :attr:`Method.options`). ``preview(map, fraction)``: where given, a method that
+    builds its map batch by batch shows the map of what is done so far.
     """
 
     class_weights: Tensor | None = None
@@ -51,6 +53,7 @@ class MethodContext:
     relevance: Callable[[], Tensor] | None = None
     input_size: tuple[int, int] | None = None
     options: Mapping[str, object] = field(default_factory=dict)
+    preview: Callable[[Tensor, float], None] | None = None
 
 
 #: What a method may declare in ``Method.needs``: the gradient dy_c/dA at the layer (one
@@ -184,9 +187,12 @@ def scorecam(activations: Tensor, gradients: Tensor, context: MethodContext) -> 
     span = masks.amax(dim=(2, 3), keepdim=True) - low
     varying = span.flatten() > 0
     masks = torch.where(span > 0, (masks - low) / torch.where(span > 0, span, 1.0), 0.0)
+    order = _shuffled(int(varying.sum()), activations.device)  # see _previewing
+    scored = chosen[varying][order]
     alpha = torch.zeros(channels, dtype=activations.dtype, device=activations.device)
-    if varying.any():
-        alpha[chosen[varying]] = context.score(masks[varying]).to(activations.dtype)
+    if len(scored):
+        shown = _previewing(context, activations, scored, lambda values: values, fill_mean=True)
+        alpha[scored] = context.score(masks[varying][order], shown).to(activations.dtype)
     return torch.relu(_weighted_sum(alpha, activations))
 
 
@@ -200,11 +206,53 @@ def ablationcam(activations: Tensor, gradients: Tensor, context: MethodContext) 
     """
     if context.ablate is None or context.target_score is None:
         raise ValueError("Ablation-CAM needs the ablated scores and the target's score")
-    channels = torch.arange(activations.shape[0], device=activations.device)
+    channels = _shuffled(activations.shape[0], activations.device)  # see _previewing
     score = context.target_score.to(activations.device).double()
-    drops = score - context.ablate(channels).to(activations.device).double()
-    weights = drops / torch.where(score == 0, torch.ones_like(score), score)
-    return torch.relu(_weighted_sum(weights.to(activations.dtype), activations))
+    scale = torch.where(score == 0, torch.ones_like(score), score)
+
+    def weights_of(values: Tensor) -> Tensor:
+        return ((score - values.to(score.device).double()) / scale).to(activations.dtype)
+
+    shown = _previewing(context, activations, channels, weights_of)
+    weights = torch.zeros(len(channels), dtype=activations.dtype, device=activations.device)
+    weights[channels] = weights_of(context.ablate(channels, shown))
+    return torch.relu(_weighted_sum(weights, activations))
+
+
+def _shuffled(count: int, device: torch.device) -> Tensor:
+    """The indices 0..count-1 in one fixed pseudo-random order (the same every call)."""
+    return torch.randperm(count, generator=torch.Generator().manual_seed(0)).to(device)
+
+
+def _previewing(
+    context: MethodContext,
+    activations: Tensor,
+    channels: Tensor,
+    weights_of: Callable[[Tensor], Tensor],
+    fill_mean: bool = False,
+) -> Callable[[Tensor], None] | None:
+    """Where ``context.preview`` is given: a ``scored(values so far)`` callback that
+    shows ReLU(sum_k w_k A^k) with the weights of the ``channels`` scored so far and,
+    for the rest of ``channels``, the mean of those weights (``fill_mean``) or 0.
+
+    ``channels`` come in a pseudo-random order, so the scored ones are a fair sample of
+    all of them: the preview tends to the final map as the work goes on, and is it at
+    the end. Filling with the mean suits weights that share a baseline (Score-CAM's
+    probabilities); weights of either sign (Ablation-CAM's drops) are better left at 0.
+    """
+    if context.preview is None:
+        return None
+
+    def scored(values: Tensor) -> None:
+        known = weights_of(values).to(activations.dtype)
+        weights = torch.zeros(activations.shape[0], dtype=activations.dtype)
+        weights = weights.to(activations.device)
+        weights[channels] = known.mean() if fill_mean else 0.0
+        weights[channels[: len(values)]] = known
+        partial = torch.relu(_weighted_sum(weights, activations))
+        context.preview(partial, len(values) / len(channels))
+
+    return scored
 
 
 def guided_backprop(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:

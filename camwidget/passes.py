@@ -112,12 +112,14 @@ class Passes:
         scorer: Scorer,
         batch_size: int,
         progress: Progress | None = None,
+        scored: Callable[[Tensor], None] | None = None,
     ) -> Tensor:
-        """``scorer`` on ``inputs`` (1, 3, H, W) under each mask (M, 1, H, W)."""
+        """``scorer`` on ``inputs`` (1, 3, H, W) under each mask (M, 1, H, W);
+        ``scored(scores so far)`` after each batch."""
         with self.lock:
             return capture_.score_masked(
                 self.model, inputs, masks.to(inputs.dtype), scorer, batch_size,
-                self._counted(progress), self.select,
+                self._counted(progress), self.select, scored,
             )  # fmt: skip
 
     def score_ablated(
@@ -129,12 +131,14 @@ class Passes:
         scorer: Scorer,
         batch_size: int,
         progress: Progress | None = None,
+        scored: Callable[[Tensor], None] | None = None,
     ) -> Tensor:
-        """``scorer`` with each of ``channels`` of ``layer`` set to zero in turn."""
+        """``scorer`` with each of ``channels`` of ``layer`` set to zero in turn;
+        ``scored(scores so far)`` after each batch."""
         with self.lock:
             return capture_.score_ablated(
                 self.model, inputs, layer, layout, channels, scorer, batch_size,
-                self._counted(progress), self.select,
+                self._counted(progress), self.select, scored,
             )  # fmt: skip
 
     def _counted(self, progress: Progress | None) -> Progress:

@@ -31,7 +31,8 @@ class MapRequest:
     ``inputs``: that row's model input (1, 3, H, W); ``options``: the method's options
     by short name; ``cam``: CAM applies at ``layer``; ``image_key``: where pixel
     attributions may be cached (None: nowhere); ``progress(done, total)``: told of
-    each batch of perturbed inputs (it may raise to stop the work).
+    each batch of perturbed inputs (it may raise to stop the work); ``preview(map,
+    fraction)``: shown the partial map of a method that builds its map as batches finish.
     """
 
     spec: methods.Method
@@ -44,6 +45,7 @@ class MapRequest:
     cam: bool = False
     image_key: str | None = None
     progress: Progress | None = None
+    preview: Callable[[Tensor, float], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ def _context(request: MapRequest, services: Services) -> methods.MethodContext:
         .float(),
         input_size=(request.inputs.shape[-2], request.inputs.shape[-1]),
         options=request.options,
+        preview=request.preview,
         **lent,
     )
 
@@ -97,8 +100,8 @@ def _class_weights(request: MapRequest, services: Services) -> Tensor | None:
 def _score(request: MapRequest, services: Services) -> Callable[[Tensor], Tensor]:
     scorer = scoring.probabilities(request.target, services.activation)
     batch_size = int(request.options.get("batch_size", 32))
-    return lambda masks: services.passes.score_masked(
-        request.inputs, masks, scorer, batch_size, request.progress
+    return lambda masks, scored=None: services.passes.score_masked(
+        request.inputs, masks, scorer, batch_size, request.progress, scored
     )
 
 
@@ -106,9 +109,10 @@ def _ablate(request: MapRequest, services: Services) -> Callable[[Tensor], Tenso
     layout = request.capture.layouts[request.layer]
     scorer = scoring.values(request.target)
     batch_size = int(request.options.get("batch_size", 32))
-    return lambda channels: services.passes.score_ablated(
-        request.inputs, request.layer, layout, channels, scorer, batch_size, request.progress
-    )
+    return lambda channels, scored=None: services.passes.score_ablated(
+        request.inputs, request.layer, layout, channels, scorer, batch_size, request.progress,
+        scored,
+    )  # fmt: skip
 
 
 def _pixels(kind: str, request: MapRequest, services: Services) -> Callable[[], Tensor]:

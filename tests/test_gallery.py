@@ -101,10 +101,12 @@ def test_open_explains_the_image_in_a_panel_below(gallery, audit):
     forwards = []
     handle = gallery.explainer.model.register_forward_pre_hook(lambda m, a: forwards.append(1))
     try:
-        card.children[2].click()  # the "open" button
+        card.children[2].click()  # the "open" button: the panel comes at once
+        panel = gallery.panel
+        assert isinstance(panel, CAMWidget)
+        panel.wait()  # its explanation is made in the panel's worker
     finally:
         handle.remove()
-    panel = gallery.panel
     assert isinstance(panel, CAMWidget) and gallery.below.children == (panel,)
     assert panel.explainer is gallery.explainer  # the same explainer, its caches shared
     image = audit[card.row]

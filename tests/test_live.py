@@ -31,14 +31,19 @@ def panel(lite0):
 
 
 class Gate:
-    """Holds the model's batched passes (Score-CAM, Ablation-CAM) until released."""
+    """Holds the model's batched passes (Score-CAM, Ablation-CAM) until released,
+    after letting the first ``after`` of them through."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, after: int = 0) -> None:
         self.entered, self.release = threading.Event(), threading.Event()
         self.handle = model.register_forward_pre_hook(self._hold)
+        self.left = after
 
     def _hold(self, module, args):
         if args[0].shape[0] > 1:
+            self.left -= 1
+            if self.left >= 0:
+                return
             self.entered.set()
             assert self.release.wait(60), "the gate was never released"
 
@@ -136,6 +141,45 @@ def test_the_page_stays_live_while_scorecam_runs(panel):
     assert 0 < scored < 80  # dropped within a few batches of Score-CAM's 80 channels
     panel.method = "scorecam"  # nothing partial was cached: Score-CAM runs in full
     assert panel.explainer.passes["scored"] - scored >= 79
+
+
+def test_scorecam_shows_its_map_as_it_is_made(lite0):
+    model, preprocess, labels = lite0
+    photo, layer = samples.load("chelsea"), "blocks.7.project.conv"  # 80 channels
+    ex = Explainer(model, preprocess, labels, scorecam_batch_size=16)
+    frames = []
+    e = ex.explain(photo, layer, method="scorecam", preview=lambda *frame: frames.append(frame))
+    assert [fraction for _, fraction in frames] == [0.2, 0.4, 0.6, 0.8, 1.0]
+    np.testing.assert_allclose(frames[-1][0].numpy(), e.raw, atol=1e-6)  # the last is final
+    alone = Explainer(model, preprocess, labels).explain(photo, layer, method="scorecam")
+    np.testing.assert_allclose(e.raw, alone.raw, atol=1e-6)  # previews change nothing
+    likeness = [np.corrcoef(raw.numpy().ravel(), e.raw.ravel())[0, 1] for raw, _ in frames]
+    assert likeness[1] > 0.9  # at 40 % the preview already looks like the final map
+
+
+def test_the_panel_paints_a_partial_map_and_says_so(panel):
+    panel.explainer.scorecam_batch_size = 8
+    panel.layer = "blocks.15"
+    gate = Gate(panel.explainer.model, after=1)  # one batch of 8 channels, then hold
+    try:
+        choose(panel, "method", "scorecam")
+        assert gate.entered.wait(30)
+        view = panel.main_view
+        assert "Score-CAM at blocks.15 · partial: 2 %" in view.caption.value  # 8 of 320
+        assert "Score-CAM running</b> · Score-CAM at blocks.15 · partial" in (
+            panel.controls["status"].value
+        )
+        partial_frame = view.image.value
+        choose(panel, "colormap", "magma")  # the partial map takes a look change too
+        magma = render.blend(view.rgb, view.heat, "magma", panel.alpha, panel.threshold)
+        assert view.image.value == render.encode(magma, "jpeg") != partial_frame
+        gate.release.set()
+        assert panel.wait(60)
+    finally:
+        gate.remove()
+    assert view.partial is None and "partial" not in view.caption.value
+    assert "Score-CAM at <code>blocks.15</code>" in view.caption.value
+    assert "running" not in panel.controls["status"].value
 
 
 def test_reads_wait_for_the_page_work(panel, lite0):

@@ -19,6 +19,7 @@ from pytorch_grad_cam import (
 )
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
+from torch.nn import functional as F
 
 from camwidget import METHODS, Explainer, render
 from camwidget.methods import (
@@ -297,13 +298,81 @@ def test_divisions_are_guarded():
     # a denominator of exactly zero: 2 g^2 + (sum A) g^3 = 0 where g = -2 / sum A
     g = torch.full((1, 3, 3), -2.0 / float(a[0].sum()))
     assert torch.isfinite(gradcam_plus_plus(a[:1], g, MethodContext())).all()
-    masks_score = lambda masks: torch.ones(len(masks))  # noqa: E731
+    masks_score = lambda masks, scored=None: torch.ones(len(masks))  # noqa: E731
     context = MethodContext(score=masks_score, input_size=(6, 6))
     assert not scorecam(torch.ones(2, 3, 3), zeros[:2], context).any()  # constant channels
     unchanged = MethodContext(
-        ablate=lambda channels: torch.zeros(len(channels)), target_score=torch.tensor(0.0)
+        ablate=lambda channels, scored=None: torch.zeros(len(channels)),
+        target_score=torch.tensor(0.0),
     )
     assert torch.isfinite(ablationcam(a, zeros, unchanged)).all()  # a score of zero
+
+
+def in_two_batches(weight_of):
+    """A scoring function as the engine lends it: scores in two batches, telling
+    ``scored(scores so far)`` after each; ``weight_of(item)`` scores one item."""
+
+    def score(items, scored=None):
+        values = torch.stack([torch.as_tensor(weight_of(item)) for item in items]).float()
+        half = (len(items) + 1) // 2
+        for done in (half, len(items)):
+            if scored is not None:
+                scored(values[:done])
+        return values
+
+    return score
+
+
+def test_scorecam_previews_fill_the_unscored_channels_with_the_mean_weight():
+    torch.manual_seed(0)
+    a = torch.rand(5, 2, 2)
+    a[3] = 0.25  # a constant channel: no mask, weight 0, never filled
+    weights = torch.tensor([0.1, 0.2, 0.3, 0.0, 0.5])
+    masks = F.interpolate(a[:, None], size=(4, 4), mode="bilinear")[:, 0]
+    low, high = masks.amin(dim=(1, 2), keepdim=True), masks.amax(dim=(1, 2), keepdim=True)
+    masks = (masks - low) / (high - low)
+    frames, asked = [], []
+
+    def weight_of(mask):  # the weight of the channel the mask came from
+        asked.append(next(k for k in (0, 1, 2, 4) if torch.allclose(mask[0], masks[k])))
+        return weights[asked[-1]]
+
+    context = MethodContext(
+        score=in_two_batches(weight_of),
+        input_size=(4, 4),
+        preview=lambda raw, fraction: frames.append((fraction, raw)),
+    )
+    final = scorecam(a, torch.zeros_like(a), context)
+    assert sorted(asked) == [0, 1, 2, 4] and [f for f, _ in frames] == [0.5, 1.0]
+    half = torch.zeros(5)
+    half[[0, 1, 2, 4]] = weights[asked[:2]].mean()
+    half[asked[:2]] = weights[asked[:2]]
+    torch.testing.assert_close(frames[0][1], torch.relu((half[:, None, None] * a).sum(0)))
+    torch.testing.assert_close(frames[1][1], final)
+    torch.testing.assert_close(final, torch.relu((weights[:, None, None] * a).sum(0)))
+
+
+def test_ablationcam_previews_leave_the_unscored_channels_at_zero():
+    torch.manual_seed(1)
+    a, drops = torch.rand(4, 3, 3), torch.tensor([0.5, -0.25, 1.0, 0.75])
+    frames, asked = [], []
+
+    def ablate(channels, scored=None):
+        asked.extend(channels.tolist())
+        return in_two_batches(lambda k: 2.0 - drops[k] * 2.0)(channels, scored)
+
+    context = MethodContext(
+        ablate=ablate,
+        target_score=torch.tensor(2.0),
+        preview=lambda raw, fraction: frames.append((fraction, raw)),
+    )
+    final = ablationcam(a, torch.zeros_like(a), context)
+    assert sorted(asked) == [0, 1, 2, 3] and [f for f, _ in frames] == [0.5, 1.0]
+    half = torch.zeros(4)
+    half[asked[:2]] = drops[asked[:2]]
+    torch.testing.assert_close(frames[0][1], torch.relu((half[:, None, None] * a).sum(0)))
+    torch.testing.assert_close(frames[1][1], final)
+    torch.testing.assert_close(final, torch.relu((drops[:, None, None] * a).sum(0)))
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "cam"])

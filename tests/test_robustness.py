@@ -82,6 +82,7 @@ def test_a_decompression_bomb_upload_is_refused_in_the_panel(resnet18, photo):
             ]
         }
     )
+    panel.wait()  # an upload from the page is read in the panel's worker
     assert "decompression bomb" in panel.controls["messages"].value
     assert panel.heatmap.shape == (600, 512)  # the photo is still there
     panel.close()

@@ -1,5 +1,5 @@
 """What the panel's buttons and uploads do, and how it tells the user: messages in
-words and the work that runs (what, how far, how long still, and a cancel button)."""
+words, errors included."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import ipywidgets as widgets
 
 from ..errors import CamwidgetError
 from ..explainer import Explanation, Progress
-from ..worker import Cancelled, Job
 from .inspector import Inspector
 
 
@@ -77,39 +76,6 @@ class Actions:
         with self._from_page():
             self._run(rank, "ranking")
 
-    def _cancel_clicked(self, button: widgets.Button) -> None:
-        """Stop the work; the controls show again what the views show."""
-        with self._shown:
-            self._generation += 1
-            self._stale.clear()
-        self._worker.cancel()
-        e = self.main_view.explanation
-        if e is not None:
-            with self._quiet():
-                self.layer = e.layer
-                self.method = e.method
-                self.target = e.target
-            self._offer_methods()
-        self._controls["work"].layout.display = "none"
-        self._write_status()
-        self._say("cancelled: the panel shows what it showed before")
-
-    def _job(self, work: Callable, job: Job, generation: int) -> None:
-        """``work`` in the worker: a cancelled job shows nothing, an error is told in
-        words and the panel goes on."""
-        try:
-            work(job.progress, generation)
-        except Cancelled:
-            return
-        except CamwidgetError as error:
-            self._say_error(str(error))
-        except Exception as error:  # the panel must survive whatever the model does
-            self._say_error(f"unexpected error: {type(error).__name__}: {error}")
-        with self._shown:
-            self._controls["work"].layout.display = "none"
-            if generation == self._generation and self.main_view.explanation is not None:
-                self._write_status()
-
     def _guarded(self, action: Callable[[], object]) -> None:
         """Run ``action``; an error goes to the panel in words."""
         try:
@@ -133,22 +99,6 @@ class Actions:
             self._inspector = None
 
     # ----------------------------------------------------------------- messages
-
-    def _progress(self, done: int, total: int) -> None:
-        """Passes of work run here (from Python), shown as they go."""
-        self._show_progress("", done, total)
-
-    def _progress_of(self, job: Job, done: int, total: int) -> None:
-        """Passes of work in the worker: what runs, how far, how long still."""
-        self._show_progress(job.describe(), done, total)
-
-    def _show_progress(self, text: str, done: int, total: int) -> None:
-        bar = self._controls["progress"]
-        with bar.hold_sync():
-            bar.max, bar.value = total, done
-        self._controls["progress_text"].value = html.escape(text)
-        self._controls["cancel"].layout.display = "flex" if text else "none"
-        self._controls["work"].layout.display = "none" if done >= total else "flex"
 
     def _require(self) -> Explanation:
         explanation = self.explanation

@@ -10,10 +10,11 @@ mode is a second view); each trait has one control, bound both ways.
 
 from __future__ import annotations
 
+import html
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType
@@ -28,10 +29,11 @@ from .. import methods, render
 from ..errors import CamwidgetError
 from ..explainer import Explainer, Explanation, PreparedImage, Progress
 from ..targets import Similarity
-from ..worker import Job, Worker
+from ..worker import Worker
 from . import choices, layout
 from . import controls as controls_
 from .actions import Actions
+from .background import Background
 from .binding import Quiet, bind
 from .faithfulness import FaithfulnessView
 from .inspector import Inspector
@@ -41,7 +43,7 @@ from .traits import BINDINGS, Checked
 from .views import View, display_frame, status_line
 
 
-class CAMWidget(Actions, Offers, Checked, widgets.VBox):
+class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
     """A live class activation map explorer for a PyTorch image model.
 
     Set ``layer``, ``target``, ``method``, ``colormap``, ``alpha`` or ``threshold``
@@ -167,10 +169,6 @@ class CAMWidget(Actions, Offers, Checked, widgets.VBox):
         """The zoom-and-pan view while it is open (the ``inspect`` toggle)."""
         return self._inspector
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait until the work started from the page has finished (False on time-out)."""
-        return self._worker.wait(timeout)
-
     def set_image(
         self, image: object, target: int | str | None = None, *, background: bool = False
     ) -> None:
@@ -264,15 +262,6 @@ class CAMWidget(Actions, Offers, Checked, widgets.VBox):
             c[keyword].observe(partial(self._option_chosen, keyword), "value")
         self.faithfulness.rank_button.on_click(self._rank_clicked)
 
-    @contextmanager
-    def _from_page(self) -> Iterator[None]:
-        """Changes made inside come from the page: their engine work runs in the worker."""
-        previous, self._page = self._page, True
-        try:
-            yield
-        finally:
-            self._page = previous
-
     # ----------------------------------------------------------------- updates
 
     @observe("colormap", "alpha", "threshold")
@@ -327,21 +316,6 @@ class CAMWidget(Actions, Offers, Checked, widgets.VBox):
         """The method ``view`` explains with."""
         return self.compare_method or self.method if view is self.compare_view else self.method
 
-    def _run(self, work: Callable[[Progress | None, int], None], title: str) -> None:
-        """Run ``work(progress, generation)``: in the worker for a change from the page
-        (superseding the work before it), else here and now."""
-        with self._shown:
-            self._generation += 1
-            generation = self._generation
-        self._worker.cancel()
-        if not self._page:
-            self.wait()  # what was cancelled has let go of the model
-            work(self._progress, generation)
-            return
-        job = Job(lambda job: self._job(work, job, generation), title, self._progress_of)
-        self._write_status(running=title)
-        self._worker.submit(job)
-
     def _refresh(
         self, stale: list[View], notes: Sequence[str], progress: Progress | None, generation: int
     ) -> None:
@@ -351,7 +325,7 @@ class CAMWidget(Actions, Offers, Checked, widgets.VBox):
         with self._shown:
             stale = [view for view in self.views if view in {*stale, *self._stale}]
             self._stale.update(stale)
-        found = [(view, *self._explain(view, progress)) for view in stale]
+        found = [(view, *self._explain(view, progress, generation)) for view in stale]
         main = next((e for view, e, _ in found if view is self.main_view), None)
         if self._controls["faithfulness"].value and main is not None:
             self.faithfulness.compute(self.explainer, self._image, main, progress)
@@ -370,11 +344,15 @@ class CAMWidget(Actions, Offers, Checked, widgets.VBox):
             if self._controls["faithfulness"].value and main is not None:
                 self.faithfulness.show(self.explainer, self._image, main)
 
-    def _explain(self, view: View, progress: Progress | None) -> tuple[Explanation, list[str]]:
+    def _explain(
+        self, view: View, progress: Progress | None, generation: int
+    ) -> tuple[Explanation, list[str]]:
         target = self._reference or choices.explained(
             view.target, self.explainer.output_kind, self.region, self._image.size
         )
-        return view.request(self.explainer, self._image, self._method_of(view), target, progress)
+        method = self._method_of(view)
+        preview = partial(self._preview, view, methods.get(method).title, generation)
+        return view.request(self.explainer, self._image, method, target, progress, preview)
 
     def _repaint(self) -> None:
         """Blend every view on show again (no engine call), the status and inspector."""
@@ -390,16 +368,17 @@ class CAMWidget(Actions, Offers, Checked, widgets.VBox):
                 view = self.main_view
                 self._inspector.show(view.rgb, view.heat, self.colormap, self.alpha)
 
-    def _running(self) -> str | None:
-        pending = self._worker.pending
-        return pending[-1].title if pending and not self._worker.in_worker() else None
-
     def _write_status(self, running: str | None = None) -> None:
-        """The status line (see :func:`status_line`); ``running``: the work that runs."""
-        if self.main_view.explanation is not None:
+        """The status line (see :func:`status_line`); ``running``: the work that runs.
+        While the main view shows a map still being made, the status says that."""
+        view = self.main_view
+        if view.partial is not None:
+            work = html.escape(running or "the work")
+            self._controls["status"].value = f"<b>{work} running</b> · {view.partial}"
+        elif view.explanation is not None:
             look = (self.colormap, self.alpha, self.threshold)
             self._controls["status"].value = status_line(
-                self.main_view.explanation, self._image, look, self.timings, running
+                view.explanation, self._image, look, self.timings, running
             )
 
     def _load(self, image: object, target: object, progress: Progress | None, generation: int):

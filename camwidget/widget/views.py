@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 
 import ipywidgets as widgets
 import numpy as np
 from PIL import Image
+from torch import Tensor
 from traitlets import Any, HasTraits, Unicode
 
 from .. import methods, render
@@ -45,6 +47,7 @@ class View(HasTraits):
         self.frame: np.ndarray | None = None
         self.zero: float | None = None  # where 0 lies on the legend, for a signed map
         self.signed = False  # a pixel-level map shown signed (``heat`` in [-1, 1])
+        self.partial: str | None = None  # what a map still being made is, while on show
         self._bar_key: tuple | None = None
 
     def request(
@@ -54,13 +57,21 @@ class View(HasTraits):
         method: str,
         target: object,
         progress: Progress | None = None,
+        preview: Callable[[str, Tensor, float], None] | None = None,
     ) -> tuple[Explanation, list[str]]:
         """Explain ``target`` (what this view's pick means) at this view's layer with
         ``method`` (or its fallback where it does not apply): the explanation and remarks
-        in words. Changes nothing on show (it may run in the panel's worker)."""
+        in words. Changes nothing on show (it may run in the panel's worker), except
+        through ``preview(layer, partial map, fraction)``."""
         resolved = explainer.resolve(method, self.layer, target, fallback=True)
+        shown = None if preview is None else partial(preview, resolved.layer)
         e = explainer.explain(
-            image, resolved.layer, resolved.target, resolved.method, progress=progress
+            image,
+            resolved.layer,
+            resolved.target,
+            resolved.method,
+            progress=progress,
+            preview=shown,
         )
         remarks = [remark for remark in (resolved.note, e.message) if remark]
         if methods.get(e.method).class_agnostic:
@@ -70,7 +81,7 @@ class View(HasTraits):
     def show(self, e: Explanation, rgb: np.ndarray, positive_only: bool = False) -> None:
         """Show ``e`` over ``rgb`` (the photo at display size); a pixel-level map is shown
         signed unless ``positive_only``. :meth:`paint` draws it."""
-        self.explanation, self.rgb = e, rgb
+        self.explanation, self.rgb, self.partial = e, rgb, None
         self.signed = methods.get(e.method).pixel_level and not positive_only
         if self.signed:
             self.heat = render.stretch_signed(e.heatmap_signed_at(rgb.shape[:2]))
@@ -84,6 +95,14 @@ class View(HasTraits):
         self.caption.value = f"{caption(e)} · {e.title} at <code>{html.escape(e.layer)}</code>"
         self.zero, meaning = legend_meaning(e, self.signed)
         self.bar_text.value = f"<small>{html.escape(meaning)}</small>"
+
+    def show_partial(self, raw: np.ndarray, rgb: np.ndarray, text: str) -> None:
+        """Show a map still being made (``raw``, rectified, at feature resolution) over
+        ``rgb``, with ``text`` as its caption (e.g. "Score-CAM · partial: 35 %")."""
+        self.rgb, self.signed, self.zero, self.partial = rgb, False, None, html.escape(text)
+        self.heat = render.normalise(render.upsample(raw, rgb.shape[:2]))
+        self.caption.value = f"<i>{html.escape(text)}</i>"
+        self.bar_text.value = "<small>0 (no evidence) → high evidence (so far)</small>"
 
     def paint(self, colormap: str, alpha: float, threshold: float) -> None:
         """Blend the heatmap over the photo, outline the explained region or box, and
