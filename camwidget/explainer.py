@@ -359,12 +359,13 @@ class Explainer(MethodOptions, Batches):
         inputs: Tensor | None = None,
         *,
         score: str = "probability",
-        batch_size: int = 32,
+        batch_size: int | None = None,
         progress: Progress | None = None,
     ) -> Tensor:
         """``target``'s score on ``image`` (a 0-d tensor, from the cached forward), or on
         each of ``inputs`` (M, 3, h, w): variants of the image's model input, scored in
-        batches of ``batch_size`` without autograd. ``score``: ``"probability"`` (a
+        batches of ``batch_size`` (None: see :func:`camwidget.passes.batch_size`)
+        without autograd. ``score``: ``"probability"`` (a
         class's probability by the explainer's activation; any other target's value)
         or ``"logit"`` (the target's value)."""
         if score not in ("probability", "logit"):

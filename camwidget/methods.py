@@ -362,7 +362,7 @@ _BUILT_IN = (
         scorecam,
         needs=("score",),
         options={
-            "batch_size": Option(32, "masked inputs scored per forward"),
+            "batch_size": Option(None, "masked inputs per forward (None: 8 on CPU, 32 on GPU)"),
             "channels": Option(None, "score only this many most active channels (None: all)"),
         },
     ),
@@ -372,7 +372,9 @@ _BUILT_IN = (
         "Ablation-CAM",
         ablationcam,
         needs=("ablate",),
-        options={"batch_size": Option(32, "ablated passes per forward")},
+        options={
+            "batch_size": Option(None, "ablated passes per forward (None: 8 on CPU, 32 on GPU)")
+        },
         prefix="ablation",
     ),
     Method(

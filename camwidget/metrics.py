@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import render
+from . import passes, render
 from .errors import CamwidgetError
 
 Progress = Callable[[int, int], None]
@@ -75,7 +75,7 @@ def deletion(
     steps: int = 20,
     baseline: str | Tensor = "zeros",
     score: str = "probability",
-    batch_size: int = 32,
+    batch_size: int | None = None,
 ) -> Curve:
     """RISE's deletion (Petsiuk et al., 2018): the score as the top-k pixels are replaced
     by ``baseline``, k = 0, s, 2s, ... and n, s = ceil(n / steps). Lower AUC: the map
@@ -92,7 +92,7 @@ def insertion(
     steps: int = 20,
     baseline: str | Tensor = "zeros",
     score: str = "probability",
-    batch_size: int = 32,
+    batch_size: int | None = None,
 ) -> Curve:
     """RISE's insertion: the score as the top-k pixels are restored on ``baseline``.
     Higher AUC: the map found what suffices."""
@@ -107,7 +107,7 @@ def deletion_insertion(
     steps: int = 20,
     baseline: str | Tensor = "zeros",
     score: str = "probability",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     progress: Progress | None = None,
 ) -> tuple[Curve, Curve]:
     """Both RISE curves at once, sharing the all-baseline input: 2 × steps - 1 perturbed
@@ -166,7 +166,7 @@ def road(
     noise: float = 0.01,
     seed: int = 0,
     score: str = "probability",
-    batch_size: int = 32,
+    batch_size: int | None = None,
 ) -> Road:
     """ROAD, remove and debias (Rong et al., ICML 2022): for each percentile p, the
     pixels whose heatmap value is at or above its p-th percentile (``"morf"``, most
@@ -314,10 +314,10 @@ def _masked(ex, image: object, heatmap: np.ndarray, target: object, score: str):
 
 def _scored(ex, prepared, target, score, jobs, perturbed, batch_size, progress) -> np.ndarray:
     """Scores of the perturbed inputs made from ``jobs``, ``batch_size`` at a time."""
-    step, scores = max(1, batch_size), []
+    step, scores = passes.batch_size(batch_size, prepared.inputs.device), []
     for start in range(0, len(jobs), step):
         chunk = jobs[start : start + step]
-        scores.append(ex.scores(prepared, target, perturbed(chunk), score=score))
+        scores.append(ex.scores(prepared, target, perturbed(chunk), score=score, batch_size=step))
         if progress is not None:
             progress(min(start + step, len(jobs)), len(jobs))
     return torch.cat(scores).cpu().numpy().astype(np.float64)

@@ -12,6 +12,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 
+import torch
 from torch import Tensor, nn
 
 from . import capture as capture_
@@ -22,6 +23,16 @@ from .layouts import Layout, Reshape
 
 Progress = Callable[[int, int], None]
 Scorer = Callable[[object], Tensor]
+
+
+def batch_size(requested: int | None, device: torch.device | str) -> int:
+    """``requested`` inputs per forward, or where None the size that suits ``device``:
+    8 on the CPU (where larger batches are no faster, 1.0-1.5x slower at 32 for
+    ResNet-18/50 and EfficientNet-Lite0 at 224 px, and a cancel waits for a whole
+    batch), 32 on an accelerator."""
+    if requested is not None:
+        return max(1, int(requested))
+    return 8 if torch.device(device).type == "cpu" else 32
 
 
 class Passes:
@@ -95,10 +106,15 @@ class Passes:
         return outputs.select(output)
 
     def score_inputs(
-        self, inputs: Tensor, scorer: Scorer, batch_size: int, progress: Progress | None = None
+        self,
+        inputs: Tensor,
+        scorer: Scorer,
+        size: int | None = None,
+        progress: Progress | None = None,
     ) -> Tensor:
-        """``scorer`` on each of ``inputs`` (M, 3, h, w), ``batch_size`` at a time."""
-        step = max(1, batch_size)
+        """``scorer`` on each of ``inputs`` (M, 3, h, w), ``size`` at a time (see
+        :func:`batch_size`)."""
+        step = batch_size(size, inputs.device)
         batches = (inputs[start : start + step] for start in range(0, len(inputs), step))
         with self.lock:
             return capture_.score_inputs(
@@ -110,15 +126,16 @@ class Passes:
         inputs: Tensor,
         masks: Tensor,
         scorer: Scorer,
-        batch_size: int,
+        size: int | None = None,
         progress: Progress | None = None,
         scored: Callable[[Tensor], None] | None = None,
     ) -> Tensor:
-        """``scorer`` on ``inputs`` (1, 3, H, W) under each mask (M, 1, H, W);
-        ``scored(scores so far)`` after each batch."""
+        """``scorer`` on ``inputs`` (1, 3, H, W) under each mask (M, 1, H, W), ``size``
+        at a time; ``scored(scores so far)`` after each batch."""
+        step = batch_size(size, inputs.device)
         with self.lock:
             return capture_.score_masked(
-                self.model, inputs, masks.to(inputs.dtype), scorer, batch_size,
+                self.model, inputs, masks.to(inputs.dtype), scorer, step,
                 self._counted(progress), self.select, scored,
             )  # fmt: skip
 
@@ -129,15 +146,16 @@ class Passes:
         layout: Layout,
         channels: Tensor,
         scorer: Scorer,
-        batch_size: int,
+        size: int | None = None,
         progress: Progress | None = None,
         scored: Callable[[Tensor], None] | None = None,
     ) -> Tensor:
-        """``scorer`` with each of ``channels`` of ``layer`` set to zero in turn;
-        ``scored(scores so far)`` after each batch."""
+        """``scorer`` with each of ``channels`` of ``layer`` set to zero in turn, ``size``
+        at a time; ``scored(scores so far)`` after each batch."""
+        step = batch_size(size, inputs.device)
         with self.lock:
             return capture_.score_ablated(
-                self.model, inputs, layer, layout, channels, scorer, batch_size,
+                self.model, inputs, layer, layout, channels, scorer, step,
                 self._counted(progress), self.select, scored,
             )  # fmt: skip
 

@@ -99,20 +99,19 @@ def _class_weights(request: MapRequest, services: Services) -> Tensor | None:
 
 def _score(request: MapRequest, services: Services) -> Callable[[Tensor], Tensor]:
     scorer = scoring.probabilities(request.target, services.activation)
-    batch_size = int(request.options.get("batch_size", 32))
+    size = request.options.get("batch_size")
     return lambda masks, scored=None: services.passes.score_masked(
-        request.inputs, masks, scorer, batch_size, request.progress, scored
+        request.inputs, masks, scorer, size, request.progress, scored
     )
 
 
 def _ablate(request: MapRequest, services: Services) -> Callable[[Tensor], Tensor]:
     layout = request.capture.layouts[request.layer]
     scorer = scoring.values(request.target)
-    batch_size = int(request.options.get("batch_size", 32))
+    size = request.options.get("batch_size")
     return lambda channels, scored=None: services.passes.score_ablated(
-        request.inputs, request.layer, layout, channels, scorer, batch_size, request.progress,
-        scored,
-    )  # fmt: skip
+        request.inputs, request.layer, layout, channels, scorer, size, request.progress, scored
+    )
 
 
 def _pixels(kind: str, request: MapRequest, services: Services) -> Callable[[], Tensor]:

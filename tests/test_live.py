@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import ModelState
 
-from camwidget import CAMWidget, Explainer, render, samples, zoo
+from camwidget import CAMWidget, Explainer, passes, render, samples, zoo
 from camwidget.worker import Cancelled, Job, Worker
 
 
@@ -166,13 +166,15 @@ def test_the_panel_paints_a_partial_map_and_says_so(panel):
         assert gate.entered.wait(30)
         view = panel.main_view
         assert "Score-CAM at blocks.15 · partial: 2 %" in view.caption.value  # 8 of 320
-        assert "Score-CAM running</b> · Score-CAM at blocks.15 · partial" in (
-            panel.controls["status"].value
-        )
+        status = panel.controls["status"].value
+        assert "Score-CAM running</b> · showing Score-CAM at blocks.15 · partial" in status
         partial_frame = view.image.value
         choose(panel, "colormap", "magma")  # the partial map takes a look change too
         magma = render.blend(view.rgb, view.heat, "magma", panel.alpha, panel.threshold)
         assert view.image.value == render.encode(magma, "jpeg") != partial_frame
+        assert "partial" in panel.controls["status"].value and "magma" in (
+            panel.controls["status"].value
+        )
         gate.release.set()
         assert panel.wait(60)
     finally:
@@ -265,3 +267,9 @@ def test_two_panels_on_one_explainer_give_the_maps_of_one(lite0):
     finally:
         first.close()
         second.close()
+
+
+def test_perturbed_inputs_go_in_batches_that_suit_the_device():
+    assert passes.batch_size(None, "cpu") == 8  # no slower than 32 there, cancelled sooner
+    assert passes.batch_size(None, torch.device("cuda")) == 32
+    assert passes.batch_size(5, "cpu") == 5 and passes.batch_size(0, "cuda") == 1

@@ -15,7 +15,8 @@ from camwidget import CAMWidget, CamwidgetError, Explainer, methods
 from camwidget.methods import Method, MethodContext, Option
 
 SMALL = {"scorecam_channels": 6, "scorecam_batch_size": 4}  # keep Score-CAM quick
-ANOTHER = {"lrp_composite": "epsilon-alpha2-beta1"}  # another value of a non-numeric option
+# another value of an option whose default is not a number
+ANOTHER = {"lrp_composite": "epsilon-alpha2-beta1", "ablation_batch_size": 3}
 
 
 @pytest.fixture(scope="module")

@@ -435,7 +435,7 @@ def test_the_faithfulness_view(panel, monkeypatch):
         panel.colormap = "viridis"  # a look change: no model pass, the numbers stay
         assert forwards == []
         panel.layer = "blocks.15"  # a new map: 39 perturbed inputs, 1 for Average Drop
-        assert forwards == [32, 7, 1]  # batched; the unperturbed score comes from the cache
+        assert forwards == [8] * 4 + [7, 1]  # batched (8 on CPU); the original from the cache
         forwards.clear()
         panel.layer = "head"  # back: cached
         assert forwards == []

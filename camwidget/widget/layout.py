@@ -28,6 +28,7 @@ def arrange(
     c["work"] = widgets.HBox(
         [c["progress_text"], c["progress"], c["cancel"]], layout=widgets.Layout(display="none")
     )
+    c["work"].add_class("camwidget-work")
     options = [c[keyword] for keyword in controls_.option_choosers()]
     return [
         c["status"],

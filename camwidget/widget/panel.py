@@ -40,7 +40,7 @@ from .inspector import Inspector
 from .offers import Offers
 from .picture import StaticPicture, compose
 from .traits import BINDINGS, Checked
-from .views import View, display_frame, status_line
+from .views import View, display_frame, look_text, status_line
 
 
 class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
@@ -371,12 +371,13 @@ class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
     def _write_status(self, running: str | None = None) -> None:
         """The status line (see :func:`status_line`); ``running``: the work that runs.
         While the main view shows a map still being made, the status says that."""
-        view = self.main_view
+        view, look = self.main_view, (self.colormap, self.alpha, self.threshold)
         if view.partial is not None:
             work = html.escape(running or "the work")
-            self._controls["status"].value = f"<b>{work} running</b> · {view.partial}"
+            self._controls[
+                "status"
+            ].value = f"<b>{work} running</b> · showing {view.partial} · {look_text(look)}"
         elif view.explanation is not None:
-            look = (self.colormap, self.alpha, self.threshold)
             self._controls["status"].value = status_line(
                 view.explanation, self._image, look, self.timings, running
             )

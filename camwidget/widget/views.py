@@ -36,6 +36,7 @@ class View(HasTraits):
         )
         self.image.add_class(css_class)
         self.caption = widgets.HTML()
+        self.caption.add_class("camwidget-caption")
         self.bar = widgets.Image(format="png", layout=widgets.Layout(width="256px"))
         self.bar_text = widgets.HTML()
         self.legend = widgets.HBox([self.bar, self.bar_text])
@@ -177,10 +178,7 @@ def status_line(
     is shown: the image's size and notes, the layer, the target, the method, the
     (colormap, opacity, threshold) ``look``, and the milliseconds of the last update."""
     height, width = image.size
-    colormap, alpha, threshold = look
-    shown = f"{colormap} · opacity {alpha:.2f}"
-    if threshold > 0:
-        shown += f" · threshold {threshold:.2f}"
+    shown = look_text(look)
     notes = "".join(f" ({html.escape(note)})" for note in image.notes)
     work = f"<b>{html.escape(running)} running</b> · showing " if running else ""
     t = {"forward": 0.0, "backward": 0.0, "render": 0.0, **timings}
@@ -190,3 +188,10 @@ def status_line(
         f"{t['forward']:.0f} ms · backward {t['backward']:.0f} ms · render "
         f"{t['render']:.0f} ms</span>"
     )
+
+
+def look_text(look: tuple[str, float, float]) -> str:
+    """The (colormap, opacity, threshold) ``look`` in words, e.g. "magma · opacity 0.50"."""
+    colormap, alpha, threshold = look
+    shown = f"{html.escape(colormap)} · opacity {alpha:.2f}"
+    return shown + (f" · threshold {threshold:.2f}" if threshold > 0 else "")
