@@ -125,11 +125,19 @@ def test_the_page_stays_live_while_scorecam_runs(panel):
         status = panel.controls["status"].value
         assert "Score-CAM running</b> · showing" in status and "Grad-CAM" in status
         assert "Grad-CAM at" in panel.main_view.caption.value  # the caption: what is shown
+        bundles = []  # Jupyter asks for the static picture after each message: no waiting
+        asked = threading.Thread(target=lambda: bundles.append(panel._repr_mimebundle_()))
+        asked.start()
+        asked.join(10)
+        assert bundles and "Grad-CAM" in bundles[0]["text/plain"]
         choose(panel, "colormap", "magma")  # a look change is served at once
         view = panel.main_view
         magma = render.blend(view.rgb, view.heat, "magma", panel.alpha, panel.threshold)
         assert view.image.value == render.encode(magma, "jpeg") != gradcam_frame
-        choose(panel, "method", "gradcam")  # supersedes Score-CAM
+        choose(panel, "method", "gradcam")  # supersedes Score-CAM; shown before it stops
+        assert panel.main_view.explanation.method == "gradcam" and gate.entered.is_set()
+        assert "running" not in panel.controls["status"].value
+        assert panel.controls["work"].layout.display == "none"
         gate.release.set()
         assert panel.wait(30)
     finally:

@@ -1,11 +1,12 @@
 """The panel's work beside the kernel: a change from the page that needs the engine runs
 in the panel's worker (see :mod:`camwidget.worker`), superseding the work before it;
-its progress and partial maps are shown as it goes, and the cancel button stops it."""
+its progress and partial maps are shown as it goes, and the cancel button stops it. A
+change whose answers the panel keeps is shown at once, also while work runs."""
 
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import ipywidgets as widgets
@@ -33,13 +34,20 @@ class Background:
         finally:
             self._page = previous
 
-    def _run(self, work: Callable[[Progress | None, int], None], title: str) -> None:
-        """Run ``work(progress, generation)``: in the worker for a change from the page
-        (superseding the work before it), else here and now."""
+    def _run(
+        self, work: Callable[[Progress | None, int], None], title: str, at_once: bool = False
+    ) -> None:
+        """Run ``work(progress, generation)``, superseding the work before it: here and
+        now where it needs no pass (``at_once``: its answers are kept) or comes from
+        Python, else in the worker."""
         with self._shown:
             self._generation += 1
             generation = self._generation
         self._worker.cancel()
+        if at_once:
+            work(None, generation)
+            self._controls["work"].layout.display = "none"  # what ran is cancelled
+            return
         if not self._page:
             self.wait()  # what was cancelled has let go of the model
             work(self._progress, generation)
@@ -48,8 +56,24 @@ class Background:
         self._write_status(running=title)
         self._worker.submit(job)
 
+    def _answered(self, views: Iterable[View]) -> bool:
+        """Whether every view to refresh (these, and those left stale) has its answer
+        kept, and nothing else needs the engine: then the change is shown at once."""
+        if self._controls["faithfulness"].value:
+            return False
+        with self._shown:
+            wanted = [view for view in self.views if view in {*views, *self._stale}]
+            return all(self._answer_key(view) in self._answers for view in wanted)
+
+    def _answer_key(self, view: View) -> tuple:
+        """What ``view``'s answer depends on, for the image and reference on show."""
+        method = self._method_of(view)
+        options = repr(self.explainer.options(method))
+        return (view.layer, method, repr(view.target), self.region, options)
+
     def _running(self) -> str | None:
-        pending = self._worker.pending
+        """The title of the work that runs for the latest request, if any."""
+        pending = [job for job in self._worker.pending if not job.cancelled]
         return pending[-1].title if pending and not self._worker.in_worker() else None
 
     def _preview(
@@ -92,15 +116,19 @@ class Background:
         try:
             work(job.progress, generation)
         except Cancelled:
-            return
+            pass
         except CamwidgetError as error:
             self._say_error(str(error))
         except Exception as error:  # the panel must survive whatever the model does
             self._say_error(f"unexpected error: {type(error).__name__}: {error}")
         with self._shown:
+            if any(other is not job for other in self._worker.pending):
+                return  # the work after this one tells
             self._controls["work"].layout.display = "none"
-            if generation == self._generation and self.main_view.explanation is not None:
+            if self.main_view.explanation is not None:
                 self._write_status()
+            if generation == self._generation:
+                self._static.update()  # the saved notebook's picture follows the page
 
     def _progress(self, done: int, total: int) -> None:
         """Passes of work run here (from Python), shown as they go."""

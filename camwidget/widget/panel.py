@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType
@@ -26,6 +27,7 @@ from PIL import Image
 from traitlets import Any, Bool, Float, Unicode, observe
 
 from .. import methods, render
+from ..cache import BoundedCache
 from ..errors import CamwidgetError
 from ..explainer import Explainer, Explanation, PreparedImage, Progress
 from ..targets import Similarity
@@ -41,6 +43,8 @@ from .offers import Offers
 from .picture import StaticPicture, compose
 from .traits import BINDINGS, Checked
 from .views import View, display_frame, look_text, status_line
+
+Answer = tuple[Explanation, list[str]]  # a view's explanation and remarks in words
 
 
 class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
@@ -130,6 +134,7 @@ class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
         self._shown = threading.RLock()  # what is on show: views, paints, the status
         self._generation = 0  # the latest request; older work shows nothing
         self._stale: set[View] = set()  # views whose request is not shown yet
+        self._answers: BoundedCache[Answer] = BoundedCache(32)  # for the image on show
         self._static = StaticPicture(self._repr_mimebundle_, lambda: self.comm is not None)
         self._inspector: Inspector | None = None
 
@@ -189,7 +194,11 @@ class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
         beside the overlay and the class list is hidden."""
         self.wait()
         prepared = self.explainer.prepare(image)
-        self._reference = Similarity(self.explainer.embedding(prepared))
+        with self._shown:
+            self._reference, self._answers = (
+                Similarity(self.explainer.embedding(prepared)),
+                BoundedCache(32),
+            )
         thumbnail = display_frame(prepared.rgb, 160)
         self._controls["reference_image"].value = render.encode(thumbnail, "jpeg")
         self._show_mode()
@@ -205,13 +214,20 @@ class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
         """What the panel shows, as one uint8 image: the overlay (and the compare view),
         the colour legend and a caption; the static picture saved with a notebook."""
         self.wait()
-        return compose(self.views, self.colormap, self._summary())
+        return self._picture()
+
+    def _picture(self) -> np.ndarray:
+        """:meth:`picture` of what is on show now, without waiting for work."""
+        with self._shown:
+            return compose(self.views, self.colormap, self._summary())
 
     def _summary(self) -> str:
         e = self.main_view.explanation
         if e is None:
             return "no image yet"
         width, height = self._image.size[1], self._image.size[0]
+        if self.main_view.partial is not None:
+            return f"{width}×{height} image · {self.main_view.partial}"
         return (
             f"{width}×{height} image · layer {e.layer} · {e.label}"
             f"{f' ({e.target})' if isinstance(e.target, int) else ''} · {e.title}"
@@ -220,10 +236,10 @@ class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
     def _repr_mimebundle_(self, **kwargs: object) -> dict | None:
         """The live widget, with a static fallback for front ends without a kernel
         (GitHub, nbviewer, an HTML export): the panel's picture as PNG and a one-line
-        summary."""
+        summary. It never waits for work: Jupyter asks for it after each message."""
         data = super()._repr_mimebundle_(**kwargs)
         if data is not None and self.main_view.frame is not None:
-            data["image/png"] = render.encode(self.picture(), "png")
+            data["image/png"] = render.encode(self._picture(), "png")
             data["text/plain"] = f"camwidget panel: {self._summary()}"
         return data
 
@@ -310,7 +326,8 @@ class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
             return
         views = [view for view in self.views if view in stale]
         title = methods.get(self._method_of(views[0] if len(views) == 1 else self.main_view)).title
-        self._guarded(partial(self._run, partial(self._refresh, views, notes), title))
+        work = partial(self._refresh, views, notes)
+        self._guarded(partial(self._run, work, title, at_once=self._answered(views)))
 
     def _method_of(self, view: View) -> str:
         """The method ``view`` explains with."""
@@ -344,15 +361,20 @@ class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
             if self._controls["faithfulness"].value and main is not None:
                 self.faithfulness.show(self.explainer, self._image, main)
 
-    def _explain(
-        self, view: View, progress: Progress | None, generation: int
-    ) -> tuple[Explanation, list[str]]:
+    def _explain(self, view: View, progress: Progress | None, generation: int) -> Answer:
         target = self._reference or choices.explained(
             view.target, self.explainer.output_kind, self.region, self._image.size
         )
-        method = self._method_of(view)
+        key, method = self._answer_key(view), self._method_of(view)
+        with self._shown:
+            kept = self._answers.get(key)
+        if kept is not None:
+            return kept
         preview = partial(self._preview, view, methods.get(method).title, generation)
-        return view.request(self.explainer, self._image, method, target, progress, preview)
+        e, remarks = view.request(self.explainer, self._image, method, target, progress, preview)
+        with self._shown:  # shown again, it costs no pass
+            self._answers.put(key, (replace(e, timings=dict.fromkeys(e.timings, 0.0)), remarks))
+        return e, remarks
 
     def _repaint(self) -> None:
         """Blend every view on show again (no engine call), the status and inspector."""
@@ -395,7 +417,7 @@ class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
         picks = [pick for _, pick in top] or [0]
         target = picks[0] if target is None else self.explainer.check_target(target)
         with self._shown:
-            self._image = prepared
+            self._image, self._answers = prepared, BoundedCache(32)
             self._frame_rgb = display_frame(prepared.rgb, self.display_size)
             with self._quiet():
                 self.layer = self.layer  # shapes may have changed; names stay

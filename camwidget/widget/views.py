@@ -100,7 +100,7 @@ class View(HasTraits):
     def show_partial(self, raw: np.ndarray, rgb: np.ndarray, text: str) -> None:
         """Show a map still being made (``raw``, rectified, at feature resolution) over
         ``rgb``, with ``text`` as its caption (e.g. "Score-CAM · partial: 35 %")."""
-        self.rgb, self.signed, self.zero, self.partial = rgb, False, None, html.escape(text)
+        self.rgb, self.signed, self.zero, self.partial = rgb, False, None, text
         self.heat = render.normalise(render.upsample(raw, rgb.shape[:2]))
         self.caption.value = f"<i>{html.escape(text)}</i>"
         self.bar_text.value = "<small>0 (no evidence) → high evidence (so far)</small>"
