@@ -281,3 +281,15 @@ def test_perturbed_inputs_go_in_batches_that_suit_the_device():
     assert passes.batch_size(None, "cpu") == 8  # no slower than 32 there, cancelled sooner
     assert passes.batch_size(None, torch.device("cuda")) == 32
     assert passes.batch_size(5, "cpu") == 5 and passes.batch_size(0, "cuda") == 1
+
+
+def test_a_panel_that_starts_on_scorecam_shows_its_previews_then_its_map(lite0):
+    model, preprocess, labels = lite0
+    captions = []
+    panel = CAMWidget(model, preprocess=preprocess, labels=labels, method="scorecam")
+    panel.explainer.scorecam_channels = 24
+    panel.main_view.caption.observe(lambda change: captions.append(change["new"]), "value")
+    panel.set_image(samples.load("chelsea"))  # the first map of the panel is a Score-CAM
+    assert [c for c in captions if "partial" in c][-1].endswith("100 % of the channels scored</i>")
+    assert "Score-CAM at" in captions[-1] and panel.explanation.method == "scorecam"
+    panel.close()

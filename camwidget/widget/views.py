@@ -115,10 +115,10 @@ class View(HasTraits):
             frame = render.blend(self.rgb, self.heat, colormap, alpha, threshold)
         if self.region is not None:
             frame = render.outline(frame, self.region)
-        box = self.explanation.box
-        if box is not None:
-            scale = self.rgb.shape[1] / self.explanation.size[1]
-            frame = render.draw_box(frame, tuple(v * scale for v in box))
+        whole = self.explanation if self.partial is None else None  # a partial map: no box
+        if whole is not None and whole.box is not None:
+            scale = self.rgb.shape[1] / whole.size[1]
+            frame = render.draw_box(frame, tuple(v * scale for v in whole.box))
         self.frame = frame
         self.image.value = render.encode(frame, "jpeg")
         if self._bar_key != (colormap, self.zero):  # a colormap change costs no model pass
