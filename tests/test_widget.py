@@ -233,6 +233,16 @@ def test_class_change_runs_one_backward_and_no_forward_independently(panel, monk
         handle.remove()
 
 
+def test_changes_make_no_new_widget(panel):
+    from ipywidgets.widgets.widget import _instances
+
+    before = len(_instances)
+    for layer, method in (("blocks.12", "gradcam++"), ("blocks.15", "lrp"), ("head", "gradcam")):
+        panel.layer, panel.method = layer, method
+        panel.target, panel.colormap = panel.target + 1, "viridis" if layer == "head" else "jet"
+    assert len(_instances) == before  # every control and view was made once, with the panel
+
+
 def test_cam_offered_only_where_it_applies(panel):
     panel.layer = "head"
     assert ("CAM", "cam") in panel.controls["method"].options and panel.controls[

@@ -162,19 +162,28 @@ def _choosers() -> dict[str, widgets.Widget]:
     }
 
 
+def chosen_options() -> list[str]:
+    """The explainer keywords of the method options with a few choices (e.g.
+    ``lrp_composite``): each has a list in the panel, shown while its method is on."""
+    return [
+        keyword
+        for keyword, (spec, name) in methods.keywords().items()
+        if spec.options[name].choices
+    ]
+
+
 def option_choosers() -> dict[str, widgets.Dropdown]:
-    """A list for each method option with a few choices, named by its explainer keyword
-    (e.g. ``lrp_composite``); the panel shows it while its method is on."""
+    """A list for each of :func:`chosen_options`, named by its keyword."""
     found = {}
-    for keyword, (spec, name) in methods.keywords().items():
+    for keyword in chosen_options():
+        spec, name = methods.keywords()[keyword]
         option = spec.options[name]
-        if option.choices:
-            found[keyword] = widgets.Dropdown(
-                options=list(option.choices),
-                description=name,
-                tooltip=f"{spec.title}: {option.doc}",
-                layout=widgets.Layout(display="none", width="260px"),
-            )
+        found[keyword] = widgets.Dropdown(
+            options=list(option.choices),
+            description=name,
+            tooltip=f"{spec.title}: {option.doc}",
+            layout=widgets.Layout(display="none", width="260px"),
+        )
     return found
 
 

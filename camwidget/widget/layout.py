@@ -29,7 +29,7 @@ def arrange(
         [c["progress_text"], c["progress"], c["cancel"]], layout=widgets.Layout(display="none")
     )
     c["work"].add_class("camwidget-work")
-    options = [c[keyword] for keyword in controls_.option_choosers()]
+    options = [c[keyword] for keyword in controls_.chosen_options()]
     return [
         c["status"],
         widgets.HBox(

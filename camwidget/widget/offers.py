@@ -59,7 +59,7 @@ class Offers:
         pixel = any(spec.pixel_level for spec in specs)
         self._controls["positive_only"].layout.display = "flex" if pixel else "none"
         keywords = {spec.keyword(option) for spec in specs for option in spec.options}
-        for keyword in controls_.option_choosers():
+        for keyword in controls_.chosen_options():
             self._controls[keyword].layout.display = "flex" if keyword in keywords else "none"
 
     def _follow_layer(self) -> tuple[tuple[View, ...], str | None]:

@@ -273,7 +273,7 @@ class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
         c["inspect"].observe(self._inspect_toggled, "value")
         c["faithfulness"].observe(self._faithfulness_toggled, "value")
         c["cancel"].on_click(self._cancel_clicked)
-        for keyword in controls_.option_choosers():
+        for keyword in controls_.chosen_options():
             c[keyword].value = getattr(self.explainer, keyword)
             c[keyword].observe(partial(self._option_chosen, keyword), "value")
         self.faithfulness.rank_button.on_click(self._rank_clicked)
