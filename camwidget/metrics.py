@@ -23,6 +23,8 @@ from . import passes, render
 from .errors import CamwidgetError
 
 Progress = Callable[[int, int], None]
+#: Told the deletion and insertion curves so far and the fraction of their inputs scored.
+Drawn = Callable[["Curve", "Curve", float], None]
 #: ROAD's noisy linear imputation: each removed pixel is this weighted mean of its
 #: 8 neighbours (Rong et al., ICML 2022).
 NEIGHBOURS = (
@@ -109,11 +111,13 @@ def deletion_insertion(
     score: str = "probability",
     batch_size: int | None = None,
     progress: Progress | None = None,
+    drawn: Drawn | None = None,
 ) -> tuple[Curve, Curve]:
     """Both RISE curves at once, sharing the all-baseline input: 2 × steps - 1 perturbed
     forwards. ``baseline``: ``"zeros"`` (of the model input, as TorchCAM), ``"blur"``
     (Gaussian, kernel 11, sigma 5, as RISE's insertion), ``"mean"`` (per channel) or a
-    tensor broadcastable to the input (3, h, w)."""
+    tensor broadcastable to the input (3, h, w). ``drawn(deletion, insertion, fraction)``
+    is told the curves so far after each batch (deletion's points are scored first)."""
     if steps < 1:
         raise CamwidgetError(f"steps must be at least 1, not {steps}")
     original, prepared, ranks = _setup(ex, image, heatmap, target, score)
@@ -129,12 +133,30 @@ def deletion_insertion(
         restore = torch.tensor([insert for _, insert in chunk], device=inputs.device)
         return torch.where(kept ^ ~restore[:, None, None, None], inputs, filler)
 
-    scores = _scored(ex, prepared, target, score, jobs, perturbed, batch_size, progress)
-    removed, inserted = scores[: len(counts) - 1], scores[len(counts) - 1 :]
     fractions = np.asarray(counts, dtype=np.float64) / n
-    deleted = Curve(fractions, np.concatenate([[original], removed]))
-    restored = Curve(fractions, np.concatenate([[removed[-1]], inserted, [original]]))
-    return deleted, restored
+
+    def scored(so_far: np.ndarray) -> None:
+        drawn(*_curves(original, so_far, fractions), len(so_far) / len(jobs))
+
+    found = _scored(
+        ex, prepared, target, score, jobs, perturbed, batch_size, progress,
+        scored if drawn is not None else None,
+    )  # fmt: skip
+    return _curves(original, found, fractions)
+
+
+def _curves(original: float, scores: np.ndarray, fractions: np.ndarray) -> tuple[Curve, Curve]:
+    """The deletion and insertion curves of ``scores``, deletion's first (steps of them:
+    the last is the all-baseline input, where insertion starts), then insertion's (steps
+    - 1; the original score ends it); each curve up to its last point scored so far."""
+    steps = len(fractions) - 1
+    removed, inserted = scores[:steps], scores[steps:]
+    deleted = Curve(fractions[: len(removed) + 1], np.concatenate([[original], removed]))
+    if len(removed) < steps:
+        return deleted, Curve(fractions[:0], np.zeros(0))
+    ends = [original] if len(inserted) == steps - 1 else []
+    points = np.concatenate([[removed[-1]], inserted, ends])
+    return deleted, Curve(fractions[: len(points)], points)
 
 
 def average_drop(
@@ -312,14 +334,20 @@ def _masked(ex, image: object, heatmap: np.ndarray, target: object, score: str):
     return original, float(ex.scores(image, target, inputs * heat, score=score)[0])
 
 
-def _scored(ex, prepared, target, score, jobs, perturbed, batch_size, progress) -> np.ndarray:
-    """Scores of the perturbed inputs made from ``jobs``, ``batch_size`` at a time."""
+def _scored(
+    ex, prepared, target, score, jobs, perturbed, batch_size, progress, scored=None
+) -> np.ndarray:
+    """Scores of the perturbed inputs made from ``jobs``, ``batch_size`` at a time;
+    after each batch, ``progress(done, total)`` (which may raise to stop) and then
+    ``scored(scores so far)``."""
     step, scores = passes.batch_size(batch_size, prepared.inputs.device), []
     for start in range(0, len(jobs), step):
         chunk = jobs[start : start + step]
         scores.append(ex.scores(prepared, target, perturbed(chunk), score=score, batch_size=step))
         if progress is not None:
             progress(min(start + step, len(jobs)), len(jobs))
+        if scored is not None:
+            scored(torch.cat(scores).cpu().numpy().astype(np.float64))
     return torch.cat(scores).cpu().numpy().astype(np.float64)
 
 

@@ -293,3 +293,15 @@ def test_a_panel_that_starts_on_scorecam_shows_its_previews_then_its_map(lite0):
     assert [c for c in captions if "partial" in c][-1].endswith("100 % of the channels scored</i>")
     assert "Score-CAM at" in captions[-1] and panel.explanation.method == "scorecam"
     panel.close()
+
+
+def test_faithfulness_curves_are_drawn_as_they_are_computed(panel):
+    summaries, plots = [], []
+    view = panel.faithfulness
+    view.summary.observe(lambda change: summaries.append(change["new"]), "value")
+    view.plot.observe(lambda change: plots.append(change["new"]), "value")
+    panel.controls["faithfulness"].value = True  # 39 perturbed inputs: 5 batches of 8
+    assert panel.wait(60)
+    computing = [text for text in summaries if "computing:" in text]
+    assert computing and computing[-1].endswith("100% of the perturbed inputs scored</i>")
+    assert "insertion AUC" in summaries[-1] and len(set(plots)) >= 5  # a drawing per batch

@@ -161,6 +161,29 @@ def test_perturbed_inputs_are_scored_in_batches(resnet18, photo_tensor, monkeypa
     assert calls == [16, 16, 7]  # 39 perturbed inputs; the original comes from the cache
 
 
+def test_the_curves_are_told_as_their_points_are_scored(resnet18, photo_tensor):
+    ex = Explainer(resnet18)
+    heat = ex.explain(photo_tensor, "layer4").heatmap
+    told = []
+    deleted, inserted = metrics.deletion_insertion(
+        ex,
+        photo_tensor,
+        heat,
+        3,
+        steps=20,
+        batch_size=16,
+        drawn=lambda *so_far: told.append(so_far),
+    )
+    assert [fraction for *_, fraction in told] == [16 / 39, 32 / 39, 1.0]
+    assert [len(d.fractions) for d, _, _ in told] == [17, 21, 21]  # deletion's points first
+    assert [len(i.fractions) for _, i, _ in told] == [0, 13, 21]
+    np.testing.assert_array_equal(told[0][0].scores, deleted.scores[:17])
+    np.testing.assert_array_equal(told[1][1].scores, inserted.scores[:13])
+    for curve, final in zip(told[-1][:2], (deleted, inserted), strict=True):
+        np.testing.assert_array_equal(curve.fractions, final.fractions)
+        np.testing.assert_array_equal(curve.scores, final.scores)
+
+
 def test_grad_cam_beats_random_maps_of_the_same_smoothness(lite0):
     """Insertion − deletion AUC on every shipped photo, against the mean of five random
     maps drawn on the layer's grid and upsampled like a CAM."""

@@ -52,9 +52,21 @@ class FaithfulnessView:
         image: PreparedImage,
         e: Explanation,
         progress: Progress | None = None,
+        live: bool = False,
     ) -> None:
-        """Compute the numbers of ``e``'s map (once per map), showing nothing."""
-        self._numbers(explainer, image, e, progress)
+        """Compute the numbers of ``e``'s map (once per map); ``live``: draw the curves
+        as their points are scored, and say so."""
+        drawn = None
+        if live:
+
+            def drawn(deleted: metrics.Curve, inserted: metrics.Curve, done: float) -> None:
+                self.plot.value = _plot(deleted, inserted)
+                self.summary.value = (
+                    f"<b>{html.escape(e.title)}</b> at <code>{html.escape(e.layer)}</code><br>"
+                    f"<i>computing: {done:.0%} of the perturbed inputs scored</i>"
+                )
+
+        self._numbers(explainer, image, e, progress, drawn)
 
     def show(self, explainer: Explainer, image: PreparedImage, e: Explanation) -> None:
         """The curves, AUCs and Average Drop of ``e``'s map (computed once per map)."""
@@ -112,12 +124,13 @@ class FaithfulnessView:
         image: PreparedImage,
         e: Explanation,
         progress: Progress | None = None,
+        drawn: metrics.Drawn | None = None,
     ) -> tuple[metrics.Curve, metrics.Curve, float]:
         """Deletion, insertion and Average Drop of ``e``'s map, computed once."""
         key = _key(image, e, e.method)
         if key not in self._curves:
             deleted, inserted = metrics.deletion_insertion(
-                explainer, image, e.heatmap, e.target, progress=progress
+                explainer, image, e.heatmap, e.target, progress=progress, drawn=drawn
             )
             drop = metrics.average_drop(explainer, image, e.heatmap, e.target)
             self._curves[key] = (deleted, inserted, drop)
@@ -142,8 +155,12 @@ def _plot(deleted: metrics.Curve, inserted: metrics.Curve) -> bytes:
     figure = Figure(figsize=(3.6, 2.2), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    axes.plot(deleted.fractions, deleted.scores, label=f"deletion ({deleted.auc:.3f})")
-    axes.plot(inserted.fractions, inserted.scores, label=f"insertion ({inserted.auc:.3f})")
+    for name, curve in (("deletion", deleted), ("insertion", inserted)):
+        whole = len(curve.fractions) and curve.fractions[-1] == 1.0
+        axes.plot(
+            curve.fractions, curve.scores, label=f"{name} ({curve.auc:.3f})" if whole else name
+        )
+    axes.set_xlim(0.0, 1.0)
     axes.set_xlabel("fraction of pixels, highest heat first", fontsize=8)
     axes.set_ylabel("score", fontsize=8)
     axes.tick_params(labelsize=7)

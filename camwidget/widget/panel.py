@@ -338,14 +338,12 @@ class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
     ) -> None:
         """Re-explain ``stale`` (and the views left stale by work cancelled before), then,
         unless newer work came meanwhile, show them, repaint every view, and write the
-        status, the messages (``notes`` and the views' remarks) and the inspector."""
+        status, the messages (``notes`` and the views' remarks) and the inspector; then
+        the faithfulness view, its curves drawn as they are computed."""
         with self._shown:
             stale = [view for view in self.views if view in {*stale, *self._stale}]
             self._stale.update(stale)
         found = [(view, *self._explain(view, progress, generation)) for view in stale]
-        main = next((e for view, e, _ in found if view is self.main_view), None)
-        if self._controls["faithfulness"].value and main is not None:
-            self.faithfulness.compute(self.explainer, self._image, main, progress)
         with self._shown:
             if generation != self._generation:
                 return
@@ -358,8 +356,12 @@ class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
             }
             self._repaint()
             self._say(" · ".join(dict.fromkeys([*notes, *(r for *_, rs in found for r in rs)])))
-            if self._controls["faithfulness"].value and main is not None:
-                self.faithfulness.show(self.explainer, self._image, main)
+        main = next((e for view, e, _ in found if view is self.main_view), None)
+        if self._controls["faithfulness"].value and main is not None:
+            self.faithfulness.compute(self.explainer, self._image, main, progress, live=True)
+            with self._shown:
+                if generation == self._generation:
+                    self.faithfulness.show(self.explainer, self._image, main)
 
     def _explain(self, view: View, progress: Progress | None, generation: int) -> Answer:
         target = self._reference or choices.explained(
