@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -149,7 +150,7 @@ def _demo(args: argparse.Namespace) -> int:
         command.append(f"--port={args.port}")
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         command.append("--allow-root")
-    return subprocess.call(command, cwd=folder)
+    return _serve(command, cwd=folder)
 
 
 def _app(args: argparse.Namespace) -> int:
@@ -167,7 +168,28 @@ def _app(args: argparse.Namespace) -> int:
         command.append("--no-browser")
     env = {**os.environ, "CAMWIDGET_MODEL": args.model}
     print(f"camwidget app: http://{args.ip}:{args.port} (Ctrl-C stops it)")
-    return subprocess.call(command, env=env)
+    return _serve(command, env=env)
+
+
+#: The signals that stop a server: Ctrl-C, ``kill``, a closed terminal.
+STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _serve(command: list[str], **options: object) -> int:
+    """Run the server ``command`` (``options`` go to :class:`subprocess.Popen`) in the
+    foreground of this process: a stopping signal sent to this process goes to the
+    server too, which ends its kernels, and this process waits for it to end."""
+    server = subprocess.Popen(command, **options)
+
+    def forward(number: int, frame: object) -> None:
+        server.send_signal(number)
+
+    previous = {number: signal.signal(number, forward) for number in STOPPING}
+    try:
+        return server.wait()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _require(module: str, message: str) -> None:

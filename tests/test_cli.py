@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,11 +128,11 @@ def test_argparse_errors_and_help():
 def test_demo_opens_jupyterlab_on_a_copy_of_the_shipped_quickstart(monkeypatch, tmp_path):
     launched = {}
 
-    def fake_call(command, cwd):
+    def fake_serve(command, cwd):
         launched.update(command=command, cwd=cwd)
         return 0
 
-    monkeypatch.setattr(cli.subprocess, "call", fake_call)
+    monkeypatch.setattr(cli, "_serve", fake_serve)
     folder = tmp_path / "lesson"
     assert cli.main(["demo", "--port", "8899", "--dir", str(folder)]) == 0
     command = launched["command"]
@@ -140,11 +148,11 @@ def test_demo_opens_jupyterlab_on_a_copy_of_the_shipped_quickstart(monkeypatch, 
 def test_app_serves_the_shipped_notebook_with_voila(monkeypatch):
     launched = {}
 
-    def fake_call(command, env):
+    def fake_serve(command, env):
         launched.update(command=command, env=env)
         return 0
 
-    monkeypatch.setattr(cli.subprocess, "call", fake_call)
+    monkeypatch.setattr(cli, "_serve", fake_serve)
     assert cli.main(["app", "--port", "9001", "--ip", "0.0.0.0", "--no-browser"]) == 0
     command = launched["command"]
     assert command[:3] == [sys.executable, "-m", "voila"]
@@ -154,3 +162,78 @@ def test_app_serves_the_shipped_notebook_with_voila(monkeypatch):
     )
     assert {"--port=9001", "--Voila.ip=0.0.0.0", "--no-browser"} <= set(command)
     assert launched["env"]["CAMWIDGET_MODEL"] == "efficientnet_lite0"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _answered(url: str, log: Path, process: subprocess.Popen, timeout: float = 180) -> None:
+    """Wait until ``url`` answers (its body read: Voila runs the page's notebook)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the server exited: {log.read_text()}")
+        try:
+            urllib.request.urlopen(url, timeout=120).read()
+            return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"{url} did not answer: {log.read_text()}")
+
+
+def _stopped_leaves_nothing(command: list[str], start_kernel, stop: int, tmp_path) -> None:
+    """Start ``command``, have a kernel started (``start_kernel(port, log)``), send
+    ``stop`` to the command's process: it, its server and the kernel are gone in 10 s."""
+    psutil = pytest.importorskip("psutil")
+    port, log = _free_port(), tmp_path / "server.log"
+    env = {**os.environ, "BROWSER": "true"}  # no browser is opened
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)], cwd=tmp_path, stdout=out, stderr=out, env=env
+        )
+    family = [psutil.Process(process.pid)]
+    try:
+        start_kernel(port, log, process)
+        family += family[0].children(recursive=True)
+        kernels = [p for p in family if "ipykernel" in " ".join(p.cmdline())]
+        assert kernels, "no kernel was started"
+        process.send_signal(stop)
+        _, alive = psutil.wait_procs(family, timeout=10)
+        assert not alive, f"still running: {[' '.join(p.cmdline())[:80] for p in alive]}"
+    finally:  # whatever failed: nothing of it is left running
+        with contextlib.suppress(psutil.NoSuchProcess):
+            family += family[0].children(recursive=True)
+        for member in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                member.kill()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stopped_app_takes_its_server_and_kernels_along(stop, tmp_path):
+    command = [sys.executable, "-m", "camwidget.cli", "app", "--no-browser"]
+
+    def served(port, log, process):  # Voila starts a kernel for the page and runs it
+        _answered(f"http://127.0.0.1:{port}/", log, process)
+
+    _stopped_leaves_nothing(command, served, stop, tmp_path)
+
+
+def test_a_stopped_demo_takes_its_server_and_kernels_along(tmp_path):
+    command = [sys.executable, "-m", "camwidget.cli", "demo", "--dir", str(tmp_path / "demo")]
+
+    def kernel_started(port, log, process):
+        _answered(f"http://127.0.0.1:{port}/api", log, process)  # no token needed
+        token = re.search(r"token=([0-9a-f]+)", log.read_text())
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/kernels",
+            data=b"{}",
+            method="POST",
+            headers={"Authorization": f"token {token.group(1) if token else ''}"},
+        )
+        urllib.request.urlopen(request, timeout=60).read()
+        time.sleep(2)  # the kernel's process is up
+
+    _stopped_leaves_nothing(command, kernel_started, signal.SIGTERM, tmp_path)
