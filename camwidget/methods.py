@@ -245,8 +245,7 @@ def _previewing(
 
     def scored(values: Tensor) -> None:
         known = weights_of(values).to(activations.dtype)
-        weights = torch.zeros(activations.shape[0], dtype=activations.dtype)
-        weights = weights.to(activations.device)
+        weights = activations.new_zeros(activations.shape[0])
         weights[channels] = known.mean() if fill_mean else 0.0
         weights[channels[: len(values)]] = known
         partial = torch.relu(_weighted_sum(weights, activations))

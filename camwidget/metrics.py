@@ -340,15 +340,16 @@ def _scored(
     """Scores of the perturbed inputs made from ``jobs``, ``batch_size`` at a time;
     after each batch, ``progress(done, total)`` (which may raise to stop) and then
     ``scored(scores so far)``."""
-    step, scores = passes.batch_size(batch_size, prepared.inputs.device), []
+    step, found = passes.batch_size(batch_size, prepared.inputs.device), np.zeros(0)
     for start in range(0, len(jobs), step):
         chunk = jobs[start : start + step]
-        scores.append(ex.scores(prepared, target, perturbed(chunk), score=score, batch_size=step))
+        scores = ex.scores(prepared, target, perturbed(chunk), score=score, batch_size=step)
+        found = np.concatenate([found, scores.cpu().numpy().astype(np.float64)])
         if progress is not None:
             progress(min(start + step, len(jobs)), len(jobs))
         if scored is not None:
-            scored(torch.cat(scores).cpu().numpy().astype(np.float64))
-    return torch.cat(scores).cpu().numpy().astype(np.float64)
+            scored(found)
+    return found
 
 
 def _region(box_or_mask: object, shape: tuple[int, int]) -> np.ndarray:

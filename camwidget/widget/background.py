@@ -6,8 +6,7 @@ change whose answers the panel keeps is shown at once, also while work runs."""
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 
 import ipywidgets as widgets
 from torch import Tensor
@@ -25,15 +24,6 @@ class Background:
         """Wait until the work started from the page has finished (False on time-out)."""
         return self._worker.wait(timeout)
 
-    @contextmanager
-    def _from_page(self) -> Iterator[None]:
-        """Changes made inside come from the page: their engine work runs in the worker."""
-        previous, self._page = self._page, True
-        try:
-            yield
-        finally:
-            self._page = previous
-
     def _run(
         self, work: Callable[[Progress | None, int], None], title: str, at_once: bool = False
     ) -> None:
@@ -48,7 +38,7 @@ class Background:
             work(None, generation)
             self._controls["work"].layout.display = "none"  # what ran is cancelled
             return
-        if not self._page:
+        if not self._from_page.on:
             self.wait()  # what was cancelled has let go of the model
             work(self._progress, generation)
             return

@@ -11,8 +11,10 @@ from traitlets import HasTraits, TraitError
 from ..errors import CamwidgetError
 
 
-class Quiet:
-    """While on (``with quiet():``), changes of traits and controls re-render nothing."""
+class Flag:
+    """On inside ``with flag():``, as it was before outside (e.g. the panel's ``quiet``:
+    changes of traits and controls re-render nothing; ``from_page``: the changes come
+    from the page)."""
 
     def __init__(self) -> None:
         self.on = False
@@ -31,7 +33,7 @@ def bind(
     trait: str,
     control: widgets.Widget,
     attribute: str,
-    quiet: Quiet,
+    quiet: Flag,
     on_error: Callable[[str], None],
     from_page: Callable[[], AbstractContextManager],
 ) -> None:

@@ -36,7 +36,7 @@ from . import choices, layout
 from . import controls as controls_
 from .actions import Actions
 from .background import Background
-from .binding import Quiet, bind
+from .binding import Flag, bind
 from .faithfulness import FaithfulnessView
 from .inspector import Inspector
 from .offers import Offers
@@ -129,7 +129,7 @@ class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
         self._image: PreparedImage | None = None
         self._frame_rgb: np.ndarray | None = None
         self._reference: Similarity | None = None
-        self._quiet, self._page = Quiet(), False
+        self._quiet, self._from_page = Flag(), Flag()
         self._worker = Worker("camwidget-panel")
         self._shown = threading.RLock()  # what is on show: views, paints, the status
         self._generation = 0  # the latest request; older work shows nothing
@@ -194,11 +194,9 @@ class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
         beside the overlay and the class list is hidden."""
         self.wait()
         prepared = self.explainer.prepare(image)
+        reference = Similarity(self.explainer.embedding(prepared))
         with self._shown:
-            self._reference, self._answers = (
-                Similarity(self.explainer.embedding(prepared)),
-                BoundedCache(32),
-            )
+            self._reference, self._answers = reference, BoundedCache(32)
         thumbnail = display_frame(prepared.rgb, 160)
         self._controls["reference_image"].value = render.encode(thumbnail, "jpeg")
         self._show_mode()
