@@ -2,6 +2,7 @@
 
 from . import metrics, samples, targets, zoo
 from .audit import Audit, explain_dataset
+from .audit_ray import RayEngine
 from .errors import CamwidgetError
 from .explainer import Explainer
 from .explanation import Explanation, PreparedImage
@@ -20,6 +21,7 @@ __all__ = [
     "Gallery",
     "LayerInfo",
     "PreparedImage",
+    "RayEngine",
     "explain_dataset",
     "metrics",
     "overlay",

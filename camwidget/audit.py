@@ -26,6 +26,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from . import images, render
+from .audit_ray import RayEngine
+from .audit_ray import run as run_on_ray
 from .audit_store import ParquetStore, Store, optional
 from .errors import CamwidgetError
 from .explainer import Explainer
@@ -319,7 +321,7 @@ def explain_dataset(
     num_workers: int = 0,
     device: str | torch.device | None = None,
     store: str | Path | Store | None = None,
-    engine: str = "local",
+    engine: str | RayEngine = "local",
     progress: bool = True,
 ) -> Audit:
     """Explain every image of ``source`` (a folder with one sub-folder per class, a list
@@ -328,16 +330,18 @@ def explain_dataset(
     ``targets``: ``"predicted"`` (the top class), ``"true"`` (the label; the top class
     where there is none) or a function label -> target. ``store``: None (in memory), a
     ``.parquet`` path or a :class:`Store`. ``engine``: ``"local"`` (a DataLoader with
-    ``num_workers``) or ``"ray"`` (Ray Data actors, each with one copy of the model; see
-    :func:`camwidget.audit_ray.run`). ``device``: where the model runs when given a
-    bare model. An interrupt (Ctrl-C, the stop button) keeps what is done.
+    ``num_workers``), ``"ray"`` or a :class:`~camwidget.audit_ray.RayEngine` (Ray Data
+    actors, each with one copy of the model). ``device``: where the model runs when
+    given a bare model. An interrupt (Ctrl-C, the stop button) keeps what is done; an
+    error keeps it too (in the store, marked incomplete) and says so in its notes.
     """
     if not isinstance(explainer, Explainer):
         explainer = Explainer(explainer, device=device)
     if not isinstance(targets, str) and not callable(targets):
         raise CamwidgetError("targets must be 'predicted', 'true' or a function label -> target")
-    if engine not in ("local", "ray"):
-        raise CamwidgetError(f"engine must be 'local' or 'ray'; got {engine!r}")
+    engine = RayEngine() if engine == "ray" else engine
+    if engine != "local" and not isinstance(engine, RayEngine):
+        raise CamwidgetError(f"engine must be 'local', 'ray' or a RayEngine; got {engine!r}")
     method, layer, _, _ = explainer.resolve(method, layer)
     data = Images(explainer, source)
     sink = store if isinstance(store, Store) else ParquetStore(store) if store else Store()
@@ -349,7 +353,7 @@ def explain_dataset(
 
 
 def _run(
-    engine: str,
+    engine: str | RayEngine,
     explainer: Explainer,
     data: Images,
     settings: tuple,
@@ -358,19 +362,24 @@ def _run(
     sink: Store,
     progress: bool,
 ) -> None:
-    """Run ``engine`` into ``sink``; an interrupt keeps what is done, said in the
-    progress bar and in the store's settings (``complete``)."""
+    """Run ``engine`` into ``sink``. An interrupt or an error keeps what is done, marked
+    incomplete in the store's settings (``complete``) and said in the progress bar (an
+    interrupt) or the error's notes."""
     bar = _Progress(len(data), progress)
     try:
-        if engine == "ray":
-            from .audit_ray import run
-
-            run(explainer, data, explain_rows, settings, batch_size, sink, bar)
+        if isinstance(engine, RayEngine):
+            run_on_ray(explainer, data, explain_rows, settings, batch_size, sink, bar, engine)
         else:
             _run_local(explainer, data, settings, batch_size, num_workers, sink, bar)
-    except KeyboardInterrupt:
+    except BaseException as stopped:
         sink.metadata["complete"] = False
-        bar.say(f"interrupted: {bar.done} of {len(data)} images kept")
+        kept = f"{bar.done} of {len(data)} images explained and kept"
+        if isinstance(sink, ParquetStore):
+            kept += f" in {sink.path} (camwidget.Audit.open)"
+        if not isinstance(stopped, KeyboardInterrupt):
+            stopped.add_note(f"the audit stopped: {kept}")
+            raise
+        bar.say(f"interrupted: {kept}")
     finally:
         sink.close()
         bar.close()

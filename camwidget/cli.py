@@ -75,7 +75,7 @@ def _render_parser(commands: argparse._SubParsersAction) -> None:
         "render",
         help="explain one image and write the overlay as a PNG",
         description="Explain one image with the embedded pretrained model and write the "
-        "heatmap overlay, with a caption, as a PNG.",
+        "heatmap overlay, with its colour legend and a caption, as a PNG.",
         epilog=f"Samples that ship with the installed packages: {', '.join(samples.names())}.",
     )
     render.add_argument(
@@ -98,6 +98,12 @@ def _render_parser(commands: argparse._SubParsersAction) -> None:
     render.add_argument("--colormap", default="viridis", help="any matplotlib colormap name")
     render.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1]")
     render.add_argument("--out", default="cam.png", help="output PNG path (default: cam.png)")
+    render.add_argument(
+        "--no-legend",
+        dest="legend",
+        action="store_false",
+        help="leave out the colour legend under the picture (drawn by default, as in the panel)",
+    )
     render.set_defaults(run=_render)
 
 
@@ -122,7 +128,12 @@ def _render(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.parent != Path() and not out.parent.is_dir():
         raise CamwidgetError(f"cannot write {out}: the folder {out.parent} does not exist")
-    Image.fromarray(render.captioned(rgb, lines)).save(out, format="PNG")
+    if args.legend:
+        zero, meaning = explanation.legend()
+        picture = render.with_legend(rgb, args.colormap, zero, lines, meaning)
+    else:
+        picture = render.captioned(rgb, lines)
+    Image.fromarray(picture).save(out, format="PNG")
     print(f"{out}: {lines[0]}; {lines[1]}")
     return 0
 

@@ -105,6 +105,21 @@ class Explanation:
         """The signed heatmap at another (H, W)."""
         return _by_largest(render.upsample(self.raw, size))
 
+    def legend(self, signed: bool = False) -> tuple[float | None, str]:
+        """Where 0 lies on the colour legend (None: at its low end) and what its ends
+        mean; ``signed``: a pixel-level map shown from -1 to 1."""
+        method = methods.get(self.method)
+        if signed:
+            return 0.5, "against (blue) ← 0 → for the target (red)"
+        if method.pixel_level:
+            return None, "0 (no evidence) → high positive evidence"
+        if method.rectified:
+            return None, "0 (no evidence) → high evidence"
+        low, high = float(self.raw.min()), float(self.raw.max())
+        if low < 0 < high:
+            return -low / (high - low), "negative ← 0 → positive"
+        return None, "low → high"
+
     @property
     def message(self) -> str | None:
         """A remark in words when the map shows nothing (no positive evidence, constant)."""

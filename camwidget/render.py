@@ -167,6 +167,15 @@ def legend(
     return bar
 
 
+def with_legend(
+    rgb: np.ndarray, colormap: str, zero: float | None, lines: list[str], meaning: str
+) -> np.ndarray:
+    """``rgb`` over its colour legend (as wide; 0 marked at ``zero``), captioned with
+    ``lines`` and what the colours mean (``meaning``)."""
+    bar = legend(colormap, width=rgb.shape[1], height=14, zero=zero)
+    return captioned(np.concatenate([rgb, bar], axis=0), [*lines, f"colours: {meaning}"])
+
+
 def outline(
     rgb: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 255, 255)
 ) -> np.ndarray:

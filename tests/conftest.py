@@ -1,8 +1,14 @@
-"""Shared fixtures: seeded torchvision models, a real photo, and model-state checks."""
+"""Shared fixtures: seeded torchvision models, a real photo, and model-state checks; and
+the check that the tests leave no process of theirs running."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import matplotlib.cbook
 import numpy as np
@@ -21,6 +27,50 @@ HOOK_DICTS = (
     "_forward_hooks_with_kwargs",
     "_forward_pre_hooks_with_kwargs",
 )
+
+
+#: Every process the tests start inherits this mark (servers, kernels, Ray, browsers).
+MARK = "CAMWIDGET_TEST_RUN"
+os.environ[MARK] = str(os.getpid())
+
+
+def started_by_tests() -> dict[int, str]:
+    """pid -> command line of each live process, other than this one, that carries this
+    run's mark (Linux; elsewhere none are found)."""
+    mark = f"{MARK}={os.getpid()}".encode()
+    found = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if int(proc.name) != os.getpid() and mark in (proc / "environ").read_bytes().split(
+                b"\0"
+            ):
+                found[int(proc.name)] = (
+                    (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                )
+        except (OSError, ValueError):  # ended meanwhile, or not ours to read
+            continue
+    return found
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
+    """After every fixture has ended: fail the run if a process the tests started is
+    still alive 10 s later (and end it)."""
+    result = yield
+    deadline = time.monotonic() + 10
+    while (left := started_by_tests()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        reporter.write_line(
+            f"{len(left)} processes started by the tests are still running:", red=True
+        )
+        for pid, command in left.items():
+            reporter.write_line(f"  {pid}: {command[:200]}")
+            with contextlib.suppress(OSError):  # it may have ended meanwhile
+                os.kill(pid, signal.SIGKILL)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    return result
 
 
 def seeded(builder, seed: int = 0, **kwargs) -> torch.nn.Module:

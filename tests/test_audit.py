@@ -4,6 +4,9 @@ the Parquet store, the triage numbers, interrupts, other sources, and the Ray en
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +14,7 @@ import torch
 from conftest import PHOTO_CLASSES
 from PIL import Image
 
-from camwidget import Audit, CamwidgetError, Explainer, explain_dataset, samples, zoo
+from camwidget import Audit, CamwidgetError, Explainer, RayEngine, explain_dataset, samples, zoo
 from camwidget.audit import ParquetStore, Store, summary
 
 
@@ -135,6 +138,34 @@ def test_an_interrupt_keeps_what_is_done(lite0, folder, tmp_path):
     assert len(stored) == len(reopened) == 8 and not reopened.complete
 
 
+class Failing(torch.utils.data.Dataset):
+    """Twelve photos, of which the one at ``broken`` cannot be read (a disk gone away)."""
+
+    def __init__(self, broken: int) -> None:
+        self.broken = broken
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, i):
+        if i == self.broken:
+            raise OSError(f"photo {i}: input/output error")
+        return samples.load(("chelsea", "coffee", "rocket")[i % 3]), 0
+
+
+def test_an_error_keeps_every_finished_batch_readable(lite0, tmp_path):
+    path = tmp_path / "audit.parquet"
+    with pytest.raises(OSError, match="photo 9: input/output error") as raised:
+        explain_dataset(lite0, Failing(broken=9), batch_size=4, store=path, progress=False)
+    assert raised.value.__notes__ == [
+        f"the audit stopped: 8 of 12 images explained and kept in {path} (camwidget.Audit.open)"
+    ]
+    kept = Audit.open(path)
+    assert [image.index for image in kept] == list(range(8)) and not kept.complete
+    whole = explain_dataset(lite0, Failing(broken=-1), batch_size=4, progress=False)
+    np.testing.assert_array_equal(kept[7].raw, whole[7].raw)
+
+
 class Photos(torch.utils.data.Dataset):
     def __init__(self) -> None:
         self.items = [(samples.load("chelsea"), 285), (samples.load("coffee"), 967)]
@@ -163,13 +194,20 @@ def test_bad_sources_are_told_in_words(lite0, tmp_path):
         explain_dataset(lite0, tmp_path, progress=False)
     with pytest.raises(CamwidgetError, match="cannot audit a int"):
         explain_dataset(lite0, 3, progress=False)
-    with pytest.raises(CamwidgetError, match="engine must be 'local' or 'ray'"):
+    with pytest.raises(CamwidgetError, match="engine must be 'local', 'ray' or a RayEngine"):
         explain_dataset(lite0, [str(tmp_path)], engine="spark", progress=False)
 
 
+@pytest.fixture(scope="module")
+def ray():
+    """Ray, shut down (its processes ended) after this module's tests."""
+    ray = pytest.importorskip("ray")
+    yield ray
+    ray.shutdown()
+
+
 @pytest.mark.slow
-def test_the_ray_engine_gives_the_same_audit(audit, lite0, folder, tmp_path):
-    pytest.importorskip("ray")
+def test_the_ray_engine_gives_the_same_audit(audit, lite0, folder, tmp_path, ray):
     path = tmp_path / "ray.parquet"
     distributed = explain_dataset(
         lite0, folder, layer="blocks.12", batch_size=4, engine="ray", store=path, progress=False
@@ -201,3 +239,43 @@ def test_a_missing_optional_package_is_named(lite0, folder, tmp_path, monkeypatc
     monkeypatch.setattr("importlib.import_module", lambda name: without_pyarrow(name))
     with pytest.raises(CamwidgetError, match=r"needs pyarrow: pip install 'camwidget\[audit\]'"):
         explain_dataset(lite0, folder, store=tmp_path / "a.parquet", progress=False)
+
+
+@pytest.mark.slow
+def test_ray_fails_fast_on_a_request_it_cannot_meet(lite0, folder, tmp_path, ray):
+    impossible = RayEngine(actors=2, cpus=1024, start_timeout=5)
+    start = time.perf_counter()
+    with pytest.raises(CamwidgetError) as raised:
+        explain_dataset(lite0, folder, engine=impossible, store=tmp_path / "a.parquet")
+    assert time.perf_counter() - start < 60  # without the bound: waits for ever
+    message = str(raised.value)
+    assert message.startswith("Ray could not start 2 actors with 1024 CPUs and 0 GPUs each")
+    assert "within 5 s; the cluster has" in message and "CPUs, 0 GPUs and" in message
+    assert "Ray says: Timed out while starting actors" in message
+    assert raised.value.__notes__ == [
+        "the audit stopped: 0 of 15 images explained and kept in "
+        f"{tmp_path / 'a.parquet'} (camwidget.Audit.open)"
+    ]
+
+
+@pytest.mark.slow
+def test_ray_fails_fast_on_a_cluster_that_does_not_answer(tmp_path):
+    """In a process of its own: the connection Ray keeps trying must not touch this one."""
+    pytest.importorskip("ray")
+    script = (
+        "from camwidget import RayEngine, explain_dataset, samples, zoo\n"
+        "model, _, _ = zoo.load()\n"
+        f"samples.load('chelsea').save({str(tmp_path / 'cat.png')!r})\n"
+        "engine = RayEngine(address='127.0.0.1:9', start_timeout=5)\n"
+        f"explain_dataset(model, [{str(tmp_path / 'cat.png')!r}], engine=engine)\n"
+    )
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert time.perf_counter() - start < 90
+    assert done.returncode == 1
+    assert (
+        "CamwidgetError: could not reach the Ray cluster at 127.0.0.1:9 within 5 s" in done.stderr
+    )
+    assert "the audit stopped: 0 of 1 images explained and kept" in done.stderr

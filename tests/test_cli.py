@@ -41,6 +41,24 @@ def test_render_default_writes_the_overlay_with_a_caption(tmp_path):
     heatmap = Explainer(model, preprocess, labels).explain(photo).heatmap
     expected = render.blend(np.asarray(photo), heatmap, "viridis", 0.5)  # the default
     assert np.abs(picture[: photo.height].astype(int) - expected).max() <= 1
+    below = picture[photo.height : photo.height + 14]  # the panel's legend, as wide
+    np.testing.assert_array_equal(below, render.legend("viridis", photo.width, 14))
+
+
+def test_render_leaves_out_the_legend_when_told(tmp_path):
+    out = tmp_path / "cam.png"
+    assert (
+        cli.main(["render", "chelsea", "--colormap", "magma", "--no-legend", "--out", str(out)])
+        == 0
+    )
+    picture = np.asarray(Image.open(out))
+    height = samples.load("chelsea").height
+    assert (picture[height : height + 5] == 255).all()  # the caption's white margin at once
+    out = tmp_path / "legend.png"
+    assert cli.main(["render", "chelsea", "--colormap", "magma", "--out", str(out)]) == 0
+    bar = np.asarray(Image.open(out))[height : height + 14]
+    np.testing.assert_array_equal(bar, render.legend("magma", picture.shape[1], 14))
+    assert np.asarray(Image.open(out)).shape[0] > picture.shape[0] + 14  # and its words
 
 
 def test_render_a_path_and_a_sample_with_options(tmp_path):

@@ -402,6 +402,40 @@ def test_close_leaves_the_model_as_it_was(resnet18, photo):
     assert panel.comm is None
 
 
+def test_close_twice_is_harmless(resnet18, photo):
+    panel = CAMWidget(resnet18, photo)
+    panel.controls["inspect"].value = True
+    panel.close()
+    panel.close()
+    assert panel.comm is None and panel.inspector is None
+
+
+class Broken(torch.nn.Module):
+    """A model whose forward raises, as a user's model with a bug does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("a bug in the user's model")
+
+
+@pytest.mark.parametrize("model", [Broken(), "no model"], ids=["forward raises", "not a model"])
+def test_a_panel_whose_constructor_raised_closes_quietly(model, photo, monkeypatch):
+    import gc
+    import sys
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with pytest.raises(Exception) as raised:
+        CAMWidget(model, photo)
+    raised.value.__traceback__ = None  # the traceback's frames hold the half-built panel
+    del raised
+    gc.collect()
+    assert not unraisable, [str(u.exc_value) for u in unraisable]
+
+
 def test_method_switches_run_no_pass_except_the_first_scorecam(panel):
     ex = panel.explainer
     ex.scorecam_channels = 8  # keep the test quick: Score-CAM on 8 channels
@@ -524,6 +558,11 @@ def test_pixel_level_methods_show_a_signed_map_without_the_layer(panel):
     assert "against (blue) ← 0 → for the target (red)" in view.bar_text.value
     bar = np.asarray(Image.open(io.BytesIO(bytes(view.bar.value))))
     np.testing.assert_array_equal(bar, render.legend(render.DIVERGING, zero=0.5))
+    height, width = view.frame.shape[:2]  # the picture's legend is the panel's
+    below = panel.picture()[height : height + 14, :width]
+    np.testing.assert_array_equal(
+        below, render.legend(render.DIVERGING, width + 4, 14, 0.5)[:, :width]
+    )
 
     forwards = []
     handle = panel.explainer.model.register_forward_pre_hook(lambda m, a: forwards.append(1))

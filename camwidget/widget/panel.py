@@ -247,13 +247,14 @@ class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
 
     def close(self) -> None:
         """Stop the worker, close every child widget and figure and drop the cached
-        passes. The model holds no hooks of ours at any time outside a pass."""
-        self._worker.close()
-        if self._inspector is not None:
-            self._inspector.close()
-            self._inspector = None
-        self._static.close()
-        self.explainer.clear()
+        passes. Safe twice, and on a panel whose constructor raised. The model holds no
+        hooks of ours at any time outside a pass."""
+        for part in ("_worker", "_inspector", "_static"):
+            if (owned := getattr(self, part, None)) is not None:
+                owned.close()
+        self._inspector = None
+        if (explainer := getattr(self, "explainer", None)) is not None:
+            explainer.clear()
         for child in _descendants(self):
             child.close()
         super().close()

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import render
 from ..errors import CamwidgetError
-from .views import View, legend_meaning
+from .views import View
 
 
 def compose(views: Sequence[View], colormap: str, summary: str) -> np.ndarray:
@@ -22,9 +22,8 @@ def compose(views: Sequence[View], colormap: str, summary: str) -> np.ndarray:
     frames = [np.pad(v.frame, ((0, height - v.frame.shape[0]), (0, 4), (0, 0))) for v in views]
     row = np.concatenate(frames, axis=1)
     main = views[0]
-    bar = render.legend(colormap, width=row.shape[1], height=14, zero=main.zero)
-    lines = [summary, f"colours: {legend_meaning(main.explanation)[1]}"]
-    return render.captioned(np.concatenate([row, bar], axis=0), lines)
+    colormap = render.DIVERGING if main.signed else colormap  # as the panel's legend
+    return render.with_legend(row, colormap, main.zero, [summary], main.meaning)
 
 
 class StaticPicture:

@@ -47,6 +47,7 @@ class View(HasTraits):
         self.region: np.ndarray | None = None
         self.frame: np.ndarray | None = None
         self.zero: float | None = None  # where 0 lies on the legend, for a signed map
+        self.meaning = ""  # what the legend's colours mean, in words
         self.signed = False  # a pixel-level map shown signed (``heat`` in [-1, 1])
         self.partial: str | None = None  # what a map still being made is, while on show
         self._bar_key: tuple | None = None
@@ -94,8 +95,8 @@ class View(HasTraits):
         if e.region is not None:
             self.region = render.upsample(e.region.astype(np.float32), rgb.shape[:2]) >= 0.5
         self.caption.value = f"{caption(e)} · {e.title} at <code>{html.escape(e.layer)}</code>"
-        self.zero, meaning = legend_meaning(e, self.signed)
-        self.bar_text.value = f"<small>{html.escape(meaning)}</small>"
+        self.zero, self.meaning = e.legend(self.signed)
+        self.bar_text.value = f"<small>{html.escape(self.meaning)}</small>"
 
     def show_partial(self, raw: np.ndarray, rgb: np.ndarray, text: str) -> None:
         """Show a map still being made (``raw``, rectified, at feature resolution) over
@@ -103,7 +104,8 @@ class View(HasTraits):
         self.rgb, self.signed, self.zero, self.partial = rgb, False, None, text
         self.heat = render.normalise(render.upsample(raw, rgb.shape[:2]))
         self.caption.value = f"<i>{html.escape(text)}</i>"
-        self.bar_text.value = "<small>0 (no evidence) → high evidence (so far)</small>"
+        self.meaning = "0 (no evidence) → high evidence (so far)"
+        self.bar_text.value = f"<small>{self.meaning}</small>"
 
     def paint(self, colormap: str, alpha: float, threshold: float) -> None:
         """Blend the heatmap over the photo, outline the explained region or box, and
@@ -124,21 +126,6 @@ class View(HasTraits):
         if self._bar_key != (colormap, self.zero):  # a colormap change costs no model pass
             self._bar_key = (colormap, self.zero)
             self.bar.value = render.encode(render.legend(colormap, zero=self.zero), "png")
-
-
-def legend_meaning(e: Explanation, signed: bool = False) -> tuple[float | None, str]:
-    """Where 0 lies on the colorbar (None: at its low end) and what its ends mean;
-    ``signed``: a pixel-level map shown from -1 to 1."""
-    if signed:
-        return 0.5, "against (blue) ← 0 → for the target (red)"
-    if methods.get(e.method).pixel_level:
-        return None, "0 (no evidence) → high positive evidence"
-    if methods.get(e.method).rectified:
-        return None, "0 (no evidence) → high evidence"
-    low, high = float(e.raw.min()), float(e.raw.max())
-    if low < 0 < high:
-        return -low / (high - low), "negative ← 0 → positive"
-    return None, "low → high"
 
 
 def caption(e: Explanation, detail: bool = True) -> str:

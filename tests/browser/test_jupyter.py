@@ -61,9 +61,13 @@ def _serving(process: subprocess.Popen, log, url: str, name: str):
         else:
             pytest.fail(f"{name} did not answer within 120 s")
         yield
-    finally:
+    finally:  # it ends its kernels; killed if it does not end in 30 s
         process.terminate()
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
         log.close()
 
 
