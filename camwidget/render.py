@@ -86,6 +86,58 @@ def colorize(heatmap: np.ndarray, colormap: str = "viridis") -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+def levels(heatmap: np.ndarray, signed: bool = False) -> np.ndarray:
+    """The map as levels, uint8 (H, W): ``heatmap`` in [0, 1] as 0..255, or a ``signed``
+    map in [-1, 1] as 1..255 with 0 at level 128."""
+    if signed:
+        return (np.rint(np.clip(heatmap, -1.0, 1.0) * 127.0) + 128.0).astype(np.uint8)
+    return np.rint(np.clip(heatmap, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def palette(colormap: str, threshold: float = 0.0, signed: bool = False) -> np.ndarray:
+    """Each level's colour and coverage, uint8 (256, 4) RGBA: the colormap, opaque from
+    ``threshold`` up (a level below it lets the photo show through). For a ``signed``
+    map (:func:`levels`) the coverage grows with the magnitude m, ``min(1, 2 sqrt m)``
+    (faint evidence still shows, 0 shows nothing), and ``threshold`` cuts small m."""
+    out = np.empty((256, 4), dtype=np.uint8)
+    level = np.arange(256, dtype=np.float64)
+    if signed:
+        value = np.clip((level - 128.0) / 127.0, -1.0, 1.0)
+        out[:, :3] = colormap_lut(colormap)[np.rint((value + 1.0) * 127.5).astype(int)]
+        magnitude = np.abs(value)
+        coverage = np.minimum(1.0, 2.0 * np.sqrt(magnitude)) * (magnitude >= threshold)
+    else:
+        out[:, :3] = colormap_lut(colormap)
+        coverage = (level / 255.0 >= threshold - 1e-9).astype(np.float64)
+    out[:, 3] = np.rint(coverage * 255.0)
+    return out
+
+
+def compose(base: np.ndarray, level: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
+    """What the page shows: a map's ``level`` (:func:`levels`) coloured by ``colours``
+    (a :func:`palette`) over ``base`` (uint8 RGB, the same (H, W)) at opacity ``alpha``:
+    ``base + (colour - base) * alpha * coverage``."""
+    if base.shape[:2] != level.shape:
+        raise CamwidgetError(f"image size {base.shape[:2]} and map size {level.shape} differ")
+    if not 0.0 <= alpha <= 1.0:
+        raise CamwidgetError(f"alpha must lie in [0, 1]; got {alpha}")
+    weight = colours[:, 3].astype(np.float32) * np.float32(alpha / 255.0)  # per level
+    keep = np.take(np.float32(1.0) - weight, level)[:, :, None]
+    out = base * keep
+    out += np.take(colours[:, :3].astype(np.float32) * weight[:, None], level, axis=0)
+    return np.rint(out, out=out).astype(np.uint8)
+
+
+def encode_levels(level: np.ndarray, colours: np.ndarray) -> bytes:
+    """A map as the page gets it: a palette PNG of ``level`` with ``colours`` (RGB in
+    the palette, the coverage in its transparency chunk)."""
+    image = Image.fromarray(level, "L")
+    image.putpalette(colours[:, :3].tobytes())
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", transparency=colours[:, 3].tobytes(), compress_level=1)
+    return buffer.getvalue()
+
+
 def blend(
     rgb: np.ndarray,
     heatmap: np.ndarray,
@@ -93,24 +145,10 @@ def blend(
     alpha: float = 0.5,
     threshold: float = 0.0,
 ) -> np.ndarray:
-    """``(1 - a) * rgb + a * colormap(heatmap)`` where a = alpha and heatmap >= threshold.
-
-    Below ``threshold`` the photo shows through untouched. ``rgb`` and ``heatmap`` must
-    have the same (H, W).
-    """
-    if rgb.shape[:2] != heatmap.shape:
-        raise CamwidgetError(f"image size {rgb.shape[:2]} and heatmap size {heatmap.shape} differ")
-    if not 0.0 <= alpha <= 1.0:
-        raise CamwidgetError(f"alpha must lie in [0, 1]; got {alpha}")
-    colored = colorize(heatmap, colormap).astype(np.float32)
-    weight = np.float32(alpha)
-    if threshold > 0.0:
-        weight = (heatmap >= threshold).astype(np.float32)[:, :, None] * weight
-    out = rgb.astype(np.float32)
-    out *= np.float32(1.0) - weight  # in place: a third fewer passes over the frame
-    colored *= weight
-    out += colored
-    return np.rint(out, out=out).astype(np.uint8)
+    """``(1 - a) * rgb + a * colormap(heatmap)`` where a = alpha and the heatmap's level
+    (of 256) is at least ``threshold``; below it the photo shows through untouched.
+    ``rgb`` and ``heatmap`` must have the same (H, W)."""
+    return compose(rgb, levels(heatmap), palette(colormap, threshold), alpha)
 
 
 #: The colormap of signed pixel-level maps: blue below 0, white at 0, red above.
@@ -137,20 +175,18 @@ def blend_signed(
     threshold: float = 0.0,
     colormap: str = DIVERGING,
 ) -> np.ndarray:
-    """A signed map in [-1, 1] over ``rgb`` shown in grey (so that red and blue read
-    as the map's, not the photo's): each pixel takes the diverging colormap's colour (0
-    at its middle) with opacity ``min(1, 2 alpha sqrt|value|)``, so that where the map is
-    0 the grey photo shows through; magnitudes below ``threshold`` are hidden."""
-    if rgb.shape[:2] != signed.shape:
-        raise CamwidgetError(f"image size {rgb.shape[:2]} and map size {signed.shape} differ")
-    if not 0.0 <= alpha <= 1.0:
-        raise CamwidgetError(f"alpha must lie in [0, 1]; got {alpha}")
+    """A signed map in [-1, 1] over ``rgb`` shown in grey (:func:`greyed`: red and blue
+    read as the map's, not the photo's): each pixel takes the diverging colormap's
+    colour (0 at its middle) with opacity ``alpha * min(1, 2 sqrt|value|)``, so that
+    where the map is 0 the grey photo shows through; magnitudes below ``threshold`` are
+    hidden."""
+    return compose(greyed(rgb), levels(signed, True), palette(colormap, threshold, True), alpha)
+
+
+def greyed(rgb: np.ndarray) -> np.ndarray:
+    """The photo in a light, low-contrast grey, the base of a signed map."""
     grey = rgb.astype(np.float32).mean(axis=2, keepdims=True) * 0.6 + 60.0
-    colored = colorize((signed + 1.0) / 2.0, colormap).astype(np.float32)
-    magnitude = np.abs(signed).astype(np.float32)
-    weight = np.minimum(1.0, 2.0 * alpha * np.sqrt(magnitude)) * (magnitude >= threshold)
-    out = grey * (1.0 - weight[:, :, None]) + colored * weight[:, :, None]
-    return np.rint(out).astype(np.uint8)
+    return np.repeat(np.rint(grey).astype(np.uint8), 3, axis=2)
 
 
 def legend(

@@ -143,3 +143,46 @@ PHOTO_CLASSES = samples.FOLDER_CLASSES
 def photo_folder(tmp_path_factory):
     """A labelled folder (one sub-folder per class), each photo also turned and mirrored."""
     return samples.labelled_folder(tmp_path_factory.mktemp("photos"))
+
+
+def on_page(view) -> tuple:
+    """What a panel view's widgets hold for the page: the photo's, the map's and the
+    marks' bytes and the style sheet (the opacity)."""
+    return (
+        bytes(view.photo.value),
+        bytes(view.map.value),
+        bytes(view.marks.value),
+        view.sheet.value,
+    )
+
+
+def page_picture(view, photo: np.ndarray | None = None) -> np.ndarray:
+    """The picture a browser composes from a view's widgets: the photo (its JPEG, or
+    ``photo``), the map (a palette PNG with transparency) over it at the sheet's
+    opacity, the marks on top."""
+    import io
+    import re
+
+    if photo is None:
+        photo = np.asarray(Image.open(io.BytesIO(view.photo.value)).convert("RGB"))
+    layer = np.asarray(Image.open(io.BytesIO(view.map.value)).convert("RGBA"), np.float32)
+    alpha = float(re.search(r"opacity: ([0-9.]+)", view.sheet.value).group(1))
+    weight = layer[:, :, 3:] / 255.0 * alpha
+    out = photo.astype(np.float32) * (1.0 - weight) + layer[:, :, :3] * weight
+    if view.marks.layout.display != "none":
+        marks = np.asarray(Image.open(io.BytesIO(view.marks.value)).convert("RGBA"))
+        out[marks[:, :, 3] == 255] = 255.0
+    return np.rint(out).astype(np.uint8)
+
+
+def assert_page_shows(view, expected: np.ndarray, photo: np.ndarray | None = None) -> None:
+    """The view's picture is ``expected`` exactly, and so is what the page composes from
+    the widgets (up to rounding): the photo sent is ``photo`` (default: the view's) as
+    JPEG, the map and the marks over it compose ``expected``."""
+    from camwidget import render
+
+    photo = view.rgb if photo is None else photo
+    np.testing.assert_array_equal(view.frame, expected)
+    assert bytes(view.photo.value) == render.encode(photo, "jpeg")
+    error = np.abs(page_picture(view, photo).astype(np.int16) - expected)
+    assert error.max() <= 1, f"the page differs by up to {error.max()}"

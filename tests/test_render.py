@@ -98,15 +98,19 @@ def test_a_signed_map_is_stretched_at_a_percentile_and_keeps_its_zero():
 
 def test_a_signed_blend_leaves_zero_grey_and_colours_by_sign():
     rgb = np.full((1, 3, 3), 100, dtype=np.uint8)
-    signed = np.array([[-1.0, 0.0, 0.25]], dtype=np.float32)
+    signed = np.array([[-1.0, 0.0, 0.0625]], dtype=np.float32)
+    assert render.levels(signed, signed=True).tolist() == [[1, 128, 136]]  # 0 at 128
+    grey = 100 * 0.6 + 60.0  # the photo in grey: 120
+    lut = render.colormap_lut(render.DIVERGING).astype(np.float32)
     out = render.blend_signed(rgb, signed, alpha=0.5)
-    grey = 100 * 0.6 + 60.0
-    assert tuple(out[0, 1]) == (round(grey),) * 3  # zero: the grey photo
-    blue = render.colorize(np.array([[0.0]]), render.DIVERGING)[0, 0]
-    np.testing.assert_array_equal(out[0, 0], blue)  # full opacity: min(1, 2 * 0.5 * 1)
-    red = render.colorize(np.array([[0.625]]), render.DIVERGING)[0, 0].astype(np.float32)
-    weight = 2 * 0.5 * np.sqrt(0.25)
+    assert tuple(out[0, 1]) == (120, 120, 120)  # zero: the grey photo
+    blue = lut[0]  # magnitude 1: covered fully, at the opacity
+    np.testing.assert_array_equal(out[0, 0], np.rint(grey * 0.5 + blue * 0.5))
+    np.testing.assert_array_equal(render.blend_signed(rgb, signed, alpha=1.0)[0, 0], blue)
+    red = lut[136]  # level 136 = 8/127 above 0: the colour at (8/127 + 1) / 2 of the map
+    coverage = round(255 * 2 * np.sqrt(8 / 127)) / 255  # min(1, 2 sqrt m), in 256 steps
+    weight = np.float32(0.5 * coverage)
     np.testing.assert_array_equal(out[0, 2], np.rint(grey * (1 - weight) + red * weight))
     assert red[0] > red[2]  # above zero is red
     hidden = render.blend_signed(rgb, signed, alpha=0.5, threshold=0.5)
-    assert tuple(hidden[0, 2]) == (round(grey),) * 3
+    assert tuple(hidden[0, 2]) == (120, 120, 120)

@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import ModelState
+from conftest import ModelState, assert_page_shows, on_page
 from PIL import Image, ImageOps
 from traitlets import TraitError
 
@@ -49,8 +49,8 @@ def shown(panel, view=0):
     frame = render.blend(
         view.rgb, e.heatmap_at(view.rgb.shape[:2]), panel.colormap, panel.alpha, panel.threshold
     )
-    assert view.image.value == render.encode(frame, "jpeg")
-    return view.image.value
+    assert_page_shows(view, frame)
+    return on_page(view)
 
 
 def descendants(widget):
@@ -108,7 +108,7 @@ def test_setting_a_trait_shows_what_the_engine_gives(panel, trait, value):
 def test_threshold_hides_heat_below_it(panel):
     panel.threshold = 0.6
     photo = np.asarray(samples.load("chelsea"))
-    below = panel.heatmap < 0.6
+    below = np.rint(panel.heatmap * 255) / 255 < 0.6  # the map's level, of 256
     assert below.any() and (~below).any()
     np.testing.assert_array_equal(panel.overlay[below], photo[below])
     assert (panel.overlay[~below] != photo[~below]).any()
@@ -243,6 +243,40 @@ def test_changes_make_no_new_widget(panel):
     assert len(_instances) == before  # every control and view was made once, with the panel
 
 
+def test_each_change_sends_only_what_it_changes(panel, monkeypatch):
+    """The photo travels once per image; a layer, class or colormap change sends the map
+    (the colormap the legend too); an opacity change sends no image, only a style."""
+    import ipywidgets
+
+    view, sent = panel.main_view, []
+    names = {view.photo: "photo", view.map: "map", view.marks: "marks", view.bar: "legend"}
+    real = ipywidgets.Widget._send
+
+    def spy(widget, message, buffers=None):
+        if isinstance(widget, ipywidgets.Image):
+            sent.append((names.get(widget, "another image"), sum(len(b) for b in buffers or ())))
+        return real(widget, message, buffers)
+
+    monkeypatch.setattr(ipywidgets.Widget, "_send", spy)
+    for trait, value, images in (
+        ("alpha", 0.8, []),
+        ("layer", "blocks.12", ["map"]),
+        ("target", 281, ["map"]),
+        ("colormap", "magma", ["map", "legend"]),
+        ("threshold", 0.3, ["map"]),
+        ("alpha", 0.35, []),
+    ):
+        sent.clear()
+        style = view.sheet.value
+        setattr(panel, trait, value)
+        assert [name for name, _ in sent] == images, trait
+        assert (view.sheet.value != style) == (trait == "alpha")
+        assert all(size < 60_000 for _, size in sent)  # a palette PNG of the map alone
+    sent.clear()
+    panel.set_image(samples.load("coffee"))
+    assert sorted(name for name, _ in sent) == ["map", "photo"]
+
+
 def test_cam_offered_only_where_it_applies(panel):
     panel.layer = "head"
     assert ("CAM", "cam") in panel.controls["method"].options and panel.controls[
@@ -286,13 +320,13 @@ def test_rapid_changes_end_on_the_final_state(panel):
 
 
 def test_bad_upload_is_reported_and_the_panel_keeps_working(panel):
-    before = panel.main_view.image.value
+    before = on_page(panel.main_view)
     upload(panel, "notes.txt", b"hello")
     assert (
         "notes.txt" in panel.controls["messages"].value
         and "could not read" in panel.controls["messages"].value
     )
-    assert panel.main_view.image.value == before
+    assert on_page(panel.main_view) == before
     panel.colormap = "magma"
     shown(panel)
 
@@ -554,7 +588,8 @@ def test_pixel_level_methods_show_a_signed_map_without_the_layer(panel):
     e, rgb = view.explanation, view.rgb
     signed = render.stretch_signed(e.heatmap_signed_at(rgb.shape[:2]))
     assert signed.min() < 0 < signed.max()
-    np.testing.assert_array_equal(view.frame, render.blend_signed(rgb, signed, panel.alpha))
+    expected = render.blend_signed(rgb, signed, panel.alpha)
+    assert_page_shows(view, expected, photo=render.greyed(rgb))  # the grey photo is sent
     assert "against (blue) ← 0 → for the target (red)" in view.bar_text.value
     bar = np.asarray(Image.open(io.BytesIO(bytes(view.bar.value))))
     np.testing.assert_array_equal(bar, render.legend(render.DIVERGING, zero=0.5))

@@ -8,6 +8,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import assert_page_shows, on_page
 from test_targets import detector, segmenter
 from torch import nn
 
@@ -18,7 +19,7 @@ def shown_frame_is_the_overlay_with(panel, decorate):
     panel.wait()  # a change from the page runs beside the kernel
     view = panel.main_view
     frame = render.blend(view.rgb, view.heat, panel.colormap, panel.alpha, panel.threshold)
-    assert view.image.value == render.encode(decorate(frame), "jpeg")
+    assert_page_shows(view, decorate(frame))
 
 
 def test_a_segmentation_panel(photo):
@@ -94,10 +95,10 @@ def test_multi_label_probabilities_in_the_panel():
 def test_bad_targets_are_reported_in_the_panel(photo):
     model = segmenter("fcn_resnet50")
     panel = CAMWidget(model, photo)
-    before = panel.main_view.image.value
+    before = on_page(panel.main_view)
     panel.target = targets.Region(1, np.ones((10, 40), bool))
     assert "does not match the output's" in panel.controls["messages"].value
-    assert panel.main_view.image.value == before  # the previous overlay stays
+    assert on_page(panel.main_view) == before  # the previous overlay stays
     panel.target = lambda scores: scores[:, :3]
     assert "a target must return one number" in panel.controls["messages"].value
     panel.target = 1  # and the panel keeps working

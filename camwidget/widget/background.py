@@ -117,8 +117,6 @@ class Background:
             self._controls["work"].layout.display = "none"
             if self.main_view.explanation is not None:
                 self._write_status()
-            if generation == self._generation:
-                self._static.update()  # the saved notebook's picture follows the page
 
     def _progress(self, done: int, total: int) -> None:
         """Passes of work run here (from Python), shown as they go."""

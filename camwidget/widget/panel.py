@@ -217,7 +217,7 @@ class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
     def _picture(self) -> np.ndarray:
         """:meth:`picture` of what is on show now, without waiting for work."""
         with self._shown:
-            return compose(self.views, self.colormap, self._summary())
+            return compose(self.views, self._summary())
 
     def _summary(self) -> str:
         e = self.main_view.explanation

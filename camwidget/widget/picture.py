@@ -12,7 +12,7 @@ from ..errors import CamwidgetError
 from .views import View
 
 
-def compose(views: Sequence[View], colormap: str, summary: str) -> np.ndarray:
+def compose(views: Sequence[View], summary: str) -> np.ndarray:
     """The frames of ``views`` side by side, the colour legend of the first below them,
     and a caption: ``summary`` and what the colours mean."""
     views = [view for view in views if view.frame is not None]
@@ -22,14 +22,16 @@ def compose(views: Sequence[View], colormap: str, summary: str) -> np.ndarray:
     frames = [np.pad(v.frame, ((0, height - v.frame.shape[0]), (0, 4), (0, 0))) for v in views]
     row = np.concatenate(frames, axis=1)
     main = views[0]
-    colormap = render.DIVERGING if main.signed else colormap  # as the panel's legend
-    return render.with_legend(row, colormap, main.zero, [summary], main.meaning)
+    return render.with_legend(row, main.colormap, main.zero, [summary], main.meaning)
 
 
 class StaticPicture:
     """The displays of a panel, kept up to date with its picture: ``bundle()`` makes the
-    display data; after each cell that changed the panel (``painted`` moved on), every
-    display is updated."""
+    display data; after each cell run once the panel changed (``painted`` moved on),
+    every display is updated (``post_run_cell``). Never after a change made in the page
+    (a comm message, which IPython follows with ``post_execute`` too): an update makes
+    the front end render the live panel anew, a whole panel per change, with the focus
+    taken from the control in use; the next cell run publishes it."""
 
     def __init__(self, bundle: Callable[[], dict | None], alive: Callable[[], bool]) -> None:
         self.bundle, self.alive = bundle, alive
@@ -45,10 +47,11 @@ class StaticPicture:
         self._published = self.painted
         shell = get_ipython()
         if shell is not None and len(self._displays) == 1:
-            shell.events.register("post_execute", self.update)
+            shell.events.register("post_run_cell", self.update)
 
-    def update(self) -> None:
-        """Refresh every display where the panel changed since the last."""
+    def update(self, result: object = None) -> None:
+        """Refresh every display where the panel changed since the last (``result``:
+        the cell's, unused)."""
         if self.painted == self._published or not self.alive():
             return
         self._published = self.painted
@@ -63,5 +66,5 @@ class StaticPicture:
 
             shell = get_ipython()
             if shell is not None:
-                shell.events.unregister("post_execute", self.update)
+                shell.events.unregister("post_run_cell", self.update)
             self._displays.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import itertools
 from collections.abc import Callable, Mapping
 from functools import partial
 
@@ -31,10 +32,22 @@ class View(HasTraits):
 
     def __init__(self, display_size: int, css_class: str) -> None:
         super().__init__()
-        self.image = widgets.Image(
-            format="jpeg", layout=widgets.Layout(max_width=f"{display_size}px", width="auto")
+        self.photo, self.map, self.marks = (
+            widgets.Image(format=f, layout=widgets.Layout(grid_area="1 / 1", margin="0"))
+            for f in ("jpeg", "png", "png")
+        )
+        self.photo.add_class("camwidget-photo")
+        self.map.add_class("camwidget-map")
+        self.marks.add_class("camwidget-marks")
+        self.marks.layout.display = "none"
+        self.name = f"camwidget-view-{next(_numbers)}"  # the CSS class of this view
+        self.sheet = widgets.HTML(layout=widgets.Layout(display="none"))
+        self.image = widgets.GridBox(  # the photo, the map and the marks, stacked
+            [self.photo, self.map, self.marks, self.sheet],
+            layout=widgets.Layout(max_width=f"{display_size}px", justify_items="flex-start"),
         )
         self.image.add_class(css_class)
+        self.image.add_class(self.name)
         self.caption = widgets.HTML()
         self.caption.add_class("camwidget-caption")
         self.bar = widgets.Image(format="png", layout=widgets.Layout(width="256px"))
@@ -45,12 +58,17 @@ class View(HasTraits):
         self.rgb: np.ndarray | None = None
         self.heat: np.ndarray | None = None
         self.region: np.ndarray | None = None
-        self.frame: np.ndarray | None = None
         self.zero: float | None = None  # where 0 lies on the legend, for a signed map
         self.meaning = ""  # what the legend's colours mean, in words
         self.signed = False  # a pixel-level map shown signed (``heat`` in [-1, 1])
         self.partial: str | None = None  # what a map still being made is, while on show
-        self._bar_key: tuple | None = None
+        self._base: np.ndarray | None = None  # the photo as shown under the map
+        self._grey: tuple[np.ndarray, np.ndarray] | None = None  # (photo, its grey)
+        self._levels: np.ndarray | None = None  # the map in 256 levels
+        self._drawn: np.ndarray | None = None  # where the marks are (outline, box)
+        self._look: tuple[str, float, float] | None = None  # (colormap, alpha, threshold)
+        self._sent: dict[str, tuple] = {}  # the key of what each image widget holds
+        self._frame: tuple[tuple, np.ndarray] | None = None
 
     def request(
         self,
@@ -97,35 +115,96 @@ class View(HasTraits):
         self.caption.value = f"{caption(e)} · {e.title} at <code>{html.escape(e.layer)}</code>"
         self.zero, self.meaning = e.legend(self.signed)
         self.bar_text.value = f"<small>{html.escape(self.meaning)}</small>"
+        self._layers(e.box)
 
     def show_partial(self, raw: np.ndarray, rgb: np.ndarray, text: str) -> None:
         """Show a map still being made (``raw``, rectified, at feature resolution) over
         ``rgb``, with ``text`` as its caption (e.g. "Score-CAM · partial: 35 %")."""
         self.rgb, self.signed, self.zero, self.partial = rgb, False, None, text
         self.heat = render.normalise(render.upsample(raw, rgb.shape[:2]))
+        self.region = None
         self.caption.value = f"<i>{html.escape(text)}</i>"
         self.meaning = "0 (no evidence) → high evidence (so far)"
         self.bar_text.value = f"<small>{self.meaning}</small>"
+        self._layers(None)
+
+    def _layers(self, box: tuple[float, ...] | None) -> None:
+        """The photo (grey under a signed map), the map's levels and the marks (the
+        region's outline, the box) of what is shown now."""
+        if self.signed and (self._grey is None or self._grey[0] is not self.rgb):
+            self._grey = (self.rgb, render.greyed(self.rgb))  # kept: sent once
+        self._base = self._grey[1] if self.signed else self.rgb
+        self._levels = render.levels(self.heat, self.signed)
+        drawn = np.zeros_like(self.rgb)
+        if self.region is not None:
+            drawn = render.outline(drawn, self.region)
+        if box is not None:
+            scale = self.rgb.shape[1] / self.explanation.size[1]
+            drawn = render.draw_box(drawn, tuple(v * scale for v in box))
+        self._drawn = drawn.any(axis=2) if self.region is not None or box is not None else None
+
+    @property
+    def colormap(self) -> str:
+        """The colormap the map is drawn in: a signed map has its own, centred on 0."""
+        return render.DIVERGING if self.signed else self._look[0]
+
+    @property
+    def frame(self) -> np.ndarray | None:
+        """uint8 (H, W, 3): the picture the page shows, composed here (the photo, the map
+        over it at the opacity, the marks on top); None before anything is shown."""
+        if self._look is None or self._base is None:
+            return None
+        _, alpha, threshold = self._look
+        key = (self._base, self._levels, self._drawn, self.colormap, alpha, threshold)
+        if self._frame is None or not _same(self._frame[0], key):
+            colours = render.palette(self.colormap, threshold, self.signed)
+            frame = render.compose(self._base, self._levels, colours, alpha)
+            if self._drawn is not None:
+                frame[self._drawn] = 255
+            self._frame = (key, frame)
+        return self._frame[1]
 
     def paint(self, colormap: str, alpha: float, threshold: float) -> None:
-        """Blend the heatmap over the photo, outline the explained region or box, and
-        show it."""
-        if self.signed:  # its own diverging colormap, centred on 0
-            colormap = render.DIVERGING
-            frame = render.blend_signed(self.rgb, self.heat, alpha, threshold)
-        else:
-            frame = render.blend(self.rgb, self.heat, colormap, alpha, threshold)
-        if self.region is not None:
-            frame = render.outline(frame, self.region)
-        whole = self.explanation if self.partial is None else None  # a partial map: no box
-        if whole is not None and whole.box is not None:
-            scale = self.rgb.shape[1] / whole.size[1]
-            frame = render.draw_box(frame, tuple(v * scale for v in whole.box))
-        self.frame = frame
-        self.image.value = render.encode(frame, "jpeg")
-        if self._bar_key != (colormap, self.zero):  # a colormap change costs no model pass
-            self._bar_key = (colormap, self.zero)
-            self.bar.value = render.encode(render.legend(colormap, zero=self.zero), "png")
+        """Send the page what changed: the photo (once per image), the map (coloured,
+        with the threshold cut in its transparency), the marks, the opacity as a style
+        rule (no image) and the legend."""
+        self._look = (colormap, alpha, threshold)
+        self._send(self.photo, (self._base,), lambda: render.encode(self._base, "jpeg"))
+        colours = render.palette(self.colormap, threshold, self.signed)
+        self._send(
+            self.map,
+            (self._levels, self.colormap, threshold),
+            lambda: render.encode_levels(self._levels, colours),
+        )
+        self.marks.layout.display = "none" if self._drawn is None else None
+        if self._drawn is not None:
+            marks = np.zeros((*self._drawn.shape, 4), dtype=np.uint8)
+            marks[self._drawn] = 255
+            self._send(self.marks, (self._drawn,), lambda: render.encode(marks, "png"))
+        self.sheet.value = f"<style>.{self.name} .camwidget-map {{opacity: {alpha:.3f}}}</style>"
+        self._send(
+            self.bar,  # a colormap change costs no model pass
+            (self.colormap, self.zero),
+            lambda: render.encode(render.legend(self.colormap, zero=self.zero), "png"),
+        )
+
+    def _send(self, image: widgets.Image, key: tuple, encoded: Callable[[], bytes]) -> None:
+        """Give ``image`` new bytes, made by ``encoded``, only when ``key`` changed (its
+        arrays kept, compared by identity)."""
+        if not _same(self._sent.get(image.model_id), key):
+            self._sent[image.model_id] = key
+            image.value = encoded()
+
+
+_numbers = itertools.count()
+
+
+def _same(kept: tuple | None, key: tuple) -> bool:
+    """Whether ``key`` equals ``kept``: arrays the same objects, the rest equal."""
+    return kept is not None and all(
+        a is b if isinstance(a, np.ndarray) or isinstance(b, np.ndarray) else a == b
+        for a, b in zip(kept, key, strict=True)
+    )
 
 
 def caption(e: Explanation, detail: bool = True) -> str:

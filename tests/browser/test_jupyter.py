@@ -9,7 +9,9 @@ Screenshots go to ``test-artifacts/``; browser-side latencies are printed.
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -20,9 +22,12 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
+from conftest import page_picture
+from PIL import Image
 
-from camwidget import samples
+from camwidget import CAMWidget, samples, zoo
 from camwidget.cli import NOTEBOOKS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,6 +42,7 @@ FLAGS = [
     "--no-first-run",
 ]
 LATENCIES: dict[str, list[float]] = {}
+ERRORS: dict[str, tuple] = {}  # the page's error against the panel
 
 
 def _free_port() -> int:
@@ -171,12 +177,17 @@ def _open(browser, url: str):
     return page
 
 
+#: What an overlay shows, as one string: its images' sources and the map's opacity.
+SHOWN = """(box) => [...box.querySelectorAll('img')].map((i) => i.src).join('|')
+    + '|' + getComputedStyle(box.querySelector('img.camwidget-map')).opacity"""
+
+
 def _panel_ready(page, done: str | None = "tiger cat"):
     news = page.locator(".jp-toast-button", has_text="No")
     if news.count():
         news.first.click()  # JupyterLab's "notified about news?" toast can cover controls
     panel = page.locator(".camwidget").first
-    panel.locator("img.camwidget-overlay").wait_for(timeout=180_000)
+    panel.locator(".camwidget-overlay img.camwidget-map[src]").wait_for(timeout=180_000)
     page.wait_for_function(
         "() => { const s = document.querySelector('.camwidget .camwidget-status');"
         " return s && s.innerText.includes('Grad-CAM'); }",
@@ -197,20 +208,23 @@ def _panel_ready(page, done: str | None = "tiger cat"):
 
 
 def _changes(page, panel, action, expect, name: str) -> None:
-    """Do ``action``; the overlay's src must change and the status must contain ``expect``
-    (a string, or a function giving it once the change is done). The time from the
-    action to the new image being loaded is recorded."""
-    overlay = panel.locator("img.camwidget-overlay")
-    before = overlay.get_attribute("src")
+    """Do ``action``; what the overlay shows (the photo, the map, the map's opacity) must
+    change and the status must contain ``expect`` (a string, or a function giving it
+    once the change is done). The time from the action to the page showing the change
+    (the new images loaded) is recorded."""
+    overlay = panel.locator(".camwidget-overlay").first
+    before = overlay.evaluate(SHOWN)
     overlay.evaluate(
-        """(img, before) => {
+        """(box, [shown, before]) => {
+            const look = new Function('box', `return (${shown})(box)`);
             window.__camStart = performance.now();
             window.__camLoaded = null;
-            const done = () => { if (img.src !== before && img.complete)
+            const loaded = () => [...box.querySelectorAll('img')].every((i) => i.complete);
+            const done = () => { if (look(box) !== before && loaded())
                 window.__camLoaded = performance.now(); else requestAnimationFrame(done); };
             requestAnimationFrame(done);
         }""",
-        before,
+        [SHOWN, before],
     )
     action()
     try:
@@ -223,7 +237,7 @@ def _changes(page, panel, action, expect, name: str) -> None:
         ) from None
     latency = page.evaluate("() => window.__camLoaded - window.__camStart")
     LATENCIES.setdefault(name, []).append(latency)
-    assert overlay.get_attribute("src") != before
+    assert overlay.evaluate(SHOWN) != before
     status = panel.locator(".camwidget-status")
     expect = expect() if callable(expect) else expect
     status.filter(has_text=expect).wait_for(timeout=30_000)
@@ -360,6 +374,60 @@ def test_quickstart(server, browser, path, tag):
     page.close()
 
 
+def test_the_page_composes_the_panels_picture(server, browser):
+    """The browser stacks the photo, the map and its opacity (a style): what it shows is
+    the panel's picture, at opacity 0, 0.5 and 1 set with the keyboard. The expected
+    picture comes from the same panel built here (the kernel runs the same code on the
+    same CPU). Every arrow-key press shows a change and the slider keeps the focus.
+    JupyterLab only: Notebook 7 takes every key pressed in an output to its active cell
+    (its own notebook focus handling), so no widget slider there takes arrow keys."""
+    url, _ = server
+    path = "lab/tree"
+    page = _open(browser, f"{url}/{path}/quickstart.ipynb?reset")
+    _run_all_cells(page)
+    panel = _panel_ready(page)
+    # every cell run (the notebook moves its focus to the next cell as each ends)
+    page.wait_for_function("() => document.querySelectorAll('.camwidget').length >= 2")
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+    page.wait_for_timeout(1000)
+    status = panel.locator(".camwidget-status").inner_text()
+    found = re.search(r"· (\S+) · [^·]*\((\d+)\) · Grad-CAM · (\S+) · opacity", status)
+    layer, target, colormap = found.group(1), int(found.group(2)), found.group(3)
+    model, preprocess, labels = zoo.load()
+    here = CAMWidget(model, samples.load("chelsea"), preprocess=preprocess, labels=labels)
+    here.layer, here.target, here.colormap = layer, target, colormap
+    handle = panel.locator(".camwidget-opacity .noUi-handle")
+    readout = panel.locator(".camwidget-opacity .widget-readout")
+    photo = panel.locator(".camwidget-overlay img.camwidget-photo")
+    handle.focus()
+    for keys, alpha in ((["Home"], 0.0), (["ArrowRight"] * 10, 0.5), (["End"], 1.0)):
+        for key in keys:
+            _changes(
+                page,
+                panel,
+                lambda k=key: page.keyboard.press(k),
+                lambda: f"opacity {float(readout.inner_text()):.2f}",
+                "opacity (keys)",
+            )
+            assert handle.evaluate("(h) => document.activeElement === h"), "focus lost"
+        assert float(readout.inner_text()) == alpha
+        here.alpha = alpha
+        shot = page.screenshot(clip=photo.bounding_box(), animations="disabled")
+        screen = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB")).astype(np.int16)
+        assert screen.shape == here.main_view.frame.shape
+        composed = np.abs(screen - page_picture(here.main_view))  # from the bytes sent
+        assert composed.max() <= 2, (alpha, composed.max())
+        picture = np.abs(screen - here.main_view.frame)  # the picture: JPEG's loss apart
+        assert picture.mean() < 4 and np.percentile(picture, 99) <= 16, (alpha, picture.mean())
+        ERRORS[f"{path} opacity {alpha}"] = (
+            composed.max(),
+            picture.mean(),
+            np.percentile(picture, 99),
+        )
+    here.close()
+    page.close()
+
+
 def test_beyond_classification(server, browser):
     """Similarity, segmentation and detection panels render; a detection and the
     whole-image region can be picked in the page."""
@@ -368,7 +436,7 @@ def test_beyond_classification(server, browser):
     _run_all_cells(page)
     try:
         page.wait_for_function(
-            "() => document.querySelectorAll('.camwidget img.camwidget-overlay[src]').length >= 3",
+            "() => document.querySelectorAll('.camwidget-overlay .camwidget-map[src]').length >= 3",
             timeout=300_000,
         )
     except Exception:
@@ -408,7 +476,7 @@ def test_the_gallery_opens_a_thumbnail_in_a_panel(server, browser):
     assert "15 of 15 images" in gallery.inner_text()
     gallery.screenshot(path=str(ARTIFACTS / "lab-gallery-grid.png"))
     gallery.locator("button", has_text="open").first.click()
-    panel = gallery.locator(".camwidget img.camwidget-overlay[src]")
+    panel = gallery.locator(".camwidget-overlay img.camwidget-map[src]")
     panel.first.wait_for(timeout=60_000)
     assert "blocks.12" in gallery.locator(".camwidget").first.inner_text()
     page.screenshot(path=str(ARTIFACTS / "lab-gallery.png"), full_page=True)
@@ -462,5 +530,10 @@ def test_print_browser_latency():
             f"  {name:<18} median {statistics.median(values):7.1f}   "
             f"min {min(values):7.1f}   n={len(values)}"
         )
+    lines.append(
+        "the page's pixels against the panel's (max from the bytes; mean, p99 vs picture):"
+    )
+    for name, (composed, mean, p99) in ERRORS.items():
+        lines.append(f"  {name:<28} {composed:4d}   {mean:5.2f}   {p99:5.1f}")
     print("\n".join(lines))
     (ARTIFACTS / "browser-latency.txt").write_text("\n".join(lines) + "\n")
