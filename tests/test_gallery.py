@@ -3,10 +3,12 @@ the click-through to a panel, and the HTML report, on a folder of the shipped ph
 
 from __future__ import annotations
 
+import io
 import re
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from camwidget import CAMWidget, Explainer, Gallery, explain_dataset, zoo
 from camwidget.widget.gallery import ALL
@@ -84,16 +86,31 @@ def test_a_confusion_cell_filters_the_grid(gallery, audit, explainer):
 
 
 def test_restyling_runs_no_model_pass(gallery):
-    before = [card.children[0].value for card in gallery.grid.children]
+    def maps():
+        return [bytes(card.map.value) for card in gallery.grid.children]
+
+    before, photos = (
+        maps(),
+        [bytes(card.children[0].children[0].value) for card in gallery.grid.children],
+    )
     forwards = []
     handle = gallery.explainer.model.register_forward_pre_hook(lambda m, a: forwards.append(1))
     try:
-        gallery.controls["colormap"].value = "magma"
-        gallery.alpha = 0.8
+        gallery.controls["colormap"].value = "magma"  # each map again, in magma
+        after = maps()
+        gallery.alpha = 0.8  # one style rule: no image
+        assert maps() == after and "opacity: 0.800" in gallery.sheet.value
     finally:
         handle.remove()
-    after = [card.children[0].value for card in gallery.grid.children]
     assert forwards == [] and all(a != b for a, b in zip(before, after, strict=True))
+    assert photos == [bytes(card.children[0].children[0].value) for card in gallery.grid.children]
+    card = gallery.grid.children[0]  # the page composes what the report shows
+    layer = np.asarray(Image.open(io.BytesIO(card.map.value)).convert("RGBA"), np.float32)
+    photo = gallery._picture(card.row).astype(np.float32)
+    weight = layer[:, :, 3:] / 255 * 0.8
+    page = np.rint(photo * (1 - weight) + layer[:, :, :3] * weight)
+    report = np.asarray(Image.open(io.BytesIO(gallery._overlay(card.row))), np.float32)
+    assert np.abs(page - report).mean() < 3  # the report's JPEG apart
 
 
 def test_open_explains_the_image_in_a_panel_below(gallery, audit):

@@ -28,7 +28,7 @@ from ..audit import Audit, explain_dataset
 from ..errors import CamwidgetError
 from ..explainer import Explainer
 from .panel import CAMWidget
-from .views import display_frame
+from .views import display_frame, opacity_rule, unique_class
 
 #: Sort orders: name -> (column, ascending); "wrong first" also puts mistakes first.
 ORDERS = {
@@ -88,11 +88,15 @@ class Gallery(widgets.VBox):
         self.confusion = widgets.GridBox()
         self.status = widgets.HTML()
         self.below = widgets.VBox()
+        self.sheet = widgets.HTML(layout=widgets.Layout(display="none"))  # the opacity
         super().__init__()
         self._controls = self._build_controls()
         self.children = self._layout()
         self.add_class("camwidget-gallery")
+        self._css = unique_class("camwidget-gallery")
+        self.add_class(self._css)
         self._draw_confusion()
+        self._restyle()
         self._show()
 
     # ----------------------------------------------------------------- public
@@ -213,6 +217,7 @@ class Gallery(widgets.VBox):
             self.grid,
             c["export"],
             self.below,
+            self.sheet,
         ]
 
     def _draw_confusion(self) -> None:
@@ -260,8 +265,12 @@ class Gallery(widgets.VBox):
 
     @observe("colormap", "alpha")
     def _look_changed(self, change: Mapping) -> None:
-        for card in self.grid.children:
-            card.children[0].value = self._overlay(card.row)  # stored maps: no model pass
+        """Stored maps, no model pass: a colormap sends each thumbnail's map again, an
+        opacity only the style rule (the page stacks map over photo, as in the panel)."""
+        if change["name"] == "colormap":
+            for card in self.grid.children:
+                card.map.value = self._map(card.row)
+        self._restyle()
         if self.panel is not None:
             self.panel.colormap, self.panel.alpha = self.colormap, self.alpha
 
@@ -286,10 +295,21 @@ class Gallery(widgets.VBox):
             f"{self.page + 1} of {self.pages} · {html.escape(self.order)}"
         )
 
+    def _restyle(self) -> None:
+        self.sheet.value = opacity_rule(self._css, self.alpha)
+
     def _card(self, record: pd.Series) -> widgets.VBox:
         row = int(record["index"])
-        picture = widgets.Image(format="jpeg", value=self._overlay(row))
-        picture.layout = widgets.Layout(width=f"{self.thumbnail}px")
+        photo, heat = (
+            widgets.Image(format=f, value=v, layout=widgets.Layout(grid_area="1 / 1", margin="0"))
+            for f, v in (
+                ("jpeg", render.encode(self._picture(row), "jpeg")),
+                ("png", self._map(row)),
+            )
+        )
+        photo.add_class("camwidget-photo")
+        heat.add_class("camwidget-map")
+        picture = widgets.GridBox([photo, heat], layout=widgets.Layout(width=f"{self.thumbnail}px"))
         mark = "✓" if record["correct"] else "✗"
         caption = widgets.HTML(
             f"<div style='line-height:1.3;font-size:85%'>{mark} "
@@ -301,17 +321,24 @@ class Gallery(widgets.VBox):
         button = widgets.Button(description="open", tooltip="explain it in a panel below")
         button.on_click(lambda _: self.open_image(row, background=True))
         card = widgets.VBox([picture, caption, button])
-        card.row = row
+        card.row, card.map = row, heat
         return card
 
     # ----------------------------------------------------------------- pictures
 
-    def _overlay(self, row: int) -> bytes:
-        """The thumbnail of row ``row`` with its map, as JPEG bytes."""
-        rgb = self._picture(row)
+    def _heat(self, row: int) -> np.ndarray:
+        """The stored map of row ``row`` at thumbnail size, in [0, 1]."""
         raw = self.audit[self._position(row)].raw
-        heat = render.normalise(render.upsample(raw, rgb.shape[:2]))
-        return render.encode(render.blend(rgb, heat, self.colormap, self.alpha), "jpeg")
+        return render.normalise(render.upsample(raw, self._picture(row).shape[:2]))
+
+    def _map(self, row: int) -> bytes:
+        """The map of row ``row`` as the page stacks it over the photo (palette PNG)."""
+        return render.encode_levels(render.levels(self._heat(row)), render.palette(self.colormap))
+
+    def _overlay(self, row: int) -> bytes:
+        """The thumbnail of row ``row`` with its map composed, as JPEG bytes (the report)."""
+        blended = render.blend(self._picture(row), self._heat(row), self.colormap, self.alpha)
+        return render.encode(blended, "jpeg")
 
     def _as_audited(self, path: str) -> Image.Image:
         """The photo at ``path`` resized as the audit resized it for the model."""

@@ -40,7 +40,7 @@ class View(HasTraits):
         self.map.add_class("camwidget-map")
         self.marks.add_class("camwidget-marks")
         self.marks.layout.display = "none"
-        self.name = f"camwidget-view-{next(_numbers)}"  # the CSS class of this view
+        self.name = unique_class("camwidget-view")
         self.sheet = widgets.HTML(layout=widgets.Layout(display="none"))
         self.image = widgets.GridBox(  # the photo, the map and the marks, stacked
             [self.photo, self.map, self.marks, self.sheet],
@@ -135,13 +135,15 @@ class View(HasTraits):
             self._grey = (self.rgb, render.greyed(self.rgb))  # kept: sent once
         self._base = self._grey[1] if self.signed else self.rgb
         self._levels = render.levels(self.heat, self.signed)
-        drawn = np.zeros_like(self.rgb)
-        if self.region is not None:
-            drawn = render.outline(drawn, self.region)
-        if box is not None:
-            scale = self.rgb.shape[1] / self.explanation.size[1]
-            drawn = render.draw_box(drawn, tuple(v * scale for v in box))
-        self._drawn = drawn.any(axis=2) if self.region is not None or box is not None else None
+        self._drawn = None
+        if self.region is not None or box is not None:
+            drawn = np.zeros_like(self.rgb)
+            if self.region is not None:
+                drawn = render.outline(drawn, self.region)
+            if box is not None:
+                scale = self.rgb.shape[1] / self.explanation.size[1]
+                drawn = render.draw_box(drawn, tuple(v * scale for v in box))
+            self._drawn = drawn.any(axis=2)
 
     @property
     def colormap(self) -> str:
@@ -181,7 +183,7 @@ class View(HasTraits):
             marks = np.zeros((*self._drawn.shape, 4), dtype=np.uint8)
             marks[self._drawn] = 255
             self._send(self.marks, (self._drawn,), lambda: render.encode(marks, "png"))
-        self.sheet.value = f"<style>.{self.name} .camwidget-map {{opacity: {alpha:.3f}}}</style>"
+        self.sheet.value = opacity_rule(self.name, alpha)
         self._send(
             self.bar,  # a colormap change costs no model pass
             (self.colormap, self.zero),
@@ -197,6 +199,17 @@ class View(HasTraits):
 
 
 _numbers = itertools.count()
+
+
+def unique_class(prefix: str) -> str:
+    """A CSS class name no other widget of this kernel has, e.g. ``camwidget-view-3``."""
+    return f"{prefix}-{next(_numbers)}"
+
+
+def opacity_rule(css_class: str, alpha: float) -> str:
+    """A style sheet giving the maps (``camwidget-map``) inside ``css_class`` the opacity
+    ``alpha``: how the page changes the opacity without an image."""
+    return f"<style>.{css_class} .camwidget-map {{opacity: {alpha:.3f}}}</style>"
 
 
 def _same(kept: tuple | None, key: tuple) -> bool:
