@@ -98,10 +98,32 @@ def run(
             "engine='ray' needs Ray, an optional extra: pip install 'camwidget[ray]'"
         ) from error
     _connect(ray, engine)
+    results, asked = _pipeline(ray, explainer, data, step, settings, batch_size, engine)
+    try:
+        for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
+            sink.append({k: np.asarray(v) for k, v in batch.items()})
+            bar.update(len(batch["index"]))
+    except (ray.exceptions.GetTimeoutError, ray.exceptions.ActorDiedError) as error:
+        raise CamwidgetError(
+            f"Ray could not start {asked} within {engine.start_timeout:g} s; the cluster "
+            f"has {_resources(ray.available_resources())} free. Ray says: {error}"
+        ) from error
+
+
+def _pipeline(
+    ray: object,
+    explainer: Explainer,
+    data: object,
+    step: Step,
+    settings: tuple,
+    batch_size: int,
+    engine: RayEngine,
+) -> tuple[object, str]:
+    """The Ray Data pipeline over ``data``'s indices, and the actors it asks for in words."""
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
-    context.wait_for_min_actors_s = engine.start_timeout  # then fail, not wait forever
+    context.wait_for_min_actors_s = engine.start_timeout  # then fail, not wait for ever
     cores = int(ray.cluster_resources().get("CPU", os.cpu_count() or 2))
     count = engine.actors or max(2, cores // 2)
     cpus = engine.cpus or max(1, cores // count)
@@ -121,16 +143,7 @@ def run(
             "threads": max(1, int(cpus)),
         },
     )
-    try:
-        for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
-            sink.append({k: np.asarray(v) for k, v in batch.items()})
-            bar.update(len(batch["index"]))
-    except (ray.exceptions.GetTimeoutError, ray.exceptions.ActorDiedError) as error:
-        asked = f"{count} actors with {cpus:g} CPUs and {gpus:g} GPUs each"
-        raise CamwidgetError(
-            f"Ray could not start {asked} within {engine.start_timeout:g} s; the cluster "
-            f"has {_resources(ray.available_resources())} free. Ray says: {error}"
-        ) from error
+    return results, f"{count} actors with {cpus:g} CPUs and {gpus:g} GPUs each"
 
 
 def _connect(ray: object, engine: RayEngine) -> None:

@@ -128,16 +128,6 @@ def compose(base: np.ndarray, level: np.ndarray, colours: np.ndarray, alpha: flo
     return np.rint(out, out=out).astype(np.uint8)
 
 
-def encode_levels(level: np.ndarray, colours: np.ndarray) -> bytes:
-    """A map as the page gets it: a palette PNG of ``level`` with ``colours`` (RGB in
-    the palette, the coverage in its transparency chunk)."""
-    image = Image.fromarray(level, "L")
-    image.putpalette(colours[:, :3].tobytes())
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", transparency=colours[:, 3].tobytes(), compress_level=1)
-    return buffer.getvalue()
-
-
 def blend(
     rgb: np.ndarray,
     heatmap: np.ndarray,

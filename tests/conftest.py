@@ -147,25 +147,24 @@ def photo_folder(tmp_path_factory):
 
 def on_page(view) -> tuple:
     """What a panel view's widgets hold for the page: the photo's, the map's and the
-    marks' bytes and the style sheet (the opacity)."""
-    return (
-        bytes(view.photo.value),
-        bytes(view.map.value),
-        bytes(view.marks.value),
-        view.sheet.value,
-    )
+    marks' bytes, the colour filter and the style sheet (the opacity)."""
+    images = (bytes(view.photo.value), bytes(view.map.value), bytes(view.marks.value))
+    return (*images, view.colours.value, view.sheet.value)
 
 
 def page_picture(view, photo: np.ndarray | None = None) -> np.ndarray:
     """The picture a browser composes from a view's widgets: the photo (its JPEG, or
-    ``photo``), the map (a palette PNG with transparency) over it at the sheet's
-    opacity, the marks on top."""
+    ``photo``), the map (its levels as a grey PNG, coloured by the SVG filter's tables)
+    over it at the sheet's opacity, the marks on top."""
     import io
     import re
 
     if photo is None:
         photo = np.asarray(Image.open(io.BytesIO(view.photo.value)).convert("RGB"))
-    layer = np.asarray(Image.open(io.BytesIO(view.map.value)).convert("RGBA"), np.float32)
+    levels = np.asarray(Image.open(io.BytesIO(view.map.value)))  # grey: the map's levels
+    tables = re.findall(r'tableValues="([^"]+)"', view.colours.value)  # R, G, B, coverage
+    colours = np.rint(np.array([t.split() for t in tables], np.float64).T * 255)
+    layer = colours[levels].astype(np.float32)  # the SVG filter's tables at each level
     alpha = float(re.search(r"opacity: ([0-9.]+)", view.sheet.value).group(1))
     weight = layer[:, :, 3:] / 255.0 * alpha
     out = photo.astype(np.float32) * (1.0 - weight) + layer[:, :, :3] * weight

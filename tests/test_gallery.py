@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from camwidget import CAMWidget, Explainer, Gallery, explain_dataset, zoo
+from camwidget import CAMWidget, Explainer, Gallery, explain_dataset, render, zoo
 from camwidget.widget.gallery import ALL
 
 
@@ -85,30 +85,33 @@ def test_a_confusion_cell_filters_the_grid(gallery, audit, explainer):
     assert set(shown_rows(gallery)) == set(expected)
 
 
-def test_restyling_runs_no_model_pass(gallery):
-    def maps():
-        return [bytes(card.map.value) for card in gallery.grid.children]
+def test_restyling_runs_no_model_pass_and_sends_no_image(gallery):
+    def sent():
+        return [
+            bytes(image.value)
+            for card in gallery.grid.children
+            for image in card.children[0].children
+        ]
 
-    before, photos = (
-        maps(),
-        [bytes(card.children[0].children[0].value) for card in gallery.grid.children],
-    )
+    before, colours = sent(), gallery.colours.value
     forwards = []
     handle = gallery.explainer.model.register_forward_pre_hook(lambda m, a: forwards.append(1))
     try:
-        gallery.controls["colormap"].value = "magma"  # each map again, in magma
-        after = maps()
-        gallery.alpha = 0.8  # one style rule: no image
-        assert maps() == after and "opacity: 0.800" in gallery.sheet.value
+        gallery.controls["colormap"].value = "magma"  # the colour filter only
+        assert gallery.colours.value != colours
+        gallery.alpha = 0.8  # one style rule
+        assert "opacity: 0.800" in gallery.sheet.value
     finally:
         handle.remove()
-    assert forwards == [] and all(a != b for a, b in zip(before, after, strict=True))
-    assert photos == [bytes(card.children[0].children[0].value) for card in gallery.grid.children]
+    assert forwards == [] and sent() == before
     card = gallery.grid.children[0]  # the page composes what the report shows
-    layer = np.asarray(Image.open(io.BytesIO(card.map.value)).convert("RGBA"), np.float32)
+    levels = np.asarray(Image.open(io.BytesIO(card.map.value)))
+    tables = re.findall(r'tableValues="([^"]+)"', gallery.colours.value)
+    colours = np.rint(np.array([t.split() for t in tables], np.float64).T * 255)
+    np.testing.assert_array_equal(colours, render.palette("magma"))
+    weight = colours[levels][:, :, 3:] / 255 * 0.8
     photo = gallery._picture(card.row).astype(np.float32)
-    weight = layer[:, :, 3:] / 255 * 0.8
-    page = np.rint(photo * (1 - weight) + layer[:, :, :3] * weight)
+    page = np.rint(photo * (1 - weight) + colours[levels][:, :, :3] * weight)
     report = np.asarray(Image.open(io.BytesIO(gallery._overlay(card.row))), np.float32)
     assert np.abs(page - report).mean() < 3  # the report's JPEG apart
 

@@ -244,8 +244,9 @@ def test_changes_make_no_new_widget(panel):
 
 
 def test_each_change_sends_only_what_it_changes(panel, monkeypatch):
-    """The photo travels once per image; a layer, class or colormap change sends the map
-    (the colormap the legend too); an opacity change sends no image, only a style."""
+    """The photo travels once per image and the map's levels once per map (a layer,
+    class or method change); colormap, threshold and opacity are markup (an SVG filter
+    and a style rule), no image but the colormap's legend."""
     import ipywidgets
 
     view, sent = panel.main_view, []
@@ -258,20 +259,22 @@ def test_each_change_sends_only_what_it_changes(panel, monkeypatch):
         return real(widget, message, buffers)
 
     monkeypatch.setattr(ipywidgets.Widget, "_send", spy)
-    for trait, value, images in (
-        ("alpha", 0.8, []),
-        ("layer", "blocks.12", ["map"]),
-        ("target", 281, ["map"]),
-        ("colormap", "magma", ["map", "legend"]),
-        ("threshold", 0.3, ["map"]),
-        ("alpha", 0.35, []),
+    for trait, value, images, markup in (
+        ("alpha", 0.8, [], "sheet"),
+        ("layer", "blocks.12", ["map"], None),
+        ("target", 281, ["map"], None),
+        ("colormap", "magma", ["legend"], "colours"),
+        ("threshold", 0.3, [], "colours"),
+        ("alpha", 0.35, [], "sheet"),
     ):
         sent.clear()
-        style = view.sheet.value
+        before = {"sheet": view.sheet.value, "colours": view.colours.value}
         setattr(panel, trait, value)
         assert [name for name, _ in sent] == images, trait
-        assert (view.sheet.value != style) == (trait == "alpha")
-        assert all(size < 60_000 for _, size in sent)  # a palette PNG of the map alone
+        assert [k for k in before if getattr(view, k).value != before[k]] == (
+            [markup] if markup else []
+        )
+        assert all(size < 60_000 for _, size in sent)  # the map's levels alone: a grey PNG
     sent.clear()
     panel.set_image(samples.load("coffee"))
     assert sorted(name for name, _ in sent) == ["map", "photo"]

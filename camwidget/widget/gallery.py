@@ -28,7 +28,7 @@ from ..audit import Audit, explain_dataset
 from ..errors import CamwidgetError
 from ..explainer import Explainer
 from .panel import CAMWidget
-from .views import display_frame, opacity_rule, unique_class
+from .views import colour_filter, display_frame, look_rule, unique_class
 
 #: Sort orders: name -> (column, ascending); "wrong first" also puts mistakes first.
 ORDERS = {
@@ -89,6 +89,7 @@ class Gallery(widgets.VBox):
         self.status = widgets.HTML()
         self.below = widgets.VBox()
         self.sheet = widgets.HTML(layout=widgets.Layout(display="none"))  # the opacity
+        self.colours = widgets.HTML(layout=widgets.Layout(height="0px", overflow="hidden"))
         super().__init__()
         self._controls = self._build_controls()
         self.children = self._layout()
@@ -218,6 +219,7 @@ class Gallery(widgets.VBox):
             c["export"],
             self.below,
             self.sheet,
+            self.colours,
         ]
 
     def _draw_confusion(self) -> None:
@@ -265,11 +267,8 @@ class Gallery(widgets.VBox):
 
     @observe("colormap", "alpha")
     def _look_changed(self, change: Mapping) -> None:
-        """Stored maps, no model pass: a colormap sends each thumbnail's map again, an
-        opacity only the style rule (the page stacks map over photo, as in the panel)."""
-        if change["name"] == "colormap":
-            for card in self.grid.children:
-                card.map.value = self._map(card.row)
+        """Stored maps, no model pass and no image: the page colours each thumbnail's
+        levels with the filter and stacks them over the photos, as in the panel."""
         self._restyle()
         if self.panel is not None:
             self.panel.colormap, self.panel.alpha = self.colormap, self.alpha
@@ -296,7 +295,8 @@ class Gallery(widgets.VBox):
         )
 
     def _restyle(self) -> None:
-        self.sheet.value = opacity_rule(self._css, self.alpha)
+        self.colours.value = colour_filter(f"{self._css}-colours", render.palette(self.colormap))
+        self.sheet.value = look_rule(self._css, self.alpha)
 
     def _card(self, record: pd.Series) -> widgets.VBox:
         row = int(record["index"])
@@ -332,8 +332,8 @@ class Gallery(widgets.VBox):
         return render.normalise(render.upsample(raw, self._picture(row).shape[:2]))
 
     def _map(self, row: int) -> bytes:
-        """The map of row ``row`` as the page stacks it over the photo (palette PNG)."""
-        return render.encode_levels(render.levels(self._heat(row)), render.palette(self.colormap))
+        """The map of row ``row`` as the page gets it: its levels, a grey PNG."""
+        return render.encode(render.levels(self._heat(row)), "png")
 
     def _overlay(self, row: int) -> bytes:
         """The thumbnail of row ``row`` with its map composed, as JPEG bytes (the report)."""

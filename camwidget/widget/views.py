@@ -41,9 +41,10 @@ class View(HasTraits):
         self.marks.add_class("camwidget-marks")
         self.marks.layout.display = "none"
         self.name = unique_class("camwidget-view")
-        self.sheet = widgets.HTML(layout=widgets.Layout(display="none"))
+        self.sheet = widgets.HTML(layout=widgets.Layout(display="none"))  # the opacity
+        self.colours = widgets.HTML(layout=_unseen())  # the filter that colours the map
         self.image = widgets.GridBox(  # the photo, the map and the marks, stacked
-            [self.photo, self.map, self.marks, self.sheet],
+            [self.photo, self.map, self.marks, self.sheet, self.colours],
             layout=widgets.Layout(max_width=f"{display_size}px", justify_items="flex-start"),
         )
         self.image.add_class(css_class)
@@ -167,23 +168,21 @@ class View(HasTraits):
         return self._frame[1]
 
     def paint(self, colormap: str, alpha: float, threshold: float) -> None:
-        """Send the page what changed: the photo (once per image), the map (coloured,
-        with the threshold cut in its transparency), the marks, the opacity as a style
-        rule (no image) and the legend."""
+        """Send the page what changed, and nothing else: the photo (once per image), the
+        map's levels (a grey PNG, once per map), the marks, and the look as markup (no
+        image): the colormap and threshold as an SVG filter that colours the levels, the
+        opacity as a style rule; the legend for a new colormap."""
         self._look = (colormap, alpha, threshold)
         self._send(self.photo, (self._base,), lambda: render.encode(self._base, "jpeg"))
-        colours = render.palette(self.colormap, threshold, self.signed)
-        self._send(
-            self.map,
-            (self._levels, self.colormap, threshold),
-            lambda: render.encode_levels(self._levels, colours),
-        )
+        self._send(self.map, (self._levels,), lambda: render.encode(self._levels, "png"))
         self.marks.layout.display = "none" if self._drawn is None else None
         if self._drawn is not None:
             marks = np.zeros((*self._drawn.shape, 4), dtype=np.uint8)
             marks[self._drawn] = 255
             self._send(self.marks, (self._drawn,), lambda: render.encode(marks, "png"))
-        self.sheet.value = opacity_rule(self.name, alpha)
+        colours = render.palette(self.colormap, threshold, self.signed)
+        self.colours.value = colour_filter(f"{self.name}-colours", colours)
+        self.sheet.value = look_rule(self.name, alpha)
         self._send(
             self.bar,  # a colormap change costs no model pass
             (self.colormap, self.zero),
@@ -201,15 +200,47 @@ class View(HasTraits):
 _numbers = itertools.count()
 
 
+def _unseen() -> widgets.Layout:
+    """Rendered (an SVG filter must be, in some browsers) but taking no room."""
+    return widgets.Layout(grid_area="1 / 1", height="0px", width="0px", overflow="hidden")
+
+
 def unique_class(prefix: str) -> str:
     """A CSS class name no other widget of this kernel has, e.g. ``camwidget-view-3``."""
     return f"{prefix}-{next(_numbers)}"
 
 
-def opacity_rule(css_class: str, alpha: float) -> str:
-    """A style sheet giving the maps (``camwidget-map``) inside ``css_class`` the opacity
-    ``alpha``: how the page changes the opacity without an image."""
-    return f"<style>.{css_class} .camwidget-map {{opacity: {alpha:.3f}}}</style>"
+def look_rule(css_class: str, alpha: float) -> str:
+    """A style sheet for the maps (``camwidget-map``) inside ``css_class``: coloured by
+    the filter ``{css_class}-colours`` (:func:`colour_filter`), at opacity ``alpha``."""
+    rule = f"filter: url(#{css_class}-colours); opacity: {alpha:.3f}"
+    return f"<style>.{css_class} .camwidget-map {{{rule}}}</style>"
+
+
+def colour_filter(name: str, colours: np.ndarray) -> str:
+    """An SVG filter ``name`` that colours a grey map image (its levels, 0..255) as
+    ``colours`` (a :func:`camwidget.render.palette`): the colour from three tables at the
+    level; the coverage from a fourth, applied to the level moved into the alpha channel
+    (with black, so that no precision is lost to premultiplied alpha), then the colour
+    kept where it covers ("in")."""
+
+    def table(channel: int) -> str:
+        return " ".join(f"{v / 255:.5f}" for v in colours[:, channel].tolist())
+
+    colour = "".join(
+        f'<feFunc{c} type="table" tableValues="{table(i)}"/>' for i, c in enumerate("RGB")
+    )
+    level_to_alpha = "0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 1 0 0 0 0"
+    region = 'x="0" y="0" width="1" height="1"'
+    cover = f'<feFuncA type="table" tableValues="{table(3)}"/>'
+    return (
+        '<svg width="0" height="0" style="position:absolute">'
+        f'<filter id="{name}" color-interpolation-filters="sRGB" {region}>'
+        f'<feComponentTransfer in="SourceGraphic" result="colour">{colour}</feComponentTransfer>'
+        f'<feColorMatrix in="SourceGraphic" type="matrix" values="{level_to_alpha}" '
+        f'result="level"/><feComponentTransfer in="level" result="cover">{cover}'
+        '</feComponentTransfer><feComposite in="colour" in2="cover" operator="in"/></filter></svg>'
+    )
 
 
 def _same(kept: tuple | None, key: tuple) -> bool:
