@@ -280,6 +280,23 @@ def test_each_change_sends_only_what_it_changes(panel, monkeypatch):
     assert sorted(name for name, _ in sent) == ["map", "photo"]
 
 
+def test_a_panel_composed_in_the_kernel_sends_whole_frames(lite0):
+    model, preprocess, labels = lite0
+    panel = CAMWidget(
+        model, samples.load("chelsea"), preprocess=preprocess, labels=labels, compose="kernel"
+    )
+    view = panel.main_view
+    for trait, value in (("colormap", "magma"), ("alpha", 0.8), ("layer", "blocks.12")):
+        setattr(panel, trait, value)
+        assert bytes(view.photo.value) == render.encode(view.frame, "jpeg")
+        assert view.map.layout.display == "none" and view.marks.layout.display == "none"
+    expected = render.blend(view.rgb, view.heat, "magma", 0.8)
+    np.testing.assert_array_equal(view.frame, expected)
+    with pytest.raises(camwidget.CamwidgetError, match="compose must be 'page' or 'kernel'"):
+        CAMWidget(model, samples.load("chelsea"), compose="server")
+    panel.close()
+
+
 def test_cam_offered_only_where_it_applies(panel):
     panel.layer = "head"
     assert ("CAM", "cam") in panel.controls["method"].options and panel.controls[

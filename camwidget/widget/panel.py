@@ -61,6 +61,9 @@ class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
     :class:`Explainer`; ``model`` may be an :class:`Explainer` itself, whose passes the
     panel then shares. Reading ``heatmap``, ``overlay``, ``explanation``, ``picture()``
     or ``save()`` first waits for work started from the page (:meth:`wait`).
+    ``compose``: ``"page"`` (the browser stacks photo and map and colours the map: a
+    change sends markup or the map alone) or ``"kernel"`` (whole frames, for a front end
+    that drops style and SVG markup).
     """
 
     layer = Unicode()
@@ -91,6 +94,7 @@ class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
         threshold: float = 0.0,
         device: str | torch.device | None = None,
         display_size: int = 448,
+        compose: str = "page",
         top_k: int = 5,
         reference: object = None,
         **options: object,
@@ -104,8 +108,8 @@ class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
         self.timings: dict[str, float] = {}
         self._start()
         self.faithfulness = FaithfulnessView()
-        self.main_view = View(display_size, "camwidget-overlay")
-        self.compare_view = View(display_size, "camwidget-compare")
+        self.main_view = View(display_size, "camwidget-overlay", compose)
+        self.compare_view = View(display_size, "camwidget-compare", compose)
         labels_ = [self.explainer.label(i) for i in range(self.explainer.num_classes)]
         self._controls = controls_.build(labels_, self.explainer.check_target, self._say_error)
         children = layout.arrange(

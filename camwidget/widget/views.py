@@ -14,6 +14,7 @@ from torch import Tensor
 from traitlets import Any, HasTraits, Unicode
 
 from .. import methods, render
+from ..errors import CamwidgetError
 from ..explainer import Explainer, Explanation, PreparedImage, Progress
 
 
@@ -30,8 +31,11 @@ class View(HasTraits):
     layer = Unicode()
     target = Any(0)
 
-    def __init__(self, display_size: int, css_class: str) -> None:
+    def __init__(self, display_size: int, css_class: str, compose: str = "page") -> None:
         super().__init__()
+        if compose not in ("page", "kernel"):
+            raise CamwidgetError(f"compose must be 'page' or 'kernel'; got {compose!r}")
+        self.compose = compose
         self.photo, self.map, self.marks = (
             widgets.Image(format=f, layout=widgets.Layout(grid_area="1 / 1", margin="0"))
             for f in ("jpeg", "png", "png")
@@ -171,8 +175,22 @@ class View(HasTraits):
         """Send the page what changed, and nothing else: the photo (once per image), the
         map's levels (a grey PNG, once per map), the marks, and the look as markup (no
         image): the colormap and threshold as an SVG filter that colours the levels, the
-        opacity as a style rule; the legend for a new colormap."""
+        opacity as a style rule; the legend for a new colormap. With ``compose="kernel"``
+        (a front end that drops the markup), the whole frame as a JPEG instead."""
         self._look = (colormap, alpha, threshold)
+        if self.compose == "kernel":
+            self.photo.value = render.encode(self.frame, "jpeg")
+            self.map.layout.display = "none"
+        else:
+            self._send_layers()
+        self._send(
+            self.bar,  # a colormap change costs no model pass
+            (self.colormap, self.zero),
+            lambda: render.encode(render.legend(self.colormap, zero=self.zero), "png"),
+        )
+
+    def _send_layers(self) -> None:
+        _, alpha, threshold = self._look
         self._send(self.photo, (self._base,), lambda: render.encode(self._base, "jpeg"))
         self._send(self.map, (self._levels,), lambda: render.encode(self._levels, "png"))
         self.marks.layout.display = "none" if self._drawn is None else None
@@ -183,11 +201,6 @@ class View(HasTraits):
         colours = render.palette(self.colormap, threshold, self.signed)
         self.colours.value = colour_filter(f"{self.name}-colours", colours)
         self.sheet.value = look_rule(self.name, alpha)
-        self._send(
-            self.bar,  # a colormap change costs no model pass
-            (self.colormap, self.zero),
-            lambda: render.encode(render.legend(self.colormap, zero=self.zero), "png"),
-        )
 
     def _send(self, image: widgets.Image, key: tuple, encoded: Callable[[], bytes]) -> None:
         """Give ``image`` new bytes, made by ``encoded``, only when ``key`` changed (its
