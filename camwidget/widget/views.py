@@ -72,7 +72,7 @@ class View(HasTraits):
         self._levels: np.ndarray | None = None  # the map in 256 levels
         self._drawn: np.ndarray | None = None  # where the marks are (outline, box)
         self._look: tuple[str, float, float] | None = None  # (colormap, alpha, threshold)
-        self._sent: dict[str, tuple] = {}  # the key of what each image widget holds
+        self._sent: dict[str, tuple] = {}  # what each image (by model id) and the filter hold
         self._frame: tuple[tuple, np.ndarray] | None = None
 
     def request(
@@ -198,8 +198,11 @@ class View(HasTraits):
             marks = np.zeros((*self._drawn.shape, 4), dtype=np.uint8)
             marks[self._drawn] = 255
             self._send(self.marks, (self._drawn,), lambda: render.encode(marks, "png"))
-        colours = render.palette(self.colormap, threshold, self.signed)
-        self.colours.value = colour_filter(f"{self.name}-colours", colours)
+        look = (self.colormap, threshold, self.signed)
+        if self._sent.get("colours") != look:  # the filter's tables: a few kilobytes
+            self._sent["colours"] = look
+            colours = render.palette(*look)
+            self.colours.value = colour_filter(f"{self.name}-colours", colours)
         self.sheet.value = look_rule(self.name, alpha)
 
     def _send(self, image: widgets.Image, key: tuple, encoded: Callable[[], bytes]) -> None:
