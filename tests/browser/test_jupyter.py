@@ -177,8 +177,11 @@ def _open(browser, url: str):
     return page
 
 
-#: What an overlay shows, as one string: its images' sources and the map's opacity.
+#: What an overlay shows, as one string: its images' sources, the colour filter's tables
+#: (the colormap and threshold) and the map's opacity.
 SHOWN = """(box) => [...box.querySelectorAll('img')].map((i) => i.src).join('|')
+    + '|' + [...box.querySelectorAll('filter [tableValues]')]
+        .map((f) => f.getAttribute('tableValues')).join('|')
     + '|' + getComputedStyle(box.querySelector('img.camwidget-map')).opacity"""
 
 
