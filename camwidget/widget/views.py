@@ -24,8 +24,9 @@ class View(HasTraits):
     ``target`` is the pick (a class index, or a target object such as a detection's
     box); ``explanation`` is what it shows; ``rgb`` the photo, ``heat`` the heatmap,
     ``region`` the explained region's mask (if any) and ``frame`` the picture shown, all
-    at display size; ``image``, ``caption`` and the colour ``legend`` (a colorbar and
-    what its ends mean) are its widgets.
+    at display size; ``image`` (the ``photo``, ``map`` and ``marks`` images stacked,
+    the map coloured by the ``colours`` filter at the ``sheet``'s opacity), ``caption``
+    and the colour ``legend`` (a colorbar and what its ends mean) are its widgets.
     """
 
     layer = Unicode()
