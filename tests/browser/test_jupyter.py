@@ -428,7 +428,32 @@ def test_the_page_composes_the_panels_picture(server, browser):
             np.percentile(picture, 99),
         )
     here.close()
+    threshold = panel.locator(".camwidget-threshold .noUi-handle")
+    threshold.focus()
+    for _ in range(3):  # the threshold's cut is the filter's fourth table: no image
+        _changes(page, panel, lambda: page.keyboard.press("ArrowRight"), "threshold", "threshold")
+        assert threshold.evaluate("(h) => document.activeElement === h"), "focus lost"
+    _tab_order(page, panel)
     page.close()
+
+
+def _tab_order(page, panel) -> None:
+    """Tab from the layer list visits the controls in reading order."""
+    order = ["layer", "method", "colormap", "opacity", "threshold", "compare", "upload"]
+    panel.locator(".camwidget-layer select").focus()
+    seen = []
+    for _ in range(30):
+        control = page.evaluate(
+            "() => { const c = document.activeElement.closest('[class*=camwidget-]');"
+            " return c ? [...c.classList].find((k) => k.startsWith('camwidget-')) : null; }"
+        )
+        name = (control or "").removeprefix("camwidget-")
+        if name in order and name not in seen:
+            seen.append(name)
+        if seen[-1:] == ["upload"]:
+            break
+        page.keyboard.press("Tab")
+    assert seen == order
 
 
 def test_beyond_classification(server, browser):
