@@ -152,6 +152,15 @@ def on_page(view) -> tuple:
     return (*images, view.colours.value, view.sheet.value)
 
 
+def filter_palette(markup: str) -> np.ndarray:
+    """The (256, 4) RGBA palette an SVG colour filter applies: its four tables (R, G, B,
+    coverage), each value times 255."""
+    import re
+
+    tables = re.findall(r'tableValues="([^"]+)"', markup)
+    return np.rint(np.array([t.split() for t in tables], np.float64).T * 255)
+
+
 def page_picture(view, photo: np.ndarray | None = None) -> np.ndarray:
     """The picture a browser composes from a view's widgets: the photo (its JPEG, or
     ``photo``), the map (its levels as a grey PNG, coloured by the SVG filter's tables)
@@ -162,9 +171,7 @@ def page_picture(view, photo: np.ndarray | None = None) -> np.ndarray:
     if photo is None:
         photo = np.asarray(Image.open(io.BytesIO(view.photo.value)).convert("RGB"))
     levels = np.asarray(Image.open(io.BytesIO(view.map.value)))  # grey: the map's levels
-    tables = re.findall(r'tableValues="([^"]+)"', view.colours.value)  # R, G, B, coverage
-    colours = np.rint(np.array([t.split() for t in tables], np.float64).T * 255)
-    layer = colours[levels].astype(np.float32)  # the SVG filter's tables at each level
+    layer = filter_palette(view.colours.value)[levels].astype(np.float32)
     alpha = float(re.search(r"opacity: ([0-9.]+)", view.sheet.value).group(1))
     weight = layer[:, :, 3:] / 255.0 * alpha
     out = photo.astype(np.float32) * (1.0 - weight) + layer[:, :, :3] * weight

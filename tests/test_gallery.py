@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import filter_palette
 from PIL import Image
 
 from camwidget import CAMWidget, Explainer, Gallery, explain_dataset, render, zoo
@@ -106,8 +107,7 @@ def test_restyling_runs_no_model_pass_and_sends_no_image(gallery):
     assert forwards == [] and sent() == before
     card = gallery.grid.children[0]  # the page composes what the report shows
     levels = np.asarray(Image.open(io.BytesIO(card.map.value)))
-    tables = re.findall(r'tableValues="([^"]+)"', gallery.colours.value)
-    colours = np.rint(np.array([t.split() for t in tables], np.float64).T * 255)
+    colours = filter_palette(gallery.colours.value)
     np.testing.assert_array_equal(colours, render.palette("magma"))
     weight = colours[levels][:, :, 3:] / 255 * 0.8
     photo = gallery._picture(card.row).astype(np.float32)

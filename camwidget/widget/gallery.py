@@ -28,7 +28,7 @@ from ..audit import Audit, explain_dataset
 from ..errors import CamwidgetError
 from ..explainer import Explainer
 from .panel import CAMWidget
-from .views import colour_filter, display_frame, look_rule, unique_class
+from .views import colour_filter, display_frame, filter_holder, look_rule, unique_class
 
 #: Sort orders: name -> (column, ascending); "wrong first" also puts mistakes first.
 ORDERS = {
@@ -89,7 +89,7 @@ class Gallery(widgets.VBox):
         self.status = widgets.HTML()
         self.below = widgets.VBox()
         self.sheet = widgets.HTML(layout=widgets.Layout(display="none"))  # the opacity
-        self.colours = widgets.HTML(layout=widgets.Layout(height="0px", overflow="hidden"))
+        self.colours = filter_holder()  # the SVG filter that colours the maps
         super().__init__()
         self._controls = self._build_controls()
         self.children = self._layout()

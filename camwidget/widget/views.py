@@ -47,7 +47,7 @@ class View(HasTraits):
         self.marks.layout.display = "none"
         self.name = unique_class("camwidget-view")
         self.sheet = widgets.HTML(layout=widgets.Layout(display="none"))  # the opacity
-        self.colours = widgets.HTML(layout=_unseen())  # the filter that colours the map
+        self.colours = filter_holder()  # the SVG filter that colours the map
         self.image = widgets.GridBox(  # the photo, the map and the marks, stacked
             [self.photo, self.map, self.marks, self.sheet, self.colours],
             layout=widgets.Layout(max_width=f"{display_size}px", justify_items="flex-start"),
@@ -217,9 +217,11 @@ class View(HasTraits):
 _numbers = itertools.count()
 
 
-def _unseen() -> widgets.Layout:
-    """Rendered (an SVG filter must be, in some browsers) but taking no room."""
-    return widgets.Layout(grid_area="1 / 1", height="0px", width="0px", overflow="hidden")
+def filter_holder() -> widgets.HTML:
+    """The widget that holds a :func:`colour_filter`: rendered (an SVG filter must be,
+    in some browsers) but taking no room, in a grid's first cell or in a box."""
+    layout = widgets.Layout(grid_area="1 / 1", height="0px", width="0px", overflow="hidden")
+    return widgets.HTML(layout=layout)
 
 
 def unique_class(prefix: str) -> str:
