@@ -100,8 +100,10 @@ def test_restyling_runs_no_model_pass_and_sends_no_image(gallery):
     try:
         gallery.controls["colormap"].value = "magma"  # the colour filter only
         assert gallery.colours.value != colours
-        gallery.alpha = 0.8  # one style rule
+        gallery.alpha = 0.8  # one style rule, for the cards' maps (not a panel's below)
         assert "opacity: 0.800" in gallery.sheet.value
+        scope = gallery.sheet.value.removeprefix("<style>.").split(" ")[0]
+        assert scope in gallery.grid._dom_classes
     finally:
         handle.remove()
     assert forwards == [] and sent() == before

@@ -280,6 +280,33 @@ def test_each_change_sends_only_what_it_changes(panel, monkeypatch):
     assert sorted(name for name, _ in sent) == ["map", "photo"]
 
 
+def test_the_page_follows_the_opacity_slider_by_itself(panel):
+    """The panel's style sheet gives its maps every opacity on the slider's steps, keyed
+    by the value the slider's handle announces, so the page shows an opacity change
+    before the kernel answers (the browser tests show it); an opacity set from code off
+    those steps is the kernel's rule alone, marked important."""
+    import re
+
+    slider, sheet = panel.controls["opacity"], panel.children[-1].value
+    (mark,) = [c for c in slider._dom_classes if re.fullmatch(r"camwidget-panel-\d+-opacity", c)]
+    rules = re.findall(
+        rf'\.(\S+):has\(\.{mark} \[role="slider"\]:is\(\[aria-valuetext="([0-9.]+)"\], '
+        r'\[aria-valuetext="([0-9.]+)"\]\)\) :is\(([^)]*)\) \{opacity: ([0-9.]+)\}',
+        sheet,
+    )
+    steps = [round(k * slider.step, 2) for k in range(round(1 / slider.step) + 1)]
+    assert [float(rule[-1]) for rule in rules] == steps
+    assert all(float(short) == float(fixed) == float(o) for _, short, fixed, _, o in rules)
+    assert {rule[0] for rule in rules} <= set(panel._dom_classes)
+    views = {f".{v.name} .camwidget-map" for v in (panel.main_view, panel.compare_view)}
+    assert all(set(rule[3].split(", ")) == views for rule in rules)
+    panel.alpha = 0.35
+    assert "opacity: 0.350}" in panel.main_view.sheet.value
+    panel.alpha = 0.33  # between the steps
+    assert "opacity: 0.330 !important}" in panel.main_view.sheet.value
+    assert_page_shows(panel.main_view, panel.main_view.frame)
+
+
 def test_a_panel_composed_in_the_kernel_sends_whole_frames(lite0):
     model, preprocess, labels = lite0
     panel = CAMWidget(

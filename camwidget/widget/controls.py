@@ -12,6 +12,7 @@ from .. import methods, render
 from ..errors import CamwidgetError
 from . import choices
 from .choices import REGIONS
+from .views import OPACITY_STEP
 
 
 class ClassPicker(widgets.VBox):
@@ -140,7 +141,9 @@ def _choosers() -> dict[str, widgets.Widget]:
             layout=_wide(220),
         ),
         "opacity": widgets.FloatSlider(
-            description="opacity", tooltip="how strongly the heatmap covers the photo", **slider
+            description="opacity",
+            tooltip="how strongly the heatmap covers the photo",
+            **{**slider, "step": OPACITY_STEP},
         ),
         "threshold": widgets.FloatSlider(
             description="threshold", tooltip="hide the heatmap below this value", **slider

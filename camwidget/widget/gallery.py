@@ -28,7 +28,15 @@ from ..audit import Audit, explain_dataset
 from ..errors import CamwidgetError
 from ..explainer import Explainer
 from .panel import CAMWidget
-from .views import colour_filter, display_frame, filter_holder, look_rule, unique_class
+from .views import (
+    OPACITY_STEP,
+    colour_filter,
+    display_frame,
+    filter_holder,
+    look_rule,
+    opacity_follower,
+    unique_class,
+)
 
 #: Sort orders: name -> (column, ascending); "wrong first" also puts mistakes first.
 ORDERS = {
@@ -91,11 +99,13 @@ class Gallery(widgets.VBox):
         self.sheet = widgets.HTML(layout=widgets.Layout(display="none"))  # the opacity
         self.colours = filter_holder()  # the SVG filter that colours the maps
         super().__init__()
+        self._css = unique_class("camwidget-gallery")
+        self._cards = unique_class("camwidget-cards")  # the maps' scope: not a panel below
+        self.add_class("camwidget-gallery")
+        self.add_class(self._css)
+        self.grid.add_class(self._cards)
         self._controls = self._build_controls()
         self.children = self._layout()
-        self.add_class("camwidget-gallery")
-        self._css = unique_class("camwidget-gallery")
-        self.add_class(self._css)
         self._draw_confusion()
         self._restyle()
         self._show()
@@ -195,7 +205,7 @@ class Gallery(widgets.VBox):
             "wrong_only": widgets.Checkbox(description="mistakes only", indent=False),
             "page_size": widgets.Dropdown(options=[24, 36, 48], description="per page"),
             "colormap": widgets.Dropdown(options=list(render.COLORMAPS), description="colormap"),
-            "alpha": widgets.FloatSlider(min=0, max=1, step=0.05, description="opacity"),
+            "alpha": widgets.FloatSlider(min=0, max=1, step=OPACITY_STEP, description="opacity"),
             "previous": widgets.Button(description="◀ previous"),
             "next": widgets.Button(description="next ▶"),
             "export": widgets.Button(description="export HTML", icon="download"),
@@ -220,6 +230,7 @@ class Gallery(widgets.VBox):
             self.below,
             self.sheet,
             self.colours,
+            opacity_follower(self._css, c["alpha"], [self._cards]),
         ]
 
     def _draw_confusion(self) -> None:
@@ -295,8 +306,9 @@ class Gallery(widgets.VBox):
         )
 
     def _restyle(self) -> None:
-        self.colours.value = colour_filter(f"{self._css}-colours", render.palette(self.colormap))
-        self.sheet.value = look_rule(self._css, self.alpha)
+        colours = render.palette(self.colormap)
+        self.colours.value = colour_filter(f"{self._cards}-colours", colours)
+        self.sheet.value = look_rule(self._cards, self.alpha)
 
     def _card(self, record: pd.Series) -> widgets.VBox:
         row = int(record["index"])

@@ -8,15 +8,20 @@ import ipywidgets as widgets
 
 from . import controls as controls_
 from .faithfulness import FaithfulnessView
-from .views import View
+from .views import View, opacity_follower
 
 
 def arrange(
-    c: dict[str, widgets.Widget], main: View, second: View, faithfulness: FaithfulnessView
+    c: dict[str, widgets.Widget],
+    main: View,
+    second: View,
+    faithfulness: FaithfulnessView,
+    css_class: str,
 ) -> list[widgets.Widget]:
     """The panel's rows, top to bottom: the status; the views beside the class list;
     the choosers; the look; the actions; the work running; the messages; the
-    faithfulness view; the inspector. Adds the containers it makes to ``c``."""
+    faithfulness view; the inspector; the style by which the page follows the opacity
+    slider (the panel has ``css_class``). Adds the containers it makes to ``c``."""
     c["compare_panel"] = widgets.VBox(
         [*_view(second), c["compare_classes"], c["compare_layer"], c["compare_method"]],
         layout=widgets.Layout(display="none"),
@@ -43,6 +48,7 @@ def arrange(
         c["messages"],
         faithfulness.box,
         c["inspector"],
+        opacity_follower(css_class, c["opacity"], [main.name, second.name]),
     ]
 
 

@@ -42,7 +42,7 @@ from .inspector import Inspector
 from .offers import Offers
 from .picture import StaticPicture, compose
 from .traits import BINDINGS, Checked
-from .views import View, display_frame, look_text, status_line
+from .views import View, display_frame, look_text, status_line, unique_class
 
 Answer = tuple[Explanation, list[str]]  # a view's explanation and remarks in words
 
@@ -112,11 +112,12 @@ class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
         self.compare_view = View(display_size, "camwidget-compare", compose)
         labels_ = [self.explainer.label(i) for i in range(self.explainer.num_classes)]
         self._controls = controls_.build(labels_, self.explainer.check_target, self._say_error)
-        children = layout.arrange(
-            self._controls, self.main_view, self.compare_view, self.faithfulness
+        css = unique_class("camwidget-panel")
+        views = (self.main_view, self.compare_view)
+        children = layout.arrange(self._controls, *views, self.faithfulness, css)
+        super().__init__(
+            children=children, layout=widgets.Layout(width="100%"), _dom_classes=("camwidget", css)
         )
-        super().__init__(children=children, layout=widgets.Layout(width="100%"))
-        self.add_class("camwidget")
         with self._quiet():
             self.layer = self.compare_layer = layer or self.explainer.default_layer
             self.method, self.colormap = method, colormap

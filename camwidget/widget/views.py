@@ -229,11 +229,43 @@ def unique_class(prefix: str) -> str:
     return f"{prefix}-{next(_numbers)}"
 
 
+#: The opacity sliders' step: an opacity on these steps the page shows by itself.
+OPACITY_STEP = 0.05
+
+
 def look_rule(css_class: str, alpha: float) -> str:
     """A style sheet for the maps (``camwidget-map``) inside ``css_class``: coloured by
-    the filter ``{css_class}-colours`` (:func:`colour_filter`), at opacity ``alpha``."""
+    the filter ``{css_class}-colours`` (:func:`colour_filter`), at opacity ``alpha``.
+    An opacity off the slider's steps (set from code) overrides :func:`opacity_follower`'s
+    rules, which know only the steps."""
+    on_step = abs(alpha / OPACITY_STEP - round(alpha / OPACITY_STEP)) < 1e-6
     rule = f"filter: url(#{css_class}-colours); opacity: {alpha:.3f}"
-    return f"<style>.{css_class} .camwidget-map {{{rule}}}</style>"
+    return (
+        f"<style>.{css_class} .camwidget-map {{{rule}{'' if on_step else ' !important'}}}</style>"
+    )
+
+
+def opacity_follower(
+    container: str, slider: widgets.FloatSlider, scopes: list[str]
+) -> widgets.HTML:
+    """A style sheet (in a hidden widget) by which the maps inside the ``scopes`` (CSS
+    classes) take the opacity that ``slider`` shows, in the page itself, before the
+    kernel hears of the change: one rule per step of the slider, chosen by the value its
+    handle announces (``aria-valuetext``: "0.9" as ipywidgets 8 writes it, or "0.90").
+    ``container`` is a class of an element holding the slider and the scopes. The
+    kernel's :func:`look_rule` follows with the same opacity; a front end whose slider
+    announces no value gets that rule alone."""
+    mark = f"{container}-opacity"
+    slider.add_class(mark)
+    maps = ", ".join(f".{scope} .camwidget-map" for scope in scopes)
+    count = round((slider.max - slider.min) / slider.step)
+    values = (round(slider.min + k * slider.step, 6) for k in range(count + 1))
+    rules = "".join(
+        f'.{container}:has(.{mark} [role="slider"]:is([aria-valuetext="{value:g}"], '
+        f'[aria-valuetext="{value:.2f}"])) :is({maps}) {{opacity: {value:g}}}'
+        for value in values
+    )
+    return widgets.HTML(f"<style>{rules}</style>", layout=widgets.Layout(display="none"))
 
 
 def colour_filter(name: str, colours: np.ndarray) -> str:
