@@ -664,10 +664,14 @@ def test_the_floor_a_plain_widget_page(server, browser):
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(FLOOR)])
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
     nbformat.write(notebook, root / "floor.ipynb")
-    page = _open(browser, f"{url}/lab/tree/floor.ipynb")
+    page = _open(browser, f"{url}/lab/tree/floor.ipynb?reset")  # no tab of a test before
     _run_all_cells(page)
-    floor = page.locator(".camwidget").first
-    floor.locator("img.camwidget-map[src]").wait_for(timeout=120_000)
+    floor = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .camwidget").first
+    try:
+        floor.locator("img.camwidget-map[src]").wait_for(timeout=120_000)
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "failed-floor.png"))
+        raise
     page.wait_for_timeout(1000)
     choice = floor.locator("select")
     for value in (1, 2, 3, 4, 5, 0):
