@@ -151,17 +151,50 @@ def eigencam(activations: Tensor, gradients: Tensor, context: MethodContext) -> 
     centering, as in the paper). The sign of v_1 is arbitrary; it is chosen so that M
     correlates positively with the mean activation map (1/C) sum_k A^k.
     """
-    channels, height, width = activations.shape
-    matrix = activations.double().reshape(channels, -1).T
+    return _first_component(activations, centre=False)
+
+
+def eigengradcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
+    """Eigen-Grad-CAM (pytorch-grad-cam): M = ReLU(B v_1), B = g ⊙ A.
+
+    With B as an (hw, C) matrix centred on its column means, v_1 is its first right
+    singular vector, as the peer computes it; its sign, which the peer leaves to the
+    SVD, is chosen so that B v_1 correlates positively with (1/C) sum_k B^k, the
+    HiResCAM map (before its ReLU) over C.
+    """
+    return torch.relu(_first_component(gradients * activations, centre=True))
+
+
+def gradcam_elementwise(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
+    """Grad-CAM element-wise (pytorch-grad-cam): M = sum_k ReLU(g^k ⊙ A^k)."""
+    return torch.relu(gradients * activations).sum(dim=0)
+
+
+def randomcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
+    """Random-CAM, the baseline for the metrics: M = ReLU(sum_k w_k A^k), w_k drawn
+    uniformly from [-1, 1) by a generator seeded with the option ``seed``."""
+    generator = torch.Generator().manual_seed(int(context.options.get("seed", 0)))
+    weights = torch.rand(activations.shape[0], generator=generator, dtype=torch.float64)
+    return torch.relu(_weighted_sum((2 * weights - 1).to(activations), activations))
+
+
+def _first_component(maps: Tensor, centre: bool) -> Tensor:
+    """maps (C, h, w) as an (hw, C) matrix X (centred on its column means if
+    ``centre``) projected on its first right singular vector: X v_1 (h, w), the sign
+    chosen so that it correlates positively with the mean map (1/C) sum_k X^k."""
+    channels, height, width = maps.shape
+    matrix = maps.double().reshape(channels, -1).T
+    if centre:
+        matrix = matrix - matrix.mean(dim=0)
     if not torch.isfinite(matrix).all() or not matrix.any():
-        return torch.zeros(height, width, dtype=activations.dtype, device=activations.device)
+        return torch.zeros(height, width, dtype=maps.dtype, device=maps.device)
     _, _, vh = torch.linalg.svd(matrix, full_matrices=False)
     projection = matrix @ vh[0]
     mean_map = matrix.mean(dim=1)
     correlation = ((projection - projection.mean()) * (mean_map - mean_map.mean())).sum()
     if correlation < 0 or (correlation == 0 and projection.sum() < 0):
         projection = -projection
-    return projection.reshape(height, width).to(activations.dtype)
+    return projection.reshape(height, width).to(maps.dtype)
 
 
 def scorecam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
@@ -355,6 +388,8 @@ _BUILT_IN = (
     Method("hirescam", "HiResCAM", hirescam, needs=GRADIENTS),
     Method("xgradcam", "XGrad-CAM", xgradcam, needs=GRADIENTS),
     Method("layercam", "LayerCAM", layercam, needs=GRADIENTS),
+    Method("gradcam-elementwise", "Grad-CAM element-wise", gradcam_elementwise, needs=GRADIENTS),
+    Method("eigengradcam", "Eigen-Grad-CAM", eigengradcam, needs=GRADIENTS),
     Method(
         "scorecam",
         "Score-CAM",
@@ -366,6 +401,13 @@ _BUILT_IN = (
         },
     ),
     Method("eigencam", "Eigen-CAM", eigencam, rectified=False, class_agnostic=True),
+    Method(
+        "randomcam",
+        "Random-CAM",
+        randomcam,
+        class_agnostic=True,
+        options={"seed": Option(0, "the seed of the random channel weights")},
+    ),
     Method(
         "ablationcam",
         "Ablation-CAM",

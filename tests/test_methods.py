@@ -11,6 +11,8 @@ import torch
 from pytorch_grad_cam import (
     AblationCAM,
     EigenCAM,
+    EigenGradCAM,
+    GradCAMElementWise,
     GradCAMPlusPlus,
     HiResCAM,
     LayerCAM,
@@ -27,11 +29,17 @@ from camwidget.methods import (
     ablationcam,
     eigencam,
     gradcam_plus_plus,
+    randomcam,
     scorecam,
     xgradcam,
 )
 
-PEERS = {"hirescam": HiResCAM, "xgradcam": XGradCAM, "layercam": LayerCAM}
+PEERS = {
+    "hirescam": HiResCAM,
+    "xgradcam": XGradCAM,
+    "layercam": LayerCAM,
+    "gradcam-elementwise": GradCAMElementWise,
+}
 LAYERS = {
     "resnet18": ["layer1", "layer2.1.conv1", "layer3", "layer4"],
     "vgg11": ["features.4", "features.12", "features.19"],
@@ -68,6 +76,9 @@ def test_every_contract_method_is_registered():
         "guided-backprop",
         "lrp",
         "guided-gradcam",
+        "gradcam-elementwise",
+        "eigengradcam",
+        "randomcam",
     }
 
 
@@ -174,6 +185,68 @@ def test_eigencam_is_the_first_component_with_a_fixed_sign(resnet18, photo_tenso
         "\nEigen-CAM vs pytorch-grad-cam (centred, ReLU, sign left to SVD): correlation "
         + ", ".join(f"{c:+.2f}" for c in correlations)
     )
+
+
+def test_eigengradcam_is_the_peers_with_the_sign_fixed(resnet18, photo_tensor):
+    """The peer's definition (B = g ⊙ A centred on its column means, projected on its
+    first right singular vector, ReLU): the peer takes the SVD's sign as it comes, ours
+    the sign that correlates with the mean of B's columns; so the peer's map is one of
+    the two signs' maps and ours is the one this rule picks."""
+    ex = Explainer(resnet18)
+    for layer in LAYERS["resnet18"]:
+        module = resnet18.get_submodule(layer)
+        for target in (3, 281):
+            a, g = a_and_g(resnet18, photo_tensor, layer, target)
+            b = (g * a).reshape(a.shape[0], -1).T
+            b = b - b.mean(axis=0)
+            projection = b @ np.linalg.svd(b, full_matrices=False)[2][0]
+            signs = {
+                s: heatmap_of(np.maximum(s * projection, 0).reshape(a.shape[1:])) for s in (1, -1)
+            }
+            with EigenGradCAM(model=resnet18, target_layers=[module]) as peer:
+                theirs = peer(photo_tensor[None], targets=[ClassifierOutputTarget(target)])[0]
+            assert min(np.abs(theirs - m).max() for m in signs.values()) <= 1e-3, (layer, target)
+            sign = 1 if np.corrcoef(projection, b.mean(axis=1))[0, 1] >= 0 else -1
+            ours = ex.explain(photo_tensor, layer, target, "eigengradcam").heatmap
+            assert np.abs(ours - signs[sign]).max() <= 1e-3, (layer, target)
+
+
+def test_gradcam_elementwise_bounds_hirescam(resnet18, photo_tensor):
+    """sum_k ReLU(g^k A^k) >= ReLU(sum_k g^k A^k) at every cell, equal where the terms
+    of a cell share their sign: an exact inequality between the two raw maps."""
+    ex = Explainer(resnet18)
+    for layer in ("layer2", "layer4"):
+        a, g = a_and_g(resnet18, photo_tensor, layer, 281)
+        elementwise = ex.explain(photo_tensor, layer, 281, "gradcam-elementwise").raw
+        hires = ex.explain(photo_tensor, layer, 281, "hirescam").raw
+        np.testing.assert_allclose(
+            elementwise, np.maximum(g * a, 0).sum(axis=0), rtol=1e-4, atol=1e-7
+        )
+        assert (elementwise >= hires - 1e-5 * elementwise.max()).all()
+        same_sign = ((g * a) >= 0).all(axis=0)
+        np.testing.assert_allclose(elementwise[same_sign], hires[same_sign], rtol=1e-4, atol=1e-7)
+
+
+def test_randomcam_is_seeded_and_the_same_for_every_class(resnet18, photo_tensor):
+    """ReLU(sum_k w_k A^k) with w ~ U[-1, 1) from a generator seeded with
+    ``randomcam_seed``: the same seed, the same map; another seed, another map."""
+    a, _ = a_and_g(resnet18, photo_tensor, "layer3", 0)
+    weights = (
+        2 * torch.rand(a.shape[0], generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+        - 1
+    )
+    expected = np.maximum(np.einsum("k,khw->hw", weights.numpy(), a), 0)
+    ex = Explainer(resnet18, randomcam_seed=5)
+    first = ex.explain(photo_tensor, "layer3", 3, "randomcam").raw
+    np.testing.assert_allclose(first, expected, rtol=1e-4, atol=1e-6 * expected.max())
+    np.testing.assert_array_equal(
+        Explainer(resnet18, randomcam_seed=5).explain(photo_tensor, "layer3", 9, "randomcam").raw,
+        first,
+    )
+    ex.randomcam_seed = 6
+    assert not np.allclose(ex.explain(photo_tensor, "layer3", 3, "randomcam").raw, first)
+    zeros = torch.zeros(4, 3, 3)
+    assert not randomcam(zeros, zeros, MethodContext(options={"seed": 0})).any()
 
 
 def test_eigencam_sign_is_fixed_against_the_mean_activation():
