@@ -21,39 +21,11 @@ from torch import Tensor
 
 from .errors import CamwidgetError
 from .lrp import COMPOSITES as _LRP_COMPOSITES
+from .method_context import MethodContext
+from .perturbation import ablationcam, scorecam
 
 if TYPE_CHECKING:
     from .layers import LayerInfo
-
-
-@dataclass(frozen=True)
-class MethodContext:
-    """What a method may ask for besides A and g: the engine fills in what the method's
-    descriptor ``needs`` (see :data:`NEEDS`), and always its ``options``.
-
-    ``class_weights``: the final fully connected layer's weights W[c] (C,) for the
-    target class, where CAM applies at this layer, else None. ``score``: maps masks
-    (M, 1, H, W) in [0, 1] at the input's size to the target's probability on the
-    masked inputs (M,). ``ablate``: maps channel indices (M,) to the target's score (its
-    logit) with that channel of the layer's output set to zero (M,). Both take an
-    optional ``scored(scores so far)`` called after each batch. ``target_score``:
-    the target's score on the intact input. ``guided``: the guided backpropagation of
-    the target (3, H, W) at the input (see :mod:`camwidget.pixel`); ``relevance``: its
-    LRP relevance (3, H, W) (see :mod:`camwidget.lrp`). ``input_size``: the model
-    input's (H, W). ``options``: the method's options by their short names (see
-    :attr:`Method.options`). ``preview(map, fraction)``: where given, a method that
-    builds its map batch by batch shows the map of what is done so far.
-    """
-
-    class_weights: Tensor | None = None
-    score: Callable[[Tensor], Tensor] | None = None
-    ablate: Callable[[Tensor], Tensor] | None = None
-    target_score: Tensor | None = None
-    guided: Callable[[], Tensor] | None = None
-    relevance: Callable[[], Tensor] | None = None
-    input_size: tuple[int, int] | None = None
-    options: Mapping[str, object] = field(default_factory=dict)
-    preview: Callable[[Tensor, float], None] | None = None
 
 
 #: What a method may declare in ``Method.needs``: the gradient dy_c/dA at the layer (one
@@ -178,6 +150,19 @@ def randomcam(activations: Tensor, gradients: Tensor, context: MethodContext) ->
     return torch.relu(_weighted_sum((2 * weights - 1).to(activations), activations))
 
 
+def fem(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
+    """FEM, the feature explanation method (Fuad et al., IPTA 2020), as pytorch-grad-cam
+    computes it: M = ReLU(sum_k w_k A^k), w_k the share of the cells of A^k above
+    mean(A^k) + k std(A^k) (the option ``k``; the standard deviation over the cells,
+    uncorrected). Class-agnostic."""
+    a = activations.double()
+    cut = a.mean(dim=(1, 2), keepdim=True) + float(context.options.get("k", 2.0)) * a.std(
+        dim=(1, 2), keepdim=True, correction=0
+    )
+    weights = (a > cut).double().mean(dim=(1, 2))
+    return torch.relu(_weighted_sum(weights, a)).to(activations.dtype)
+
+
 def _first_component(maps: Tensor, centre: bool) -> Tensor:
     """maps (C, h, w) as an (hw, C) matrix X (centred on its column means if
     ``centre``) projected on its first right singular vector: X v_1 (h, w), the sign
@@ -195,96 +180,6 @@ def _first_component(maps: Tensor, centre: bool) -> Tensor:
     if correlation < 0 or (correlation == 0 and projection.sum() < 0):
         projection = -projection
     return projection.reshape(height, width).to(maps.dtype)
-
-
-def scorecam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
-    """Score-CAM (Wang et al., CVPR-W 2020): M = ReLU(sum_k alpha_k A^k).
-
-    Each channel A^k, upsampled (bilinear, align_corners=False) to the input's size and
-    min-max normalised to H^k in [0, 1], masks the input; alpha_k = softmax(f(X * H^k))_c,
-    the target's probability on the masked input, as in the authors' code. Constant
-    channels (no mask) get alpha_k = 0. With the option ``channels`` = n, only
-    the n channels with the largest mean activation are scored.
-    """
-    if context.score is None or context.input_size is None:
-        raise ValueError("Score-CAM needs a scoring function and the input size")
-    channels = activations.shape[0]
-    chosen = torch.arange(channels, device=activations.device)
-    cap = context.options.get("channels")
-    if isinstance(cap, int) and cap < channels:
-        chosen = activations.mean(dim=(1, 2)).topk(cap).indices.sort().values
-    masks = F.interpolate(
-        activations[chosen][:, None], size=context.input_size, mode="bilinear", align_corners=False
-    )
-    low = masks.amin(dim=(2, 3), keepdim=True)
-    span = masks.amax(dim=(2, 3), keepdim=True) - low
-    varying = span.flatten() > 0
-    masks = torch.where(span > 0, (masks - low) / torch.where(span > 0, span, 1.0), 0.0)
-    order = _shuffled(int(varying.sum()), activations.device)  # see _previewing
-    scored = chosen[varying][order]
-    alpha = torch.zeros(channels, dtype=activations.dtype, device=activations.device)
-    if len(scored):
-        shown = _previewing(context, activations, scored, lambda values: values, fill_mean=True)
-        alpha[scored] = context.score(masks[varying][order], shown).to(activations.dtype)
-    return torch.relu(_weighted_sum(alpha, activations))
-
-
-def ablationcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
-    """Ablation-CAM (Ramaswamy & Desai, WACV 2020): M = ReLU(sum_k w_k A^k).
-
-    w_k = (y_c - y_c^k) / y_c, the relative drop of the target's score when channel k
-    of the layer's output is set to zero (one forward per channel, batched). Where
-    y_c = 0 the drop itself is the weight. At a GAP -> FC layer y_c - y_c^k =
-    W[c, k] mean(A^k) exactly.
-    """
-    if context.ablate is None or context.target_score is None:
-        raise ValueError("Ablation-CAM needs the ablated scores and the target's score")
-    channels = _shuffled(activations.shape[0], activations.device)  # see _previewing
-    score = context.target_score.to(activations.device).double()
-    scale = torch.where(score == 0, torch.ones_like(score), score)
-
-    def weights_of(values: Tensor) -> Tensor:
-        return ((score - values.to(score.device).double()) / scale).to(activations.dtype)
-
-    shown = _previewing(context, activations, channels, weights_of)
-    weights = torch.zeros(len(channels), dtype=activations.dtype, device=activations.device)
-    weights[channels] = weights_of(context.ablate(channels, shown))
-    return torch.relu(_weighted_sum(weights, activations))
-
-
-def _shuffled(count: int, device: torch.device) -> Tensor:
-    """The indices 0..count-1 in one fixed pseudo-random order (the same every call)."""
-    return torch.randperm(count, generator=torch.Generator().manual_seed(0)).to(device)
-
-
-def _previewing(
-    context: MethodContext,
-    activations: Tensor,
-    channels: Tensor,
-    weights_of: Callable[[Tensor], Tensor],
-    fill_mean: bool = False,
-) -> Callable[[Tensor], None] | None:
-    """Where ``context.preview`` is given: a ``scored(values so far)`` callback that
-    shows ReLU(sum_k w_k A^k) with the weights of the ``channels`` scored so far and,
-    for the rest of ``channels``, the mean of those weights (``fill_mean``) or 0.
-
-    ``channels`` come in a pseudo-random order, so the scored ones are a fair sample of
-    all of them: the preview tends to the final map as the work goes on, and is it at
-    the end. Filling with the mean suits weights that share a baseline (Score-CAM's
-    probabilities); weights of either sign (Ablation-CAM's drops) are better left at 0.
-    """
-    if context.preview is None:
-        return None
-
-    def scored(values: Tensor) -> None:
-        known = weights_of(values).to(activations.dtype)
-        weights = activations.new_zeros(activations.shape[0])
-        weights[channels] = known.mean() if fill_mean else 0.0
-        weights[channels[: len(values)]] = known
-        partial = torch.relu(_weighted_sum(weights, activations))
-        context.preview(partial, len(values) / len(channels))
-
-    return scored
 
 
 def guided_backprop(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
@@ -401,6 +296,13 @@ _BUILT_IN = (
         },
     ),
     Method("eigencam", "Eigen-CAM", eigencam, rectified=False, class_agnostic=True),
+    Method(
+        "fem",
+        "FEM",
+        fem,
+        class_agnostic=True,
+        options={"k": Option(2.0, "a cell counts where it exceeds its channel's mean by k std")},
+    ),
     Method(
         "randomcam",
         "Random-CAM",

@@ -13,7 +13,8 @@ ENGINE = {"errors", "images", "render", "labels", "layers", "methods", "capture"
 TIERS = (
     {"errors", "inputs", "layouts", "memory", "cache", "worker", "images", "labels", "targets"},
     {"samples", "outputs", "render", "capture", "pixel", "lrp", "layers", "scoring"},
-    {"methods", "metrics", "explanation", "options", "preparation", "passes", "kept"},
+    {"method_context", "methods", "perturbation", "metrics", "explanation", "options"}
+    | {"preparation", "passes", "kept"},
     {"requests", "batch"},
     {"explainer"},
     {"audit", "audit_ray", "audit_store", "zoo", "zoo.efficientnet_lite", "cli"},

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from pytorch_grad_cam import (
+    FEM,
     AblationCAM,
     EigenCAM,
     EigenGradCAM,
@@ -78,6 +79,7 @@ def test_every_contract_method_is_registered():
         "guided-gradcam",
         "gradcam-elementwise",
         "eigengradcam",
+        "fem",
         "randomcam",
     }
 
@@ -209,6 +211,19 @@ def test_eigengradcam_is_the_peers_with_the_sign_fixed(resnet18, photo_tensor):
             sign = 1 if np.corrcoef(projection, b.mean(axis=1))[0, 1] >= 0 else -1
             ours = ex.explain(photo_tensor, layer, target, "eigengradcam").heatmap
             assert np.abs(ours - signs[sign]).max() <= 1e-3, (layer, target)
+
+
+def test_fem_equals_the_peers(resnet18, photo_tensor):
+    """FEM: w_k = share of A^k's cells above mean + k std; equal to pytorch-grad-cam's
+    FEM at every layer, for k = 2 (default) and 1, and the same for every class."""
+    for k in (2.0, 1.0):
+        ex = Explainer(resnet18, fem_k=k)
+        for layer in LAYERS["resnet18"]:
+            with FEM(model=resnet18, target_layers=[resnet18.get_submodule(layer)], k=k) as peer:
+                theirs = peer(photo_tensor[None], targets=[ClassifierOutputTarget(3)])[0]
+            ours = ex.explain(photo_tensor, layer, 3, "fem")
+            assert np.abs(ours.heatmap - theirs).max() <= 1e-3, (k, layer)
+            np.testing.assert_array_equal(ex.explain(photo_tensor, layer, 281, "fem").raw, ours.raw)
 
 
 def test_gradcam_elementwise_bounds_hirescam(resnet18, photo_tensor):
