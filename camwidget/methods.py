@@ -145,7 +145,7 @@ def gradcam_elementwise(activations: Tensor, gradients: Tensor, context: MethodC
 def randomcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
     """Random-CAM, the baseline for the metrics: M = ReLU(sum_k w_k A^k), w_k drawn
     uniformly from [-1, 1) by a generator seeded with the option ``seed``."""
-    generator = torch.Generator().manual_seed(int(context.options.get("seed", 0)))
+    generator = torch.Generator().manual_seed(int(context.options["seed"]))
     weights = torch.rand(activations.shape[0], generator=generator, dtype=torch.float64)
     return torch.relu(_weighted_sum((2 * weights - 1).to(activations), activations))
 
@@ -156,7 +156,7 @@ def fem(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tenso
     mean(A^k) + k std(A^k) (the option ``k``; the standard deviation over the cells,
     uncorrected). Class-agnostic."""
     a = activations.double()
-    cut = a.mean(dim=(1, 2), keepdim=True) + float(context.options.get("k", 2.0)) * a.std(
+    cut = a.mean(dim=(1, 2), keepdim=True) + float(context.options["k"]) * a.std(
         dim=(1, 2), keepdim=True, correction=0
     )
     weights = (a > cut).double().mean(dim=(1, 2))
