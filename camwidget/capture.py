@@ -315,6 +315,34 @@ def score_inputs(
     return torch.cat(scores)
 
 
+def input_gradients(
+    model: nn.Module,
+    batches: Iterable[Tensor],
+    score: Callable[[Tensor | list[dict]], Tensor],
+    total: int,
+    progress: Callable[[int, int], None] | None = None,
+    select: Callable[[object], Tensor | list[dict]] = outputs.select,
+) -> Tensor:
+    """The gradient of ``score(output)`` (one number per input) with respect to each
+    input of each of ``batches``: one forward and one backward per batch, (M, 3, H, W).
+    Each row's gradient is its own score's (the model is in eval mode, so rows do not
+    mix). ``progress(done, total)`` after each batch."""
+    found, done = [], 0
+    with guarded(model), torch.enable_grad():
+        for batch in batches:
+            points = batch.detach().clone().requires_grad_(True)
+            scores = score(select(model(points)))
+            if scores.requires_grad:
+                (gradient,) = torch.autograd.grad(scores.sum(), points)
+            else:  # a target that does not depend on the input
+                gradient = torch.zeros_like(points)
+            found.append(gradient.detach())
+            done += len(batch)
+            if progress is not None:
+                progress(done, total)
+    return torch.cat(found)
+
+
 def score_masked(
     model: nn.Module,
     inputs: Tensor,
@@ -325,9 +353,12 @@ def score_masked(
     select: Callable[[object], Tensor | list[dict]] = outputs.select,
     scored: Callable[[Tensor], None] | None = None,
 ) -> Tensor:
-    """:func:`score_inputs` on ``inputs * mask`` for each mask (M, 1, H, W), in batches."""
+    """:func:`score_inputs` on ``inputs * mask`` for each mask (M, 1, H, W), in batches
+    (``masks``: a tensor, or anything that has a length and gives a slice as one)."""
     step = max(1, batch_size)
-    batches = (inputs * masks[start : start + step] for start in range(0, len(masks), step))
+    batches = (
+        inputs * masks[start : start + step].to(inputs) for start in range(0, len(masks), step)
+    )
     return score_inputs(model, batches, score, len(masks), progress, select, scored)
 
 

@@ -21,10 +21,15 @@ class MethodContext:
     optional ``scored(scores so far)`` called after each batch. ``target_score``:
     the target's score on the intact input. ``guided``: the guided backpropagation of
     the target (3, H, W) at the input (see :mod:`camwidget.pixel`); ``relevance``: its
-    LRP relevance (3, H, W) (see :mod:`camwidget.lrp`). ``input_size``: the model
-    input's (H, W). ``options``: the method's options by their short names (see
-    :attr:`camwidget.methods.Method.options`). ``preview(map, fraction)``: where given,
-    a method that builds its map batch by batch shows the map of what is done so far.
+    LRP relevance (3, H, W) (see :mod:`camwidget.lrp`). ``input_gradients``: maps
+    inputs (M, 3, H, W) to the target's gradient at each (M, 3, H, W), batched;
+    ``masked``: maps keep-masks (M, 1, H, W) to the target's score (its logit) on the
+    masked inputs (M,); ``rescaled``: maps a baseline (1, 3, H, W) to DeepLIFT's
+    multipliers (3, H, W) (see :mod:`camwidget.deeplift`). ``inputs``: the model input
+    (1, 3, H, W); ``input_size``: its (H, W). ``options``: the method's options by
+    their short names (see :attr:`camwidget.methods.Method.options`). ``preview(map,
+    fraction)``: where given, a method that builds its map batch by batch shows the
+    map of what is done so far.
     """
 
     class_weights: Tensor | None = None
@@ -33,6 +38,10 @@ class MethodContext:
     target_score: Tensor | None = None
     guided: Callable[[], Tensor] | None = None
     relevance: Callable[[], Tensor] | None = None
+    input_gradients: Callable[[Tensor], Tensor] | None = None
+    masked: Callable[[Tensor], Tensor] | None = None
+    rescaled: Callable[[Tensor], Tensor] | None = None
+    inputs: Tensor | None = None
     input_size: tuple[int, int] | None = None
     options: Mapping[str, object] = field(default_factory=dict)
     preview: Callable[[Tensor, float], None] | None = None

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import attributions
 from .errors import CamwidgetError
 from .lrp import COMPOSITES as _LRP_COMPOSITES
 from .method_context import MethodContext
@@ -30,10 +31,13 @@ if TYPE_CHECKING:
 
 #: What a method may declare in ``Method.needs``: the gradient dy_c/dA at the layer (one
 #: partial backward per class), or a :class:`MethodContext` field the engine fills in.
-NEEDS = ("gradients", "class_weights", "score", "ablate", "guided", "relevance")
+NEEDS = (
+    "gradients", "class_weights", "score", "ablate", "guided", "relevance",
+    "input_gradients", "masked", "rescaled",
+)  # fmt: skip
 #: The needs that run many model passes: such a method reports progress and can be
 #: cancelled between batches.
-PERTURBING = ("score", "ablate")
+PERTURBING = ("score", "ablate", "masked")
 
 
 @dataclass(frozen=True)
@@ -276,6 +280,10 @@ class Method:
 
 
 GRADIENTS = ("gradients",)
+AT_PIXELS = {"rectified": False, "pixel_level": True, "needs_layer": False}
+AT_INPUTS = {"needs": ("input_gradients",), **AT_PIXELS}
+BATCH = Option(None, "inputs per forward and backward (None: 8 on CPU, 32 on GPU)")
+SEED = Option(0, "the seed of the noise")
 
 _BUILT_IN = (
     Method("gradcam", "Grad-CAM", gradcam, needs=GRADIENTS),
@@ -341,6 +349,60 @@ _BUILT_IN = (
             "composite": Option(_LRP_COMPOSITES[0], "zennit's rules by layer type", _LRP_COMPOSITES)
         },
     ),
+    Method(
+        "saliency",
+        "Saliency",
+        attributions.saliency,
+        options={"abs": Option(True, "the gradient's magnitude (or its sign too)", (True, False))},
+        **AT_INPUTS,
+    ),
+    Method("input-x-gradient", "Input × Gradient", attributions.input_x_gradient, **AT_INPUTS),
+    Method(
+        "integrated-gradients",
+        "Integrated Gradients",
+        attributions.integrated_gradients,
+        options={"steps": Option(50, "Gauss-Legendre points on the path"), "batch_size": BATCH},
+        prefix="ig",
+        **AT_INPUTS,
+    ),
+    Method(
+        "smoothgrad",
+        "SmoothGrad",
+        attributions.smoothgrad,
+        options={
+            "of": Option("saliency", "the method averaged", attributions.SMOOTHED),
+            "samples": Option(16, "noisy copies of the input"),
+            "sigma": Option(0.15, "the noise's standard deviation, a share of the input's range"),
+            "seed": SEED,
+            "batch_size": BATCH,
+        },
+        **AT_INPUTS,
+    ),
+    Method(
+        "gradientshap",
+        "GradientSHAP",
+        attributions.gradientshap,
+        options={
+            "samples": Option(16, "points drawn on the path from the zero baseline"),
+            "sigma": Option(0.0, "noise on the input, a share of the input's range"),
+            "seed": SEED,
+            "batch_size": BATCH,
+        },
+        **AT_INPUTS,
+    ),
+    Method(
+        "occlusion",
+        "Occlusion",
+        attributions.occlusion,
+        needs=("masked",),
+        options={
+            "window": Option(16, "side of the zeroed square, in pixels of the model input"),
+            "stride": Option(8, "step between squares, in pixels (at most the window)"),
+            "batch_size": Option(None, "occluded inputs per forward (None: 8 on CPU, 32 on GPU)"),
+        },
+        **AT_PIXELS,
+    ),
+    Method("deeplift", "DeepLIFT", attributions.deeplift, needs=("rescaled",), **AT_PIXELS),
     Method(
         "guided-gradcam",
         "Guided Grad-CAM",

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from . import capture as capture_
-from . import lrp, outputs, pixel
+from . import deeplift, lrp, outputs, pixel
 from .capture import Capture
 from .errors import CamwidgetError
 from .layouts import Layout, Reshape
@@ -135,7 +135,7 @@ class Passes:
         step = batch_size(size, inputs.device)
         with self.lock:
             return capture_.score_masked(
-                self.model, inputs, masks.to(inputs.dtype), scorer, step,
+                self.model, inputs, masks, scorer, step,
                 self._counted(progress), self.select, scored,
             )  # fmt: skip
 
@@ -167,6 +167,40 @@ class Passes:
         def counted(done: int, total: int) -> None:
             self.counts["scored"] += done - done_before[0]
             done_before[0] = done
+            if progress is not None:
+                progress(done, total)
+
+        return counted
+
+    def input_gradients(
+        self,
+        points: Tensor,
+        scorer: Scorer,
+        size: int | None = None,
+        progress: Progress | None = None,
+    ) -> Tensor:
+        """The gradient of ``scorer`` at each of ``points`` (M, 3, H, W), ``size`` at a
+        time (see :func:`batch_size`): one forward and one backward per batch."""
+        step = batch_size(size, points.device)
+        batches = (points[start : start + step] for start in range(0, len(points), step))
+        with self.lock:
+            found = capture_.input_gradients(
+                self.model, batches, scorer, len(points), self._batches(progress), self.select
+            )
+        return found
+
+    def deeplift(self, inputs: Tensor, baseline: Tensor, scorer: Scorer) -> Tensor:
+        """DeepLIFT's multipliers (3, H, W) of ``inputs`` against ``baseline``."""
+        with self.lock:
+            found = deeplift.multipliers(self.model, inputs, baseline, self._selected(scorer))
+            self.counts.update(("forward", "backward"))
+        return found
+
+    def _batches(self, progress: Progress | None) -> Progress:
+        """``progress`` that first counts each batch as one forward and one backward."""
+
+        def counted(done: int, total: int) -> None:
+            self.counts.update(("forward", "backward"))
             if progress is not None:
                 progress(done, total)
 

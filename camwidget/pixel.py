@@ -58,7 +58,7 @@ class _FunctionalReLUs(TorchFunctionMode):
 
 
 @contextmanager
-def _watching(model: nn.Module) -> Iterator[_FunctionalReLUs]:
+def watching_functional_relus(model: nn.Module) -> Iterator[_FunctionalReLUs]:
     """Within: functional ReLU calls are recorded with the module that made them."""
     mode = _FunctionalReLUs({id(m): name for name, m in model.named_modules()})
 
@@ -93,7 +93,7 @@ def guided_backprop(
             "has none: use Grad-CAM, or a model with ReLU modules"
         )
     x = inputs.detach().clone().requires_grad_(True)
-    with guarded(model) as handles, torch.enable_grad(), _watching(model) as watch:
+    with guarded(model) as handles, torch.enable_grad(), watching_functional_relus(model) as watch:
         for module in rectifiers:
             handles.append(
                 module.register_forward_hook(lambda m, a, out: _PositiveGradient.apply(out))

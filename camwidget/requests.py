@@ -70,6 +70,20 @@ def raw_map(request: MapRequest, gradients: Tensor | None, services: Services) -
         gradients = torch.zeros_like(activations)
     else:
         gradients = layout.to_nchw(gradients)[row].float()
+    if request.spec.needs_layer or request.image_key is None:
+        return _made(request, activations, gradients, services)
+    # the same attribution at every layer: made once per image, target and options
+    key = (request.image_key, target_key(request.target), request.spec.name)
+    key += (repr(dict(request.options)),)
+    found = services.pixels.get(key)
+    if found is None:
+        found = services.pixels.put(key, _made(request, activations, gradients, services))
+    return found
+
+
+def _made(
+    request: MapRequest, activations: Tensor, gradients: Tensor, services: Services
+) -> Tensor:
     context = _context(request, services)
     return request.spec.fn(activations, gradients, context).detach().float()
 
@@ -83,6 +97,7 @@ def _context(request: MapRequest, services: Services) -> methods.MethodContext:
         target_score=scoring.score(request.capture.output, request.target, request.row)
         .detach()
         .float(),
+        inputs=request.inputs,
         input_size=(request.inputs.shape[-2], request.inputs.shape[-1]),
         options=request.options,
         preview=request.preview,
@@ -112,6 +127,25 @@ def _ablate(request: MapRequest, services: Services) -> Callable[[Tensor], Tenso
     return lambda channels, scored=None: services.passes.score_ablated(
         request.inputs, request.layer, layout, channels, scorer, size, request.progress, scored
     )
+
+
+def _input_gradients(request: MapRequest, services: Services) -> Callable[[Tensor], Tensor]:
+    scorer = scoring.values(request.target)
+    size = request.options.get("batch_size")
+    return lambda points: services.passes.input_gradients(points, scorer, size, request.progress)
+
+
+def _masked(request: MapRequest, services: Services) -> Callable[[Tensor], Tensor]:
+    scorer = scoring.values(request.target)
+    size = request.options.get("batch_size")
+    return lambda masks, scored=None: services.passes.score_masked(
+        request.inputs, masks, scorer, size, request.progress, scored
+    )
+
+
+def _rescaled(request: MapRequest, services: Services) -> Callable[[Tensor], Tensor]:
+    scorer = scoring.values(request.target)
+    return lambda baseline: services.passes.deeplift(request.inputs, baseline, scorer)
 
 
 def _pixels(kind: str, request: MapRequest, services: Services) -> Callable[[], Tensor]:
@@ -147,4 +181,7 @@ _LENDERS: dict[str, Callable[[MapRequest, Services], object]] = {
     "ablate": _ablate,
     "guided": partial(_pixels, "guided"),
     "relevance": partial(_pixels, "relevance"),
+    "input_gradients": _input_gradients,
+    "masked": _masked,
+    "rescaled": _rescaled,
 }
