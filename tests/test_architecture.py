@@ -12,8 +12,9 @@ ENGINE = {"errors", "images", "render", "labels", "layers", "methods", "capture"
 #: The package's tiers, bottom first: a module imports only from its own tier or below.
 TIERS = (
     {"errors", "inputs", "layouts", "memory", "cache", "worker", "images", "labels", "targets"},
-    {"samples", "outputs", "render", "capture", "pixel", "lrp", "layers", "scoring"},
-    {"method_context", "methods", "perturbation", "metrics", "explanation", "options"}
+    {"samples", "outputs", "render", "capture", "pixel", "deeplift", "lrp", "layers", "scoring"},
+    {"method_context", "methods", "perturbation", "attributions", "metrics", "explanation"}
+    | {"options"}
     | {"preparation", "passes", "kept"},
     {"requests", "batch"},
     {"explainer"},

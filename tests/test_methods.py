@@ -81,6 +81,13 @@ def test_every_contract_method_is_registered():
         "eigengradcam",
         "fem",
         "randomcam",
+        "saliency",
+        "input-x-gradient",
+        "integrated-gradients",
+        "smoothgrad",
+        "gradientshap",
+        "occlusion",
+        "deeplift",
     }
 
 
