@@ -21,6 +21,7 @@ from captum.attr import (
 from conftest import ModelState
 from torch import nn
 
+import camwidget
 from camwidget import CamwidgetError, Explainer, deeplift
 from camwidget.attributions import Windows, gauss_legendre
 
@@ -249,3 +250,23 @@ def test_gradientshap_is_the_mean_over_its_seeded_draws(vgg11, small):
     ]
     assert relative(ours, np.mean(terms, axis=0)) <= 1e-4
     assert ex.passes["backward"] == 1  # the five points in one batch (8 on CPU)
+
+
+NEW = ("saliency", "input-x-gradient", "integrated-gradients", "smoothgrad")
+NEW += ("gradientshap", "occlusion", "deeplift")
+
+
+def test_batches_and_the_metrics_take_them(resnet18, small):
+    options = {"ig_steps": 8, "smoothgrad_samples": 4, "gradientshap_samples": 4}
+    ex = Explainer(resnet18, occlusion_window=32, occlusion_stride=16, **options)
+    images = [small, small.flip(2)]
+    for method in NEW:
+        batch = ex.explain_batch(images, targets=[7, 9], method=method)
+        for image, target, e in zip(images, [7, 9], batch, strict=True):
+            single = ex.explain(image, target=target, method=method)
+            assert np.isfinite(e.attribution).all() and np.abs(single.attribution).max() > 0
+            assert relative(e.attribution, single.attribution) <= 1e-5
+        deleted, inserted = camwidget.metrics.deletion_insertion(
+            ex, small, batch[0].heatmap, 7, steps=4
+        )
+        assert 0 <= deleted.auc <= 1 and 0 <= inserted.auc <= 1
