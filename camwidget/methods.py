@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import attributions
+from .components import KERNELS, eigencam, eigengradcam, kpcacam
 from .errors import CamwidgetError
 from .lrp import COMPOSITES as _LRP_COMPOSITES
 from .method_context import MethodContext
@@ -120,27 +121,6 @@ def layercam(activations: Tensor, gradients: Tensor, context: MethodContext) -> 
     return torch.relu((torch.relu(gradients) * activations).sum(dim=0))
 
 
-def eigencam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
-    """Eigen-CAM (Muhammad & Yeasin, IJCNN 2020): M = A v_1, no ReLU, class-agnostic.
-
-    With A as an (hw, C) matrix, v_1 is its first right singular vector (no mean
-    centering, as in the paper). The sign of v_1 is arbitrary; it is chosen so that M
-    correlates positively with the mean activation map (1/C) sum_k A^k.
-    """
-    return _first_component(activations, centre=False)
-
-
-def eigengradcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
-    """Eigen-Grad-CAM (pytorch-grad-cam): M = ReLU(B v_1), B = g ⊙ A.
-
-    With B as an (hw, C) matrix centred on its column means, v_1 is its first right
-    singular vector, as the peer computes it; its sign, which the peer leaves to the
-    SVD, is chosen so that B v_1 correlates positively with (1/C) sum_k B^k, the
-    HiResCAM map (before its ReLU) over C.
-    """
-    return torch.relu(_first_component(gradients * activations, centre=True))
-
-
 def gradcam_elementwise(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
     """Grad-CAM element-wise (pytorch-grad-cam): M = sum_k ReLU(g^k ⊙ A^k)."""
     return torch.relu(gradients * activations).sum(dim=0)
@@ -165,25 +145,6 @@ def fem(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tenso
     )
     weights = (a > cut).double().mean(dim=(1, 2))
     return torch.relu(_weighted_sum(weights, a)).to(activations.dtype)
-
-
-def _first_component(maps: Tensor, centre: bool) -> Tensor:
-    """maps (C, h, w) as an (hw, C) matrix X (centred on its column means if
-    ``centre``) projected on its first right singular vector: X v_1 (h, w), the sign
-    chosen so that it correlates positively with the mean map (1/C) sum_k X^k."""
-    channels, height, width = maps.shape
-    matrix = maps.double().reshape(channels, -1).T
-    if centre:
-        matrix = matrix - matrix.mean(dim=0)
-    if not torch.isfinite(matrix).all() or not matrix.any():
-        return torch.zeros(height, width, dtype=maps.dtype, device=maps.device)
-    _, _, vh = torch.linalg.svd(matrix, full_matrices=False)
-    projection = matrix @ vh[0]
-    mean_map = matrix.mean(dim=1)
-    correlation = ((projection - projection.mean()) * (mean_map - mean_map.mean())).sum()
-    if correlation < 0 or (correlation == 0 and projection.sum() < 0):
-        projection = -projection
-    return projection.reshape(height, width).to(maps.dtype)
 
 
 def guided_backprop(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
@@ -304,6 +265,16 @@ _BUILT_IN = (
         },
     ),
     Method("eigencam", "Eigen-CAM", eigencam, rectified=False, class_agnostic=True),
+    Method(
+        "kpcacam",
+        "KPCA-CAM",
+        kpcacam,
+        class_agnostic=True,
+        options={
+            "kernel": Option("sigmoid", "the kernel over the cells' activations", KERNELS),
+            "gamma": Option(None, "the kernel's scale (None: 1 / channels)"),
+        },
+    ),
     Method(
         "fem",
         "FEM",

@@ -10,6 +10,7 @@ import pytest
 import torch
 from pytorch_grad_cam import (
     FEM,
+    KPCA_CAM,
     AblationCAM,
     EigenCAM,
     EigenGradCAM,
@@ -21,6 +22,7 @@ from pytorch_grad_cam import (
     XGradCAM,
 )
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from sklearn.decomposition import KernelPCA
 from torch import nn
 from torch.nn import functional as F
 
@@ -81,6 +83,7 @@ def test_every_contract_method_is_registered():
         "eigengradcam",
         "fem",
         "randomcam",
+        "kpcacam",
         "saliency",
         "input-x-gradient",
         "integrated-gradients",
@@ -218,6 +221,31 @@ def test_eigengradcam_is_the_peers_with_the_sign_fixed(resnet18, photo_tensor):
             sign = 1 if np.corrcoef(projection, b.mean(axis=1))[0, 1] >= 0 else -1
             ours = ex.explain(photo_tensor, layer, target, "eigengradcam").heatmap
             assert np.abs(ours - signs[sign]).max() <= 1e-3, (layer, target)
+
+
+@pytest.mark.parametrize("kernel", ["sigmoid", "rbf", "cosine"])
+def test_kpcacam_is_scikit_learns_kernel_pca_with_the_sign_fixed(resnet18, photo_tensor, kernel):
+    """KPCA-CAM: the leading kernel principal component of the cells' centred activation
+    vectors, as scikit-learn's KernelPCA computes it; the peer takes scikit-learn's sign
+    (its largest entry positive), ours the one that correlates with the mean of the
+    centred activations: the peer's map is one of the two signs' maps (checked with the
+    default kernel), ours the one the rule picks."""
+    ex = Explainer(resnet18, kpcacam_kernel=kernel)
+    for layer in LAYERS["resnet18"]:
+        a, _ = a_and_g(resnet18, photo_tensor, layer, 3)
+        x = a.reshape(a.shape[0], -1).T
+        x = x - x.mean(axis=0)
+        projection = KernelPCA(n_components=1, kernel=kernel).fit_transform(x)[:, 0]
+        signs = {s: heatmap_of(np.maximum(s * projection, 0).reshape(a.shape[1:])) for s in (1, -1)}
+        if kernel == "sigmoid":
+            module = resnet18.get_submodule(layer)
+            with KPCA_CAM(model=resnet18, target_layers=[module]) as peer:
+                theirs = peer(photo_tensor[None], targets=[ClassifierOutputTarget(3)])[0]
+            assert min(np.abs(theirs - m).max() for m in signs.values()) <= 1e-3, layer
+        sign = 1 if np.corrcoef(projection, x.mean(axis=1))[0, 1] >= 0 else -1
+        ours = ex.explain(photo_tensor, layer, 3, "kpcacam")
+        assert np.abs(ours.heatmap - signs[sign]).max() <= 1e-3, layer
+        np.testing.assert_array_equal(ex.explain(photo_tensor, layer, 281, "kpcacam").raw, ours.raw)
 
 
 def test_fem_equals_the_peers(resnet18, photo_tensor):

@@ -23,7 +23,8 @@ SMALL = {  # keep the methods of many passes quick
 # another value of an option whose default is not a number
 ANOTHER = {
     "lrp_composite": "epsilon-alpha2-beta1", "ablation_batch_size": 3,
-    "saliency_abs": False, "smoothgrad_of": "input-x-gradient",
+    "saliency_abs": False, "smoothgrad_of": "input-x-gradient", "kpcacam_kernel": "rbf",
+    "kpcacam_gamma": 0.01,
 }  # fmt: skip
 
 

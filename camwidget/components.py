@@ -1,0 +1,108 @@
+"""Methods that take the first principal component of a layer's maps: Eigen-CAM,
+Eigen-Grad-CAM and KPCA-CAM. Each map's sign, which a decomposition leaves open, is
+chosen so that the map correlates positively with the mean of the maps it decomposes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import eigsh
+from torch import Tensor
+
+from .method_context import MethodContext
+
+#: KPCA-CAM's kernels (scikit-learn's, with its defaults: γ = 1 / C, coef0 = 1, degree 3).
+KERNELS = ("sigmoid", "rbf", "poly", "linear", "cosine")
+#: Above this many cells the leading eigenvector is found by Lanczos iteration (ARPACK).
+DENSE_CELLS = 200
+
+
+def eigencam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
+    """Eigen-CAM (Muhammad & Yeasin, IJCNN 2020): M = A v_1, no ReLU, class-agnostic.
+
+    With A as an (hw, C) matrix, v_1 is its first right singular vector (no mean
+    centering, as in the paper). The sign of v_1 is arbitrary; it is chosen so that M
+    correlates positively with the mean activation map (1/C) sum_k A^k.
+    """
+    return _first_component(activations, centre=False)
+
+
+def eigengradcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
+    """Eigen-Grad-CAM (pytorch-grad-cam): M = ReLU(B v_1), B = g ⊙ A.
+
+    With B as an (hw, C) matrix centred on its column means, v_1 is its first right
+    singular vector, as the peer computes it; its sign, which the peer leaves to the
+    SVD, is chosen so that B v_1 correlates positively with (1/C) sum_k B^k, the
+    HiResCAM map (before its ReLU) over C.
+    """
+    return torch.relu(_first_component(gradients * activations, centre=True))
+
+
+def kpcacam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
+    """KPCA-CAM (Karmani et al., 2024; pytorch-grad-cam's ``KPCA_CAM``): M = ReLU(√λ₁ v₁),
+    v₁ the leading eigenvector of the centred kernel matrix K_ij = k(x_i, x_j) over the
+    cells' activation vectors x_i (C,), themselves centred; ``kernel`` and ``gamma``
+    (None: 1 / C) as scikit-learn's KernelPCA. Class-agnostic, no backward."""
+    channels, height, width = activations.shape
+    x = activations.double().reshape(channels, -1).T
+    x = x - x.mean(dim=0)
+    kernel = _kernel(x, str(context.options["kernel"]), context.options["gamma"])
+    kernel = kernel - kernel.mean(dim=0) - kernel.mean(dim=1, keepdim=True) + kernel.mean()
+    value, vector = _leading_eigenpair(kernel.cpu().numpy())
+    projection = torch.from_numpy(vector * np.sqrt(max(value, 0.0))).to(x.device)
+    signed = _signed(projection, x.mean(dim=1))
+    return torch.relu(signed).reshape(height, width).to(activations.dtype)
+
+
+def _kernel(x: Tensor, name: str, gamma: object) -> Tensor:
+    """scikit-learn's pairwise kernel ``name`` over the rows of ``x`` (float64)."""
+    gamma = 1.0 / x.shape[1] if gamma is None else float(gamma)
+    dot = x @ x.T
+    if name == "linear":
+        return dot
+    if name == "sigmoid":
+        return torch.tanh(gamma * dot + 1.0)
+    if name == "poly":
+        return (gamma * dot + 1.0) ** 3
+    if name == "rbf":
+        squared = dot.diagonal()
+        return torch.exp(-gamma * (squared[:, None] + squared[None, :] - 2 * dot).clamp(min=0))
+    if name == "cosine":
+        norm = dot.diagonal().sqrt()
+        norm = torch.where(norm == 0, torch.ones_like(norm), norm)
+        return dot / norm[:, None] / norm[None, :]
+    raise ValueError(f"unknown kernel {name!r}: choose one of {', '.join(KERNELS)}")
+
+
+def _leading_eigenpair(matrix: np.ndarray) -> tuple[float, np.ndarray]:
+    """The largest eigenvalue of the symmetric ``matrix`` and its unit eigenvector."""
+    if len(matrix) <= DENSE_CELLS:
+        values, vectors = np.linalg.eigh(matrix)
+        return float(values[-1]), vectors[:, -1]
+    values, vectors = eigsh(matrix, k=1, which="LA", v0=np.ones(len(matrix)))
+    return float(values[0]), vectors[:, 0]
+
+
+def _signed(projection: Tensor, mean_map: Tensor) -> Tensor:
+    """``projection`` or its negative: the one that correlates positively with
+    ``mean_map`` (on a tie, the one with the larger sum)."""
+    correlation = ((projection - projection.mean()) * (mean_map - mean_map.mean())).sum()
+    if correlation < 0 or (correlation == 0 and projection.sum() < 0):
+        return -projection
+    return projection
+
+
+def _first_component(maps: Tensor, centre: bool) -> Tensor:
+    """maps (C, h, w) as an (hw, C) matrix X (centred on its column means if
+    ``centre``) projected on its first right singular vector: X v_1 (h, w), the sign
+    chosen so that it correlates positively with the mean map (1/C) sum_k X^k."""
+    channels, height, width = maps.shape
+    matrix = maps.double().reshape(channels, -1).T
+    if centre:
+        matrix = matrix - matrix.mean(dim=0)
+    if not torch.isfinite(matrix).all() or not matrix.any():
+        return torch.zeros(height, width, dtype=maps.dtype, device=maps.device)
+    _, _, vh = torch.linalg.svd(matrix, full_matrices=False)
+    projection = _signed(matrix @ vh[0], matrix.mean(dim=1))
+    return projection.reshape(height, width).to(maps.dtype)
