@@ -12,6 +12,7 @@ from . import methods, scoring
 from .capture import Capture
 from .errors import CamwidgetError
 from .explanation import Explanation, PreparedImage, explained
+from .outputs import one
 from .requests import MapRequest, raw_map
 from .targets import Target
 
@@ -97,7 +98,10 @@ class Batches:
         if layer not in capture.activations:
             raise CamwidgetError(f"layer {layer!r} did not run for this batch")
         host = capture.on_host()
-        chosen = [scoring.target_for(host.output, t, row) for row, (_, t) in enumerate(group)]
+        chosen = [
+            spec.explains(scoring.target_for(host.output, t, row), one(host.output, row), options)
+            for row, (_, t) in enumerate(group)
+        ]
         numbers = scoring.numbers(capture, chosen, self.activation)
         grads = None
         if spec.needs_gradients:

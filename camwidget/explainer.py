@@ -415,7 +415,9 @@ class Explainer(MethodOptions, Batches):
         method, layer, target, _ = self.resolve(method, layer, target)
         spec, options = methods.get(method), self.options(method)
         host = capture.on_host()
-        target = scoring.target_for(host.output, target, 0)
+        target = spec.explains(
+            scoring.target_for(host.output, target, 0), outputs.one(host.output, 0), options
+        )
         key = (image.key, target_key(target), layer, method, *map(repr, options.values()))
         raw = self._kept.maps.get(key)
         if raw is None:

@@ -25,6 +25,7 @@ from .errors import CamwidgetError
 from .lrp import COMPOSITES as _LRP_COMPOSITES
 from .method_context import MethodContext
 from .perturbation import ablationcam, scorecam
+from .targets import Class, Contrast, Target, most_alike
 
 if TYPE_CHECKING:
     from .layers import LayerInfo
@@ -178,6 +179,19 @@ def lrp(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tenso
     return context.relevance()
 
 
+def finer_target(target: Target, output: object, options: Mapping[str, object]) -> Target:
+    """Finer-CAM's target for a class: the class against ``against`` (None: the three
+    classes whose logits are nearest its own), weighted by ``alpha``."""
+    if not isinstance(target, Class) or not isinstance(output, Tensor) or output.dim() != 1:
+        raise CamwidgetError(
+            "Finer-CAM contrasts a class of a classifier with the classes most like it; "
+            "for this target use Grad-CAM"
+        )
+    against = options["against"]
+    others = tuple(against) if against else most_alike(output, target.index)
+    return Contrast(target.index, others, float(options["alpha"]))
+
+
 def _everywhere(layer: LayerInfo) -> bool:
     return True
 
@@ -199,7 +213,8 @@ class Method:
     ``fallback`` the method to show instead; ``options``: its settings by short name,
     passed to ``fn`` in ``context.options`` and part of the cache key; an explainer
     takes each as the keyword ``{prefix}_{name}`` (``prefix``: by default the method's
-    name without punctuation).
+    name without punctuation); ``retarget(target, output, options)``: the target the
+    method explains instead of the one asked for (``output``: the image's own).
     """
 
     name: str
@@ -215,6 +230,7 @@ class Method:
     fallback: str | None = None
     options: Mapping[str, Option] = field(default_factory=dict)
     prefix: str = ""
+    retarget: Callable[[Target, Tensor, Mapping[str, object]], Target] | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.needs) - set(NEEDS)
@@ -235,6 +251,10 @@ class Method:
         """It runs many model passes (batched, with progress, cancellable)."""
         return any(need in PERTURBING for need in self.needs)
 
+    def explains(self, target: Target, output: object, options: Mapping[str, object]) -> Target:
+        """The target this method explains when asked for ``target``."""
+        return target if self.retarget is None else self.retarget(target, output, options)
+
     def keyword(self, option: str) -> str:
         """The explainer's keyword for ``option``, e.g. ``scorecam_batch_size``."""
         return f"{self.prefix}_{option}"
@@ -254,6 +274,17 @@ _BUILT_IN = (
     Method("layercam", "LayerCAM", layercam, needs=GRADIENTS),
     Method("gradcam-elementwise", "Grad-CAM element-wise", gradcam_elementwise, needs=GRADIENTS),
     Method("eigengradcam", "Eigen-Grad-CAM", eigengradcam, needs=GRADIENTS),
+    Method(
+        "finercam",
+        "Finer-CAM",
+        gradcam,
+        needs=GRADIENTS,
+        options={
+            "alpha": Option(1.0, "how much of the other classes' logits is taken away"),
+            "against": Option(None, "the classes to set it apart from (None: the 3 nearest)"),
+        },
+        retarget=finer_target,
+    ),
     Method(
         "scorecam",
         "Score-CAM",

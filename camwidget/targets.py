@@ -182,6 +182,46 @@ class Similarity:
         return "similarity to the reference"
 
 
+@dataclass(frozen=True)
+class Contrast:
+    """Class ``index`` against the classes ``others`` (Finer-CAM, Zhang et al., CVPR
+    2025): sum_j p_j (y_c - alpha y_j) / (sum_j p_j + 1e-9), p the softmax of the
+    logits y (on the graph, as pytorch-grad-cam's ``FinerWeightedTarget``): what sets
+    the class apart from the classes it is most alike."""
+
+    index: int
+    others: tuple[int, ...]
+    alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        others = tuple(int(other) for other in self.others)
+        if not others:
+            raise CamwidgetError("Contrast needs at least one class to compare with")
+        object.__setattr__(self, "others", others)
+        object.__setattr__(self, "index", int(self.index))
+
+    def __call__(self, output: Tensor) -> Tensor:
+        logit = Class(self.index)(output)
+        probabilities = torch.softmax(output, dim=-1)[list(self.others)]
+        differences = logit - self.alpha * output[list(self.others)]
+        return (probabilities * differences).sum() / (probabilities.sum() + 1e-9)
+
+    @property
+    def key(self) -> Hashable:
+        return ("contrast", self.index, self.others, float(self.alpha))
+
+    def describe(self, label: Label) -> str:
+        return f"{label(self.index)} against {', '.join(map(label, self.others))}"
+
+
+def most_alike(logits: Tensor, index: int, count: int = 3) -> tuple[int, ...]:
+    """The ``count`` classes whose logits (K,) are nearest class ``index``'s."""
+    distance = (logits.detach() - logits[index].detach()).abs()
+    distance[index] = float("inf")
+    order = torch.argsort(distance, stable=True)
+    return tuple(int(i) for i in order[: min(count, len(logits) - 1)])
+
+
 def key(target: Callable) -> Hashable:
     """What caches ``target`` by: its value for the built-ins, its identity otherwise."""
     return getattr(target, "key", ("callable", id(target)))

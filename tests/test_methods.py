@@ -14,6 +14,8 @@ from pytorch_grad_cam import (
     AblationCAM,
     EigenCAM,
     EigenGradCAM,
+    FinerCAM,
+    GradCAM,
     GradCAMElementWise,
     GradCAMPlusPlus,
     HiResCAM,
@@ -21,12 +23,13 @@ from pytorch_grad_cam import (
     ScoreCAM,
     XGradCAM,
 )
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FinerWeightedTarget
 from sklearn.decomposition import KernelPCA
 from torch import nn
 from torch.nn import functional as F
 
-from camwidget import METHODS, Explainer, render
+import camwidget
+from camwidget import METHODS, CamwidgetError, Explainer, render
 from camwidget.methods import (
     MethodContext,
     ablationcam,
@@ -84,6 +87,7 @@ def test_every_contract_method_is_registered():
         "fem",
         "randomcam",
         "kpcacam",
+        "finercam",
         "saliency",
         "input-x-gradient",
         "integrated-gradients",
@@ -246,6 +250,39 @@ def test_kpcacam_is_scikit_learns_kernel_pca_with_the_sign_fixed(resnet18, photo
         ours = ex.explain(photo_tensor, layer, 3, "kpcacam")
         assert np.abs(ours.heatmap - signs[sign]).max() <= 1e-3, layer
         np.testing.assert_array_equal(ex.explain(photo_tensor, layer, 281, "kpcacam").raw, ours.raw)
+
+
+def test_finercam_equals_the_peers(resnet18, photo_tensor):
+    """Finer-CAM: Grad-CAM of class c against the classes nearest it; equal to
+    pytorch-grad-cam's FinerCAM (its three nearest classes, alpha 1 and 0.6) and to its
+    FinerWeightedTarget for classes given; with alpha 0 the contrast is y_c itself."""
+    for alpha in (1.0, 0.6):
+        ex = Explainer(resnet18, finercam_alpha=alpha)
+        for layer in ("layer3", "layer4"):
+            ours = ex.explain(photo_tensor, layer, 3, "finercam")
+            with FinerCAM(resnet18, [resnet18.get_submodule(layer)]) as peer:
+                theirs = peer(photo_tensor[None], target_idx=3, alpha=alpha)[0]
+            assert np.abs(ours.heatmap - theirs).max() <= 1e-3, (alpha, layer)
+            assert ours.target.index == 3 and len(ours.target.others) == 3
+    ex = Explainer(resnet18, finercam_against=(281, 285))
+    ours = ex.explain(photo_tensor, "layer4", 3, "finercam")
+    assert " against " in ours.label and ours.target.others == (281, 285)
+    with GradCAM(resnet18, [resnet18.layer4]) as peer:
+        target = FinerWeightedTarget(3, [281, 285], 1.0)
+        theirs = peer(photo_tensor[None], targets=[target])[0]
+    assert np.abs(ours.heatmap - theirs).max() <= 1e-3
+    plain = Explainer(resnet18, finercam_alpha=0.0, finercam_against=(281,))
+    contrast = plain.explain(photo_tensor, "layer4", 3, "finercam").raw
+    gradcam = plain.explain(photo_tensor, "layer4", 3, "gradcam").raw
+    # p_j y_c / (p_j + 1e-9): y_c up to the peer's 1e-9 (p_j is ~1e-4 here)
+    np.testing.assert_allclose(contrast, gradcam, rtol=0, atol=1e-4 * np.abs(gradcam).max())
+
+
+def test_finercam_explains_classes_only(resnet18, photo_tensor):
+    ex = Explainer(resnet18)
+    region = camwidget.targets.Similarity(torch.ones(1000))
+    with pytest.raises(CamwidgetError, match="Finer-CAM contrasts a class of a classifier"):
+        ex.explain(photo_tensor, "layer4", region, "finercam")
 
 
 def test_fem_equals_the_peers(resnet18, photo_tensor):

@@ -24,7 +24,7 @@ SMALL = {  # keep the methods of many passes quick
 ANOTHER = {
     "lrp_composite": "epsilon-alpha2-beta1", "ablation_batch_size": 3,
     "saliency_abs": False, "smoothgrad_of": "input-x-gradient", "kpcacam_kernel": "rbf",
-    "kpcacam_gamma": 0.01,
+    "kpcacam_gamma": 0.01, "finercam_against": (1, 2),
 }  # fmt: skip
 
 
