@@ -106,7 +106,8 @@ class Batches:
         grads = None
         if spec.needs_gradients:
             scores = [scoring.score(capture.output, t, row) for row, t in enumerate(chosen)]
-            grads = self.runner.backward(capture, torch.stack(scores).sum(), {layer}, False)
+            retain = "hessian" in spec.needs  # its second backward runs on the graph
+            grads = self.runner.backward(capture, torch.stack(scores).sum(), {layer}, retain)
             grads = grads[layer]
         cam, services = self.layer(layer).cam, self.services
         rows = [image.inputs for image, _ in group]  # as one image's own passes see it

@@ -286,6 +286,26 @@ def backward(
     return {name: by_id[id(capture.activations[name])] for name in names}
 
 
+def hessian_product(capture: Capture, score: Tensor, layer: str) -> Tensor:
+    """(d²score / dA²) A for the kept map A of ``layer``: the gradient of score with
+    respect to A, kept on the graph, then its product with A; zero where the score
+    does not depend on A twice (a network of ReLUs and linear layers)."""
+    activations = capture.activations[layer]
+    if not score.requires_grad:
+        return torch.zeros_like(activations)
+    with torch.enable_grad():
+        (gradient,) = torch.autograd.grad(
+            score, activations, retain_graph=True, create_graph=True, allow_unused=True
+        )
+        if gradient is None or not gradient.requires_grad:
+            return torch.zeros_like(activations)
+        (product,) = torch.autograd.grad(
+            gradient, activations, grad_outputs=activations.detach(), retain_graph=True,
+            allow_unused=True,
+        )  # fmt: skip
+    return torch.zeros_like(activations) if product is None else product.detach()
+
+
 @torch.no_grad()
 def score_inputs(
     model: nn.Module,

@@ -25,7 +25,9 @@ class MethodContext:
     inputs (M, 3, H, W) to the target's gradient at each (M, 3, H, W), batched;
     ``masked``: maps keep-masks (M, 1, H, W) to the target's score (its logit) on the
     masked inputs (M,); ``rescaled``: maps a baseline (1, 3, H, W) to DeepLIFT's
-    multipliers (3, H, W) (see :mod:`camwidget.deeplift`). ``inputs``: the model input
+    multipliers (3, H, W) (see :mod:`camwidget.deeplift`). ``hessian()``: H A (C, h,
+    w), the Hessian of the target's score with respect to the layer's map A times A.
+    ``inputs``: the model input
     (1, 3, H, W); ``input_size``: its (H, W). ``options``: the method's options by
     their short names (see :attr:`camwidget.methods.Method.options`). ``preview(map,
     fraction)``: where given, a method that builds its map batch by batch shows the
@@ -38,6 +40,7 @@ class MethodContext:
     target_score: Tensor | None = None
     guided: Callable[[], Tensor] | None = None
     relevance: Callable[[], Tensor] | None = None
+    hessian: Callable[[], Tensor] | None = None
     input_gradients: Callable[[Tensor], Tensor] | None = None
     masked: Callable[[Tensor], Tensor] | None = None
     rescaled: Callable[[Tensor], Tensor] | None = None

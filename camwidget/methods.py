@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 #: partial backward per class), or a :class:`MethodContext` field the engine fills in.
 NEEDS = (
     "gradients", "class_weights", "score", "ablate", "guided", "relevance",
-    "input_gradients", "masked", "rescaled",
+    "input_gradients", "masked", "rescaled", "hessian",
 )  # fmt: skip
 #: The needs that run many model passes: such a method reports progress and can be
 #: cancelled between batches.
@@ -120,6 +120,17 @@ def xgradcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> 
 def layercam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
     """LayerCAM (Jiang et al., IEEE TIP 2021): M = ReLU(sum_k ReLU(g^k) * A^k)."""
     return torch.relu((torch.relu(gradients) * activations).sum(dim=0))
+
+
+def shapleycam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
+    """ShapleyCAM (Cai et al., 2025; pytorch-grad-cam's): M = ReLU(sum_k w_k A^k),
+    w_k = the spatial mean of g^k - (H A)^k / 2, H the Hessian of y_c with respect to
+    A: a second-order estimate of each channel's Shapley value. Where y_c is piecewise
+    linear in A (ReLUs, pooling, linear layers) H A = 0 and it is Grad-CAM."""
+    if context.hessian is None:
+        raise ValueError("ShapleyCAM needs the Hessian-vector product")
+    weights = (gradients - 0.5 * context.hessian().to(gradients)).mean(dim=(1, 2))
+    return torch.relu(_weighted_sum(weights, activations))
 
 
 def gradcam_elementwise(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
@@ -274,6 +285,7 @@ _BUILT_IN = (
     Method("layercam", "LayerCAM", layercam, needs=GRADIENTS),
     Method("gradcam-elementwise", "Grad-CAM element-wise", gradcam_elementwise, needs=GRADIENTS),
     Method("eigengradcam", "Eigen-Grad-CAM", eigengradcam, needs=GRADIENTS),
+    Method("shapleycam", "ShapleyCAM", shapleycam, needs=(*GRADIENTS, "hessian")),
     Method(
         "finercam",
         "Finer-CAM",

@@ -91,6 +91,14 @@ class Passes:
             self.counts["backward"] += 1
         return found
 
+    def hessian_product(self, capture: Capture, layer: str, score: Tensor) -> Tensor:
+        """H A at ``layer``'s kept map A (its own layout): the product of the Hessian of
+        ``score`` with respect to A with A itself, by double backward (two passes)."""
+        with self.lock:
+            found = capture_.hessian_product(capture, score, layer)
+            self.counts["backward"] += 2
+        return found
+
     def select(self, output: object) -> Tensor | list[dict]:
         """The part of the model's ``output`` to explain: the user's ``output`` function
         first, then :func:`camwidget.outputs.select`."""

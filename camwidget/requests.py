@@ -129,6 +129,16 @@ def _ablate(request: MapRequest, services: Services) -> Callable[[Tensor], Tenso
     )
 
 
+def _hessian(request: MapRequest, services: Services) -> Callable[[], Tensor]:
+    def product() -> Tensor:
+        capture, layer, row = request.capture, request.layer, request.row
+        score = scoring.score(capture.output, request.target, row)
+        found = services.passes.hessian_product(capture, layer, score)
+        return capture.layouts[layer].to_nchw(found)[row].float()
+
+    return product
+
+
 def _input_gradients(request: MapRequest, services: Services) -> Callable[[Tensor], Tensor]:
     scorer = scoring.values(request.target)
     size = request.options.get("batch_size")
@@ -181,6 +191,7 @@ _LENDERS: dict[str, Callable[[MapRequest, Services], object]] = {
     "ablate": _ablate,
     "guided": partial(_pixels, "guided"),
     "relevance": partial(_pixels, "relevance"),
+    "hessian": _hessian,
     "input_gradients": _input_gradients,
     "masked": _masked,
     "rescaled": _rescaled,

@@ -21,6 +21,7 @@ from pytorch_grad_cam import (
     HiResCAM,
     LayerCAM,
     ScoreCAM,
+    ShapleyCAM,
     XGradCAM,
 )
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FinerWeightedTarget
@@ -88,6 +89,7 @@ def test_every_contract_method_is_registered():
         "randomcam",
         "kpcacam",
         "finercam",
+        "shapleycam",
         "saliency",
         "input-x-gradient",
         "integrated-gradients",
@@ -276,6 +278,36 @@ def test_finercam_equals_the_peers(resnet18, photo_tensor):
     gradcam = plain.explain(photo_tensor, "layer4", 3, "gradcam").raw
     # p_j y_c / (p_j + 1e-9): y_c up to the peer's 1e-9 (p_j is ~1e-4 here)
     np.testing.assert_allclose(contrast, gradcam, rtol=0, atol=1e-4 * np.abs(gradcam).max())
+
+
+def test_shapleycam_equals_the_peers():
+    """ShapleyCAM's weights: mean(g - H A / 2). On a network with smooth activations H A
+    is not 0 and the map differs from Grad-CAM; it equals pytorch-grad-cam's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.GELU(), nn.Conv2d(8, 16, 3, stride=2), nn.SiLU(),
+        nn.Conv2d(16, 16, 3), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(16, 10),
+    ).eval()  # fmt: skip
+    x = torch.randn(3, 64, 64)
+    ex = Explainer(model)
+    for layer in ("1", "3"):
+        ours = ex.explain(x, layer, 3, "shapleycam")
+        with ShapleyCAM(model, [model.get_submodule(layer)]) as peer:
+            theirs = peer(x[None], targets=[ClassifierOutputTarget(3)])[0]
+        assert np.abs(ours.heatmap - theirs).max() <= 1e-3, layer
+        assert np.abs(ours.heatmap - ex.explain(x, layer, 3, "gradcam").heatmap).max() > 1e-3
+        batch = ex.explain_batch([x, x.flip(2)], layer, [3, 5], "shapleycam")
+        np.testing.assert_allclose(batch[0].raw, ours.raw, rtol=1e-5, atol=1e-7)
+        single = ex.explain(x.flip(2), layer, 5, "shapleycam").raw
+        np.testing.assert_allclose(batch[1].raw, single, rtol=1e-5, atol=1e-7)
+
+
+def test_shapleycam_is_gradcam_where_the_score_is_piecewise_linear(resnet18, photo_tensor):
+    ex = Explainer(resnet18)
+    for layer in ("layer3", "layer4"):
+        ours = ex.explain(photo_tensor, layer, 3, "shapleycam").raw
+        np.testing.assert_array_equal(ours, ex.explain(photo_tensor, layer, 3, "gradcam").raw)
 
 
 def test_finercam_explains_classes_only(resnet18, photo_tensor):

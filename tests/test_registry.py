@@ -55,8 +55,10 @@ def test_each_method_from_its_descriptor(resnet18, image, name):
     assert first.raw.shape == grid and np.isfinite(first.raw).all()
     assert first.heatmap.shape == (96, 96) and 0 <= first.heatmap.min() <= first.heatmap.max() <= 1
     # one backward to the layer for gradients, one to the input for pixel-level methods
-    # (SMALL's steps and samples fit one batch), none for occlusion's masked inputs
+    # (SMALL's steps and samples fit one batch), none for occlusion's masked inputs, two
+    # more for a Hessian-vector product
     backward = spec.needs_gradients + (spec.pixel_level and not spec.perturbing)
+    backward += 2 * ("hessian" in spec.needs)
     assert ex.passes["backward"] == backward
     assert (first.attribution is not None) == spec.pixel_level
     if spec.rectified:
