@@ -1,6 +1,6 @@
 """camwidget against the peers, measured in one run on the same model, input and machine.
 
-    python benchmarks/run.py [--runs 10] [--skip-memory] [--device cuda]
+    python benchmarks/run.py [--runs 10] [--skip-memory] [--skip-methods] [--device cuda]
 
 1. Interaction: time to the next rendered overlay (JPEG bytes ready) for a colormap,
    layer, class or image change. camwidget: setting the panel's trait. The peers have no
@@ -13,7 +13,9 @@
    The panel's class and image changes are measured at the default layer. The
    contenders run in turns, so that a drift of the machine's speed reaches all alike.
 2. Batch throughput: Grad-CAM maps per second on batches of 16 at 224 (ResNet-50).
-3. Memory: peak RSS growth of a process holding the panel with one image and every
+3. Methods: each method against the peer's implementation of it, one map from
+   nothing kept (see ``benchmarks/methods_vs_peers.py``).
+4. Memory: peak RSS growth of a process holding the panel with one image and every
    layer's gradients cached, against a plain forward + backward of the same model.
 """
 
@@ -29,6 +31,7 @@ import time
 import warnings
 from collections.abc import Callable
 
+import methods_vs_peers
 import numpy as np
 import torch
 import torchvision
@@ -296,6 +299,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-methods", action="store_true")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (memory: CPU only)")
     args = parser.parse_args()
     where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
@@ -326,6 +330,10 @@ def main() -> None:
     print("| implementation | maps/s | vs fastest peer |\n|---|---|---|")
     for name, rate in rates.items():
         print(f"| {name} | {rate:.1f} | {rate / fastest_peer:.2f}× |")
+
+    if not args.skip_methods:
+        print("\n## Methods: one map from nothing kept, ResNet-18 at 224 (median ms)\n")
+        print(methods_vs_peers.table(methods_vs_peers.timings(max(3, args.runs // 3), args.device)))
 
     if not args.skip_memory and args.device == "cpu":
         print("\n## Memory: peak RSS growth (MB)\n")

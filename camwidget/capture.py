@@ -52,7 +52,8 @@ def guarded(model: nn.Module) -> Iterator[list[RemovableHandle]]:
 class Capture:
     """One forward pass: the model's output (the part to explain, see
     :mod:`camwidget.outputs`) and the kept feature maps, still attached to the graph, each
-    in its own layout (``layouts`` reads them as (N, C, h, w))."""
+    in its own layout (``layouts`` reads them as (N, C, h, w)); ``inputs``: the input,
+    where autograd recorded the pass from it (else None)."""
 
     output: Tensor | list[dict]
     activations: dict[str, Tensor]
@@ -61,6 +62,7 @@ class Capture:
     skipped: dict[str, str] = field(default_factory=dict)
     classifier: str | None = None
     modified: set[str] = field(default_factory=set)
+    inputs: Tensor | None = None
 
     @property
     def logits(self) -> Tensor | None:
@@ -258,7 +260,19 @@ def forward(
         raise CamwidgetError(
             f"the model returned {outputs.rows(selected)} outputs for {inputs.shape[0]} images"
         )
-    return recorder.capture(selected)
+    capture = recorder.capture(selected)
+    capture.inputs = inputs if graph_from is None else None
+    return capture
+
+
+def input_gradient(capture: Capture, score: Tensor) -> Tensor:
+    """d score / d input (N, 3, H, W) on the capture's own graph (kept for more)."""
+    if capture.inputs is None:
+        raise ValueError("this pass did not record autograd from its input")
+    if not score.requires_grad:
+        return torch.zeros_like(capture.inputs)
+    (found,) = torch.autograd.grad(score, capture.inputs, retain_graph=True, allow_unused=True)
+    return torch.zeros_like(capture.inputs) if found is None else found.detach()
 
 
 def backward(

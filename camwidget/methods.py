@@ -10,6 +10,7 @@ Nothing here knows about hooks, caches or widgets.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ NEEDS = (
 #: The needs that run many model passes: such a method reports progress and can be
 #: cancelled between batches.
 PERTURBING = ("score", "ablate", "masked")
+#: The method list's groups, in the order the panel offers them.
+GROUPS = ("class activation maps", "attributions at the pixels", "perturbation (slow)")
 
 
 @dataclass(frozen=True)
@@ -225,7 +228,9 @@ class Method:
     passed to ``fn`` in ``context.options`` and part of the cache key; an explainer
     takes each as the keyword ``{prefix}_{name}`` (``prefix``: by default the method's
     name without punctuation); ``retarget(target, output, options)``: the target the
-    method explains instead of the one asked for (``output``: the image's own).
+    method explains instead of the one asked for (``output``: the image's own);
+    ``about``: one sentence on what it computes (by default the first of ``fn``'s
+    docstring).
     """
 
     name: str
@@ -242,6 +247,7 @@ class Method:
     options: Mapping[str, Option] = field(default_factory=dict)
     prefix: str = ""
     retarget: Callable[[Target, Tensor, Mapping[str, object]], Target] | None = None
+    about: str = ""
 
     def __post_init__(self) -> None:
         unknown = set(self.needs) - set(NEEDS)
@@ -256,6 +262,22 @@ class Method:
     def needs_gradients(self) -> bool:
         """It reads dy_c/dA: one partial backward per class."""
         return "gradients" in self.needs
+
+    @property
+    def group(self) -> str:
+        """Where the method list shows it (one of :data:`GROUPS`)."""
+        if self.perturbing:
+            return GROUPS[2]
+        return GROUPS[1] if self.pixel_level else GROUPS[0]
+
+    @property
+    def summary(self) -> str:
+        """One sentence on what it computes, for the method list's tooltip."""
+        if self.about:
+            return self.about
+        paragraph = " ".join((inspect.getdoc(self.fn) or "").split("\n\n")[0].split())
+        plain = re.sub(r":\w+:`([^`]*)`", r"\1", paragraph).replace("``", "")
+        return re.split(r"\. (?=[A-Z])", plain)[0].rstrip(".") + "."
 
     @property
     def perturbing(self) -> bool:
@@ -296,6 +318,8 @@ _BUILT_IN = (
             "against": Option(None, "the classes to set it apart from (None: the 3 nearest)"),
         },
         retarget=finer_target,
+        about="Finer-CAM (Zhang et al., CVPR 2025): Grad-CAM of the class against the "
+        "classes most like it, what sets it apart.",
     ),
     Method(
         "scorecam",

@@ -197,6 +197,13 @@ class Passes:
             )
         return found
 
+    def input_gradient(self, capture: Capture, score: Tensor) -> Tensor:
+        """d score / d input on the capture's own graph: one backward, no forward."""
+        with self.lock:
+            found = capture_.input_gradient(capture, score)
+            self.counts["backward"] += 1
+        return found
+
     def deeplift(self, inputs: Tensor, baseline: Tensor, scorer: Scorer) -> Tensor:
         """DeepLIFT's multipliers (3, H, W) of ``inputs`` against ``baseline``."""
         with self.lock:

@@ -142,7 +142,15 @@ def _hessian(request: MapRequest, services: Services) -> Callable[[], Tensor]:
 def _input_gradients(request: MapRequest, services: Services) -> Callable[[Tensor], Tensor]:
     scorer = scoring.values(request.target)
     size = request.options.get("batch_size")
-    return lambda points: services.passes.input_gradients(points, scorer, size, request.progress)
+    capture, row = request.capture, request.row
+
+    def gradients(points: Tensor) -> Tensor:
+        if points is request.inputs and capture.inputs is not None:  # the image's own pass
+            score = scoring.score(capture.output, request.target, row)
+            return services.passes.input_gradient(capture, score)[row : row + 1]
+        return services.passes.input_gradients(points, scorer, size, request.progress)
+
+    return gradients
 
 
 def _masked(request: MapRequest, services: Services) -> Callable[[Tensor], Tensor]:

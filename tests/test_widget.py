@@ -326,9 +326,9 @@ def test_a_panel_composed_in_the_kernel_sends_whole_frames(lite0):
 
 def test_cam_offered_only_where_it_applies(panel):
     panel.layer = "head"
-    assert ("CAM", "cam") in panel.controls["method"].options and panel.controls[
-        "method"
-    ].tooltip is None
+    tooltip = panel.controls["method"].tooltip
+    assert ("CAM", "cam") in panel.controls["method"].options and "Not offered" not in tooltip
+    assert tooltip.startswith("class activation maps: Grad-CAM (Selvaraju et al., ICCV 2017)")
     panel.method = "cam"
     panel.layer = "blocks.12"  # CAM does not apply: the panel switches to Grad-CAM
     assert panel.method == "gradcam"
@@ -628,9 +628,15 @@ def test_pixel_level_methods_show_a_signed_map_without_the_layer(panel):
     panel.method = "guided-backprop"
     assert layer.disabled and "reads no layer" in layer.tooltip
     assert toggle.layout.display == "flex"
-    labels = dict((v, k) for k, v in panel.controls["method"].options)
+    options = panel.controls["method"].options
+    labels = dict((v, k) for k, v in options)
     assert labels["guided-backprop"] == "Guided Backprop (pixels)"
     assert labels["guided-gradcam"] == "Guided Grad-CAM (pixels × layer)"
+    assert labels["occlusion"] == "Occlusion (pixels) · slow"
+    groups = [camwidget.methods.get(name).group for _, name in options]
+    assert groups == sorted(groups, key=camwidget.methods.GROUPS.index)  # group by group
+    tooltip = panel.controls["method"].tooltip
+    assert tooltip.startswith("attributions at the pixels: Guided Backpropagation (")
     view = panel.main_view
     e, rgb = view.explanation, view.rgb
     signed = render.stretch_signed(e.heatmap_signed_at(rgb.shape[:2]))

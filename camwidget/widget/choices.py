@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..explainer import Explainer, PreparedImage
-from ..methods import Method
+from ..methods import GROUPS, Method
 from ..targets import Region
 
 #: The most quick picks shown (a multi-label model may have many classes above 0.5).
@@ -40,7 +40,21 @@ def explained(pick: object, kind: str, region: str, size: tuple[int, int]) -> ob
 
 def method_label(spec: Method) -> str:
     """A method as the method list offers it: pixel-level ones say whether they read
-    the layer."""
-    if not spec.pixel_level:
-        return spec.title
-    return f"{spec.title} (pixels × layer)" if spec.needs_layer else f"{spec.title} (pixels)"
+    the layer, slow ones say so."""
+    label = spec.title
+    if spec.pixel_level:
+        label += " (pixels × layer)" if spec.needs_layer else " (pixels)"
+    return f"{label} · slow" if spec.perturbing else label
+
+
+def method_list(specs: list[Method]) -> list[tuple[str, str]]:
+    """(label, name) of ``specs`` for a method list, group by group (see
+    :data:`camwidget.methods.GROUPS`), each group in registry order."""
+    ordered = sorted(specs, key=lambda spec: GROUPS.index(spec.group))
+    return [(method_label(spec), spec.name) for spec in ordered]
+
+
+def method_tooltip(spec: Method, left_out: list[str]) -> str:
+    """What the chosen method computes, and why the list leaves others out."""
+    found = f"{spec.group}: {spec.summary}"
+    return f"{found} Not offered here: {'; '.join(left_out)}" if left_out else found

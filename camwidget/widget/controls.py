@@ -202,8 +202,10 @@ def _comparers() -> dict[str, widgets.Widget]:
             description="layer", tooltip="the compare view's layer", layout=_wide(360)
         ),
         "compare_method": widgets.Dropdown(
-            options=[("same as the main view", "")]
-            + [(choices.method_label(spec), name) for name, spec in methods.REGISTRY.items()],
+            options=[
+                ("same as the main view", ""),
+                *choices.method_list(list(methods.REGISTRY.values())),
+            ],
             description="method",
             tooltip="the compare view's method, e.g. Guided Grad-CAM beside Grad-CAM",
             layout=_wide(360),

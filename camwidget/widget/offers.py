@@ -28,18 +28,19 @@ class Offers:
         """The methods that apply at the main view's layer; the tooltip says why the
         others are left out."""
         control = self._controls["method"]
-        offered, reasons = [], []
+        specs, reasons = [], []
         for name, spec in methods.REGISTRY.items():
             reason = self.explainer.why_not(name, self.layer)
             if reason is None:
-                offered.append((choices.method_label(spec), name))
+                specs.append(spec)
             else:
                 reasons.append(reason)
+        offered = choices.method_list(specs)
         with self._quiet(), control.hold_sync():
             if list(control.options) != offered:
                 control.options = offered
             control.value = self.method
-            control.tooltip = "; ".join(reasons) or None
+            control.tooltip = choices.method_tooltip(methods.get(self.method), reasons)
         self._show_layer_use()
 
     def _show_layer_use(self) -> None:

@@ -305,7 +305,7 @@ class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
 
     @observe("method", "region", "positive_only")
     def _method_changed(self, change: Mapping) -> None:
-        self._show_layer_use()
+        self._offer_methods()  # its tooltip says what the method computes
         self._update(self.views)
 
     @observe("compare_method")

@@ -391,7 +391,7 @@ def test_the_page_stays_live_while_long_work_runs(server, browser):
     ):
         pick_layer("head")  # Grad-CAM: cached
         status.filter(has_text="· head ·").wait_for(timeout=30_000)
-        _choose(method, slow)
+        _choose(method, f"{slow} · slow")  # the list marks the slow ones
         status.filter(has_text=f"{slow} running").wait_for(timeout=30_000)
         _one_truth(page, slow)
         if change is not None:
