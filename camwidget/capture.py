@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -260,9 +260,7 @@ def forward(
         raise CamwidgetError(
             f"the model returned {outputs.rows(selected)} outputs for {inputs.shape[0]} images"
         )
-    capture = recorder.capture(selected)
-    capture.inputs = inputs if graph_from is None else None
-    return capture
+    return replace(recorder.capture(selected), inputs=inputs if graph_from is None else None)
 
 
 def input_gradient(capture: Capture, score: Tensor) -> Tensor:

@@ -49,8 +49,8 @@ def kpcacam(activations: Tensor, gradients: Tensor, context: MethodContext) -> T
     x = x - x.mean(dim=0)
     kernel = _kernel(x, str(context.options["kernel"]), context.options["gamma"])
     kernel = kernel - kernel.mean(dim=0) - kernel.mean(dim=1, keepdim=True) + kernel.mean()
-    value, vector = _leading_eigenpair(kernel.cpu().numpy())
-    projection = torch.from_numpy(vector * np.sqrt(max(value, 0.0))).to(x.device)
+    value, vector = _leading_eigenpair(kernel)
+    projection = vector * max(value, 0.0) ** 0.5
     signed = _signed(projection, x.mean(dim=1))
     return torch.relu(signed).reshape(height, width).to(activations.dtype)
 
@@ -75,13 +75,14 @@ def _kernel(x: Tensor, name: str, gamma: object) -> Tensor:
     raise ValueError(f"unknown kernel {name!r}: choose one of {', '.join(KERNELS)}")
 
 
-def _leading_eigenpair(matrix: np.ndarray) -> tuple[float, np.ndarray]:
-    """The largest eigenvalue of the symmetric ``matrix`` and its unit eigenvector."""
+def _leading_eigenpair(matrix: Tensor) -> tuple[float, Tensor]:
+    """The largest eigenvalue of the symmetric ``matrix`` and its unit eigenvector:
+    torch's dense solver for a few cells, else ARPACK's Lanczos iteration (scipy)."""
     if len(matrix) <= DENSE_CELLS:
-        values, vectors = np.linalg.eigh(matrix)
+        values, vectors = torch.linalg.eigh(matrix)
         return float(values[-1]), vectors[:, -1]
-    values, vectors = eigsh(matrix, k=1, which="LA", v0=np.ones(len(matrix)))
-    return float(values[0]), vectors[:, 0]
+    values, vectors = eigsh(matrix.cpu().numpy(), k=1, which="LA", v0=np.ones(len(matrix)))
+    return float(values[0]), torch.from_numpy(vectors[:, 0]).to(matrix.device)
 
 
 def _signed(projection: Tensor, mean_map: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ TIERS = (
     | {"preparation", "passes", "kept"},
     {"requests", "batch"},
     {"explainer"},
-    {"audit", "audit_ray", "audit_store", "zoo", "zoo.efficientnet_lite", "cli"},
+    {"audit", "audit_ray", "audit_store", "sanity", "zoo", "zoo.efficientnet_lite", "cli"},
     {"widget", "widget.*"},
     {""},  # the package's front door
 )
