@@ -75,7 +75,7 @@ def integrated_gradients(activations: Tensor, gradients: Tensor, context: Method
     return _integrated_gradients_of(context.inputs, context, int(context.options["steps"]))[0]
 
 
-def _noise(context: MethodContext, generator: torch.Generator, samples: int) -> Tensor:
+def noise(context: MethodContext, generator: torch.Generator, samples: int) -> Tensor:
     """``samples`` draws of N(0, σ²), σ = ``sigma`` × the input's range (max - min)."""
     inputs = context.inputs
     sigma = float(context.options["sigma"]) * float(inputs.max() - inputs.min())
@@ -90,7 +90,7 @@ def smoothgrad(activations: Tensor, gradients: Tensor, context: MethodContext) -
     its method; integrated gradients are taken at 16 points here."""
     generator = torch.Generator().manual_seed(int(context.options["seed"]))
     samples = int(context.options["samples"])
-    noisy = context.inputs + _noise(context, generator, samples)
+    noisy = context.inputs + noise(context, generator, samples)
     of: Callable[[Tensor, MethodContext], Tensor] = {
         "saliency": _saliency_of,
         "input-x-gradient": _input_x_gradient_of,
@@ -108,7 +108,7 @@ def gradientshap(activations: Tensor, gradients: Tensor, context: MethodContext)
     generator = torch.Generator().manual_seed(int(context.options["seed"]))
     samples = int(context.options["samples"])
     alphas = torch.rand(samples, generator=generator, dtype=torch.float64)
-    noisy = context.inputs + _noise(context, generator, samples)
+    noisy = context.inputs + noise(context, generator, samples)
     path = alphas.to(noisy).reshape(-1, 1, 1, 1) * noisy
     return (noisy * _gradients(context, path)).mean(dim=0)
 

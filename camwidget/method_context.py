@@ -26,7 +26,9 @@ class MethodContext:
     ``masked``: maps keep-masks (M, 1, H, W) to the target's score (its logit) on the
     masked inputs (M,); ``rescaled``: maps a baseline (1, 3, H, W) to DeepLIFT's
     multipliers (3, H, W) (see :mod:`camwidget.deeplift`). ``hessian()``: H A (C, h,
-    w), the Hessian of the target's score with respect to the layer's map A times A.
+    w), the Hessian of the target's score with respect to the layer's map A times A;
+    ``layer_gradients``: maps inputs (M, 3, H, W) to the target's gradient at the
+    layer's map for each (M, C, h, w), batched.
     ``inputs``: the model input
     (1, 3, H, W); ``input_size``: its (H, W). ``options``: the method's options by
     their short names (see :attr:`camwidget.methods.Method.options`). ``preview(map,
@@ -41,6 +43,7 @@ class MethodContext:
     guided: Callable[[], Tensor] | None = None
     relevance: Callable[[], Tensor] | None = None
     hessian: Callable[[], Tensor] | None = None
+    layer_gradients: Callable[[Tensor], Tensor] | None = None
     input_gradients: Callable[[Tensor], Tensor] | None = None
     masked: Callable[[Tensor], Tensor] | None = None
     rescaled: Callable[[Tensor], Tensor] | None = None

@@ -1,11 +1,7 @@
-"""Class activation map methods as pure functions.
-
-Each method takes the activations A (C, h, w) of one layer for one image, the gradients
-g = dy_c/dA (C, h, w) of the target's logit y_c, and a :class:`MethodContext`, and
-returns the method's raw map (h, w) at feature resolution, exactly as its paper defines
-it (including the ReLU where the paper has one), before upsampling and normalisation;
-pixel-level methods return an attribution (3, H, W) at the model input's size.
-Nothing here knows about hooks, caches or widgets.
+"""The methods: each one's descriptor (:class:`Method`: its function, what it needs,
+its options) in the registry the engine and the panel read. The functions live in
+:mod:`camwidget.cams`, :mod:`camwidget.components`, :mod:`camwidget.perturbation` and
+:mod:`camwidget.attributions`; adding a method is one function and one entry here.
 """
 
 from __future__ import annotations
@@ -16,11 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from . import attributions
+from . import attributions, cams
 from .components import KERNELS, eigencam, eigengradcam, kpcacam
 from .errors import CamwidgetError
 from .lrp import COMPOSITES as _LRP_COMPOSITES
@@ -36,7 +30,7 @@ if TYPE_CHECKING:
 #: partial backward per class), or a :class:`MethodContext` field the engine fills in.
 NEEDS = (
     "gradients", "class_weights", "score", "ablate", "guided", "relevance",
-    "input_gradients", "masked", "rescaled", "hessian",
+    "input_gradients", "masked", "rescaled", "hessian", "layer_gradients",
 )  # fmt: skip
 #: The needs that run many model passes: such a method reports progress and can be
 #: cancelled between batches.
@@ -56,141 +50,6 @@ class Option:
 
 
 MapFunction = Callable[[Tensor, Tensor, MethodContext], Tensor]
-
-
-def _weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
-    """sum_k weights_k * A^k for weights (C,) and activations (C, h, w)."""
-    return torch.einsum("k,khw->hw", weights, activations)
-
-
-def cam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
-    """CAM (Zhou et al., CVPR 2016): M = sum_k W[c, k] A^k, with no ReLU.
-
-    W is the final fully connected layer fed by global average pooling of A, so
-    mean(M) + b_c = y_c exactly. Needs ``context.class_weights``.
-    """
-    if context.class_weights is None:
-        raise CamwidgetError(
-            "CAM explains one class of a classifier with the final layer's weights for that "
-            "class; for this target use Grad-CAM"
-        )
-    return _weighted_sum(context.class_weights.to(activations.dtype), activations)
-
-
-def gradcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
-    """Grad-CAM (Selvaraju et al., ICCV 2017): M = ReLU(sum_k w_k A^k).
-
-    w_k = (1 / hw) sum_ij g^k_ij, the spatial mean of the gradient of the logit y_c.
-    At a GAP -> FC layer w_k = W[c, k] / hw, so M = ReLU(CAM) / hw.
-    """
-    weights = gradients.mean(dim=(1, 2))
-    return torch.relu(_weighted_sum(weights, activations))
-
-
-def gradcam_plus_plus(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
-    """Grad-CAM++ (Chattopadhay et al., WACV 2018, eq. 19): M = ReLU(sum_k w_k A^k).
-
-    alpha^k_ij = g^2 / (2 g^2 + (sum_ab A^k_ab) g^3), with alpha = 0 where g = 0 or the
-    denominator is 0; w_k = sum_ij alpha^k_ij ReLU(g^k_ij). Evaluated in float64 with
-    no epsilon.
-    """
-    a, g = activations.double(), gradients.double()
-    g2 = g * g
-    denominator = 2.0 * g2 + a.sum(dim=(1, 2), keepdim=True) * g2 * g
-    safe = torch.where(denominator == 0, torch.ones_like(denominator), denominator)
-    alpha = torch.where((g != 0) & (denominator != 0), g2 / safe, torch.zeros_like(g))
-    weights = (alpha * torch.relu(g)).sum(dim=(1, 2))
-    return torch.relu(_weighted_sum(weights, a)).to(activations.dtype)
-
-
-def hirescam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
-    """HiResCAM (Draelos & Carin, 2020): M = ReLU(sum_k g^k * A^k), elementwise."""
-    return torch.relu((gradients * activations).sum(dim=0))
-
-
-def xgradcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
-    """XGrad-CAM (Fu et al., BMVC 2020): M = ReLU(sum_k w_k A^k).
-
-    w_k = sum_ij g^k_ij A^k_ij / sum_ij A^k_ij, and w_k = 0 where sum_ij A^k_ij = 0.
-    """
-    total = activations.sum(dim=(1, 2))
-    numerator = (gradients * activations).sum(dim=(1, 2))
-    safe = torch.where(total == 0, torch.ones_like(total), total)
-    weights = torch.where(total == 0, torch.zeros_like(total), numerator / safe)
-    return torch.relu(_weighted_sum(weights, activations))
-
-
-def layercam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
-    """LayerCAM (Jiang et al., IEEE TIP 2021): M = ReLU(sum_k ReLU(g^k) * A^k)."""
-    return torch.relu((torch.relu(gradients) * activations).sum(dim=0))
-
-
-def shapleycam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
-    """ShapleyCAM (Cai et al., 2025; pytorch-grad-cam's): M = ReLU(sum_k w_k A^k),
-    w_k = the spatial mean of g^k - (H A)^k / 2, H the Hessian of y_c with respect to
-    A: a second-order estimate of each channel's Shapley value. Where y_c is piecewise
-    linear in A (ReLUs, pooling, linear layers) H A = 0 and it is Grad-CAM."""
-    if context.hessian is None:
-        raise ValueError("ShapleyCAM needs the Hessian-vector product")
-    weights = (gradients - 0.5 * context.hessian().to(gradients)).mean(dim=(1, 2))
-    return torch.relu(_weighted_sum(weights, activations))
-
-
-def gradcam_elementwise(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
-    """Grad-CAM element-wise (pytorch-grad-cam): M = sum_k ReLU(g^k ⊙ A^k)."""
-    return torch.relu(gradients * activations).sum(dim=0)
-
-
-def randomcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
-    """Random-CAM, the baseline for the metrics: M = ReLU(sum_k w_k A^k), w_k drawn
-    uniformly from [-1, 1) by a generator seeded with the option ``seed``."""
-    generator = torch.Generator().manual_seed(int(context.options["seed"]))
-    weights = torch.rand(activations.shape[0], generator=generator, dtype=torch.float64)
-    return torch.relu(_weighted_sum((2 * weights - 1).to(activations), activations))
-
-
-def fem(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
-    """FEM, the feature explanation method (Fuad et al., IPTA 2020), as pytorch-grad-cam
-    computes it: M = ReLU(sum_k w_k A^k), w_k the share of the cells of A^k above
-    mean(A^k) + k std(A^k) (the option ``k``; the standard deviation over the cells,
-    uncorrected). Class-agnostic."""
-    a = activations.double()
-    cut = a.mean(dim=(1, 2), keepdim=True) + float(context.options["k"]) * a.std(
-        dim=(1, 2), keepdim=True, correction=0
-    )
-    weights = (a > cut).double().mean(dim=(1, 2))
-    return torch.relu(_weighted_sum(weights, a)).to(activations.dtype)
-
-
-def guided_backprop(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
-    """Guided Backpropagation (Springenberg et al., ICLR-W 2015): dy_c/dX (3, H, W) with
-    every ReLU passing back only positive gradients where its input is positive. Pixel
-    level and signed; reads no layer."""
-    if context.guided is None:
-        raise ValueError("guided backpropagation needs the guided gradient")
-    return context.guided()
-
-
-def guided_gradcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
-    """Guided Grad-CAM (Selvaraju et al., ICCV 2017, §3): guided backpropagation (3, H, W)
-    times the layer's Grad-CAM map upsampled (bilinear) to the input's size."""
-    if context.guided is None or context.input_size is None:
-        raise ValueError("Guided Grad-CAM needs the guided gradient and the input size")
-    coarse = gradcam(activations, gradients, context)
-    fine = F.interpolate(
-        coarse[None, None], size=context.input_size, mode="bilinear", align_corners=False
-    )[0, 0]
-    return context.guided() * fine.to(activations.device)
-
-
-def lrp(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
-    """Layer-wise Relevance Propagation (Bach et al., PLoS ONE 2015) under a zennit
-    composite: the relevance R (3, H, W) of each input pixel, starting from the
-    target's score at the output, so that sum R ~ y_c. Pixel level, signed; reads no
-    layer."""
-    if context.relevance is None:
-        raise ValueError("LRP needs the relevance")
-    return context.relevance()
 
 
 def finer_target(target: Target, output: object, options: Mapping[str, object]) -> Target:
@@ -300,18 +159,33 @@ BATCH = Option(None, "inputs per forward and backward (None: 8 on CPU, 32 on GPU
 SEED = Option(0, "the seed of the noise")
 
 _BUILT_IN = (
-    Method("gradcam", "Grad-CAM", gradcam, needs=GRADIENTS),
-    Method("gradcam++", "Grad-CAM++", gradcam_plus_plus, needs=GRADIENTS),
-    Method("hirescam", "HiResCAM", hirescam, needs=GRADIENTS),
-    Method("xgradcam", "XGrad-CAM", xgradcam, needs=GRADIENTS),
-    Method("layercam", "LayerCAM", layercam, needs=GRADIENTS),
-    Method("gradcam-elementwise", "Grad-CAM element-wise", gradcam_elementwise, needs=GRADIENTS),
+    Method("gradcam", "Grad-CAM", cams.gradcam, needs=GRADIENTS),
+    Method("gradcam++", "Grad-CAM++", cams.gradcam_plus_plus, needs=GRADIENTS),
+    Method(
+        "smoothgradcam++",
+        "Smooth Grad-CAM++",
+        cams.smoothgradcam_plus_plus,
+        needs=("layer_gradients",),
+        options={
+            "samples": Option(4, "noisy copies of the input"),
+            "sigma": Option(0.15, "the noise's standard deviation, a share of the input's range"),
+            "seed": SEED,
+            "batch_size": BATCH,
+        },
+        prefix="smoothgradcampp",
+    ),
+    Method("hirescam", "HiResCAM", cams.hirescam, needs=GRADIENTS),
+    Method("xgradcam", "XGrad-CAM", cams.xgradcam, needs=GRADIENTS),
+    Method("layercam", "LayerCAM", cams.layercam, needs=GRADIENTS),
+    Method(
+        "gradcam-elementwise", "Grad-CAM element-wise", cams.gradcam_elementwise, needs=GRADIENTS
+    ),
     Method("eigengradcam", "Eigen-Grad-CAM", eigengradcam, needs=GRADIENTS),
-    Method("shapleycam", "ShapleyCAM", shapleycam, needs=(*GRADIENTS, "hessian")),
+    Method("shapleycam", "ShapleyCAM", cams.shapleycam, needs=(*GRADIENTS, "hessian")),
     Method(
         "finercam",
         "Finer-CAM",
-        gradcam,
+        cams.gradcam,
         needs=GRADIENTS,
         options={
             "alpha": Option(1.0, "how much of the other classes' logits is taken away"),
@@ -345,14 +219,14 @@ _BUILT_IN = (
     Method(
         "fem",
         "FEM",
-        fem,
+        cams.fem,
         class_agnostic=True,
         options={"k": Option(2.0, "a cell counts where it exceeds its channel's mean by k std")},
     ),
     Method(
         "randomcam",
         "Random-CAM",
-        randomcam,
+        cams.randomcam,
         class_agnostic=True,
         options={"seed": Option(0, "the seed of the random channel weights")},
     ),
@@ -369,7 +243,7 @@ _BUILT_IN = (
     Method(
         "guided-backprop",
         "Guided Backprop",
-        guided_backprop,
+        cams.guided_backprop,
         needs=("guided",),
         rectified=False,
         pixel_level=True,
@@ -378,7 +252,7 @@ _BUILT_IN = (
     Method(
         "lrp",
         "LRP",
-        lrp,
+        cams.lrp,
         needs=("relevance",),
         rectified=False,
         pixel_level=True,
@@ -444,7 +318,7 @@ _BUILT_IN = (
     Method(
         "guided-gradcam",
         "Guided Grad-CAM",
-        guided_gradcam,
+        cams.guided_gradcam,
         needs=(*GRADIENTS, "guided"),
         rectified=False,
         pixel_level=True,
@@ -452,7 +326,7 @@ _BUILT_IN = (
     Method(
         "cam",
         "CAM",
-        cam,
+        cams.cam,
         needs=("class_weights",),
         rectified=False,
         applies=_where_cam_applies,

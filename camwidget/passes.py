@@ -197,6 +197,30 @@ class Passes:
             )
         return found
 
+    def layer_gradients(
+        self,
+        points: Tensor,
+        layer: str,
+        scorer: Scorer,
+        size: int | None = None,
+        progress: Progress | None = None,
+    ) -> Tensor:
+        """The gradient of ``scorer`` at ``layer``'s map (N, C, h, w) for each of
+        ``points`` (M, 3, H, W), ``size`` at a time: a forward recorded from the layer
+        and a backward per batch."""
+        step, found = batch_size(size, points.device), []
+        with self.lock:
+            for start in range(0, len(points), step):
+                capture = self.forward(points[start : start + step], {layer}, graph_from=layer)
+                if layer not in capture.activations:
+                    raise CamwidgetError(f"layer {layer!r} did not run for these inputs")
+                scores = scorer(capture.output).sum()
+                gradient = self.backward(capture, scores, {layer}, retain=False)[layer]
+                found.append(capture.layouts[layer].to_nchw(gradient))
+                if progress is not None:
+                    progress(min(start + step, len(points)), len(points))
+        return torch.cat(found)
+
     def input_gradient(self, capture: Capture, score: Tensor) -> Tensor:
         """d score / d input on the capture's own graph: one backward, no forward."""
         with self.lock:

@@ -139,6 +139,14 @@ def _hessian(request: MapRequest, services: Services) -> Callable[[], Tensor]:
     return product
 
 
+def _layer_gradients(request: MapRequest, services: Services) -> Callable[[Tensor], Tensor]:
+    scorer = scoring.values(request.target)
+    size = request.options.get("batch_size")
+    return lambda points: services.passes.layer_gradients(
+        points, request.layer, scorer, size, request.progress
+    ).float()
+
+
 def _input_gradients(request: MapRequest, services: Services) -> Callable[[Tensor], Tensor]:
     scorer = scoring.values(request.target)
     size = request.options.get("batch_size")
@@ -200,6 +208,7 @@ _LENDERS: dict[str, Callable[[MapRequest, Services], object]] = {
     "guided": partial(_pixels, "guided"),
     "relevance": partial(_pixels, "relevance"),
     "hessian": _hessian,
+    "layer_gradients": _layer_gradients,
     "input_gradients": _input_gradients,
     "masked": _masked,
     "rescaled": _rescaled,

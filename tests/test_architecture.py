@@ -13,7 +13,8 @@ ENGINE = {"errors", "images", "render", "labels", "layers", "methods", "capture"
 TIERS = (
     {"errors", "inputs", "layouts", "memory", "cache", "worker", "images", "labels", "targets"},
     {"samples", "outputs", "render", "capture", "pixel", "deeplift", "lrp", "layers", "scoring"},
-    {"method_context", "methods", "perturbation", "attributions", "components", "metrics"}
+    {"method_context", "cams", "methods", "perturbation", "attributions", "components"}
+    | {"metrics"}
     | {"explanation", "options"}
     | {"preparation", "passes", "kept"},
     {"requests", "batch"},

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from camwidget import Explainer
-from camwidget.methods import MethodContext, cam, gradcam
+from camwidget.cams import cam, gradcam
+from camwidget.methods import MethodContext
 
 
 def test_cam_mean_plus_bias_is_the_logit(resnet18, photo_tensor):

@@ -4,6 +4,7 @@ float64 evaluations where they do not."""
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -28,18 +29,14 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FinerWe
 from sklearn.decomposition import KernelPCA
 from torch import nn
 from torch.nn import functional as F
+from torchcam.methods import SmoothGradCAMpp
 
 import camwidget
 from camwidget import METHODS, CamwidgetError, Explainer, render
-from camwidget.methods import (
-    MethodContext,
-    ablationcam,
-    eigencam,
-    gradcam_plus_plus,
-    randomcam,
-    scorecam,
-    xgradcam,
-)
+from camwidget.cams import gradcam_plus_plus, randomcam, xgradcam
+from camwidget.components import eigencam
+from camwidget.methods import MethodContext
+from camwidget.perturbation import ablationcam, scorecam
 
 PEERS = {
     "hirescam": HiResCAM,
@@ -90,6 +87,7 @@ def test_every_contract_method_is_registered():
         "kpcacam",
         "finercam",
         "shapleycam",
+        "smoothgradcam++",
         "saliency",
         "input-x-gradient",
         "integrated-gradients",
@@ -278,6 +276,59 @@ def test_finercam_equals_the_peers(resnet18, photo_tensor):
     gradcam = plain.explain(photo_tensor, "layer4", 3, "gradcam").raw
     # p_j y_c / (p_j + 1e-9): y_c up to the peer's 1e-9 (p_j is ~1e-4 here)
     np.testing.assert_allclose(contrast, gradcam, rtol=0, atol=1e-4 * np.abs(gradcam).max())
+
+
+def smooth_plus_plus(a, gradients, last=None):
+    """Smooth Grad-CAM++ in float64 numpy from A and the gradients at the noisy inputs:
+    camwidget's rule (the paper's: sum_ab A times mean g^3, ReLU of the mean gradient),
+    or, given ``last`` (the last noisy input's A), TorchCAM's code (sum_ab of A times
+    mean g^3, +1e-8, ReLU of the last sample's gradient, weights applied to ``last``)."""
+    g = np.stack(gradients)
+    torchcam = last is not None
+    g2, g3 = (g**2).mean(0), (g**3).mean(0)
+    if torchcam:
+        denominator = 2 * g2 + (g3 * a).sum(axis=(1, 2), keepdims=True) + 1e-8
+        alpha, positive = g2 / denominator, np.maximum(g[-1], 0)
+    else:
+        denominator = 2 * g2 + a.sum(axis=(1, 2), keepdims=True) * g3
+        ok = (g2 != 0) & (denominator != 0)
+        alpha = np.where(ok, g2 / np.where(ok, denominator, 1), 0)
+        positive = np.maximum(g.mean(0), 0)
+    weights = (alpha * positive).sum(axis=(1, 2))
+    return np.maximum(np.einsum("k,khw->hw", weights, last if torchcam else a), 0)
+
+
+def test_smoothgradcampp_on_its_draws_and_against_torchcam(resnet18, photo_tensor):
+    """Ours equals the paper's rule on the documented draws; TorchCAM's extractor, fed
+    the same draws, equals its code's rule: the two differ exactly there."""
+    ex = Explainer(resnet18, smoothgradcampp_samples=3, smoothgradcampp_seed=5)
+    generator = torch.Generator().manual_seed(5)
+    scale = 0.15 * float(photo_tensor.max() - photo_tensor.min())
+    draws = scale * torch.randn((3, *photo_tensor.shape), generator=generator, dtype=torch.float64)
+    noisy = [photo_tensor + draw.float() for draw in draws]
+    for layer in ("layer3", "layer4"):
+        a, _ = a_and_g(resnet18, photo_tensor, layer, 3)
+        gradients = [a_and_g(resnet18, x, layer, 3)[1] for x in noisy]
+        ours = ex.explain(photo_tensor, layer, 3, "smoothgradcam++")
+        expected = smooth_plus_plus(a, gradients)
+        assert np.abs(ours.raw - expected).max() <= 1e-4 * np.abs(expected).max(), layer
+        supply = iter(draw.float()[None] for draw in draws)
+        with SmoothGradCAMpp(resnet18, layer, num_samples=3) as peer:
+            peer._distrib = SimpleNamespace(sample=lambda size, supply=supply: next(supply))
+            scores = resnet18(photo_tensor[None])
+            theirs = peer(3, scores)[0][0].detach().numpy()
+        rule = smooth_plus_plus(a, gradients, last=a_and_g(resnet18, noisy[-1], layer, 3)[0])
+        rule = (rule - rule.min()) / (rule.max() - rule.min())  # TorchCAM's normalisation
+        assert np.abs(theirs - rule).max() <= 1e-3, layer
+        assert np.abs(heatmap_of(expected) - heatmap_of(rule)).max() > 1e-3  # they differ
+
+
+def test_smoothgradcampp_without_noise_is_gradcampp(resnet18, photo_tensor):
+    ex = Explainer(resnet18, smoothgradcampp_sigma=0.0, smoothgradcampp_samples=2)
+    for layer in ("layer2", "layer4"):
+        smooth = ex.explain(photo_tensor, layer, 3, "smoothgradcam++").raw
+        plain = ex.explain(photo_tensor, layer, 3, "gradcam++").raw
+        np.testing.assert_allclose(smooth, plain, rtol=1e-5, atol=1e-6 * np.abs(plain).max())
 
 
 def test_shapleycam_equals_the_peers():

@@ -18,7 +18,7 @@ SMALL = {  # keep the methods of many passes quick
     "scorecam_channels": 6, "scorecam_batch_size": 4, "ig_steps": 4, "ig_batch_size": 4,
     "smoothgrad_samples": 2, "smoothgrad_batch_size": 2, "gradientshap_samples": 3,
     "gradientshap_batch_size": 3, "occlusion_window": 48, "occlusion_stride": 48,
-    "occlusion_batch_size": 4,
+    "occlusion_batch_size": 4, "smoothgradcampp_samples": 2, "smoothgradcampp_batch_size": 2,
 }  # fmt: skip
 # another value of an option whose default is not a number
 ANOTHER = {
@@ -55,10 +55,10 @@ def test_each_method_from_its_descriptor(resnet18, image, name):
     assert first.raw.shape == grid and np.isfinite(first.raw).all()
     assert first.heatmap.shape == (96, 96) and 0 <= first.heatmap.min() <= first.heatmap.max() <= 1
     # one backward to the layer for gradients, one to the input for pixel-level methods
-    # (SMALL's steps and samples fit one batch), none for occlusion's masked inputs, two
-    # more for a Hessian-vector product
+    # or to the layer at noisy inputs (SMALL's steps and samples fit one batch), none for
+    # occlusion's masked inputs, two more for a Hessian-vector product
     backward = spec.needs_gradients + (spec.pixel_level and not spec.perturbing)
-    backward += 2 * ("hessian" in spec.needs)
+    backward += 2 * ("hessian" in spec.needs) + ("layer_gradients" in spec.needs)
     assert ex.passes["backward"] == backward
     assert (first.attribution is not None) == spec.pixel_level
     if spec.rectified:
