@@ -8,10 +8,17 @@ do. The peers: pytorch-grad-cam for the CAM family, Captum for the attributions 
 pixels (its defaults where they agree with camwidget's: 50 Gauss-Legendre steps, 16
 noise samples, 16×16 windows moved by 8). The contenders run in turns; the table gives
 the median milliseconds and the ratio peer / camwidget (above 1: camwidget is faster).
-Run by ``benchmarks/run.py`` too.
+Run by ``benchmarks/run.py`` too, in a process of its own.
 """
 
 from __future__ import annotations
+
+import os
+
+# numpy's BLAS threads spin on after each call (the peers' SVD, kernel PCA) and take
+# the two cores from torch's next forward, whichever contender runs it: one BLAS
+# thread removes that artefact for both (set before numpy is imported).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import statistics

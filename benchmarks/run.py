@@ -30,8 +30,8 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
-import methods_vs_peers
 import numpy as np
 import torch
 import torchvision
@@ -333,7 +333,10 @@ def main() -> None:
 
     if not args.skip_methods:
         print("\n## Methods: one map from nothing kept, ResNet-18 at 224 (median ms)\n")
-        print(methods_vs_peers.table(methods_vs_peers.timings(max(3, args.runs // 3), args.device)))
+        script = str(Path(__file__).with_name("methods_vs_peers.py"))
+        runs = str(max(3, args.runs // 3))
+        command = [sys.executable, script, "--runs", runs, "--device", args.device]
+        print(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
 
     if not args.skip_memory and args.device == "cpu":
         print("\n## Memory: peak RSS growth (MB)\n")

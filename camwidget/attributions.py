@@ -80,7 +80,7 @@ def noise(context: MethodContext, generator: torch.Generator, samples: int) -> T
     inputs = context.inputs
     sigma = float(context.options["sigma"]) * float(inputs.max() - inputs.min())
     shape = (samples, *inputs.shape[1:])
-    return sigma * torch.randn(shape, generator=generator, dtype=torch.float64).to(inputs)
+    return (sigma * torch.randn(shape, generator=generator, dtype=inputs.dtype)).to(inputs)
 
 
 def smoothgrad(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:

@@ -201,8 +201,7 @@ def draws(x: torch.Tensor, samples: int, sigma: float, seed: int, alphas: bool =
     generator = torch.Generator().manual_seed(seed)
     alpha = torch.rand(samples, generator=generator, dtype=torch.float64) if alphas else None
     scale = sigma * float(x.max() - x.min())
-    noise = torch.randn((samples, *x.shape), generator=generator, dtype=torch.float64)
-    return alpha, scale * noise.float()
+    return alpha, scale * torch.randn((samples, *x.shape), generator=generator)
 
 
 @pytest.mark.parametrize("of", ["saliency", "input-x-gradient", "integrated-gradients"])

@@ -304,7 +304,7 @@ def test_smoothgradcampp_on_its_draws_and_against_torchcam(resnet18, photo_tenso
     ex = Explainer(resnet18, smoothgradcampp_samples=3, smoothgradcampp_seed=5)
     generator = torch.Generator().manual_seed(5)
     scale = 0.15 * float(photo_tensor.max() - photo_tensor.min())
-    draws = scale * torch.randn((3, *photo_tensor.shape), generator=generator, dtype=torch.float64)
+    draws = scale * torch.randn((3, *photo_tensor.shape), generator=generator)
     noisy = [photo_tensor + draw.float() for draw in draws]
     for layer in ("layer3", "layer4"):
         a, _ = a_and_g(resnet18, photo_tensor, layer, 3)
