@@ -40,6 +40,11 @@ class Batches:
                 raise CamwidgetError(f"got {len(prepared)} images but {len(targets)} targets")
             method, layer, _, _ = self.resolve(method, layer)
             targets = [self.check_target(target) for target in targets]
+            if self.options(method).get("aug_smooth"):  # six copies of each: one at a time
+                return [
+                    self.explain(image, layer, target, method)
+                    for image, target in zip(prepared, targets, strict=True)
+                ]
             groups: dict[tuple[int, ...], list[int]] = {}
             for index, image in enumerate(prepared):
                 groups.setdefault(tuple(image.inputs.shape), []).append(index)

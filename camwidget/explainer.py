@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import memory, methods, outputs, scoring
+from . import memory, methods, outputs, scoring, smoothing
 from .batch import Batches
 from .capture import Capture
 from .errors import CamwidgetError
@@ -391,6 +391,15 @@ class Explainer(MethodOptions, Batches):
         return one.detach().flatten().float()
 
     @_locked
+    def _smoothed(
+        self, image: PreparedImage, layer: str, target: Target, method: str
+    ) -> np.ndarray:
+        """``method``'s map at ``layer`` under test-time augmentation (see
+        :mod:`camwidget.smoothing`): the six copies in one batched pass."""
+        copies = [PreparedImage(x, image.size) for x in smoothing.augmented(image.inputs)]
+        found, _ = self._explain_group([(copy, target) for copy in copies], layer, method)
+        return smoothing.smoothed(np.stack([e.raw for e in found]))
+
     def explain(
         self,
         image: object,
@@ -415,11 +424,14 @@ class Explainer(MethodOptions, Batches):
         method, layer, target, _ = self.resolve(method, layer, target)
         spec, options = methods.get(method), self.options(method)
         host = capture.on_host()
-        target = spec.explains(
-            scoring.target_for(host.output, target, 0), outputs.one(host.output, 0), options
-        )
+        asked = scoring.target_for(host.output, target, 0)
+        target = spec.explains(asked, outputs.one(host.output, 0), options)
         key = (image.key, target_key(target), layer, method, *map(repr, options.values()))
         raw = self._kept.maps.get(key)
+        if raw is None and options.get("aug_smooth"):
+            start = time.perf_counter()
+            raw = self._kept.maps.put(key, self._smoothed(image, layer, asked, method))
+            timings["map"] = _ms(start)
         if raw is None:
             grads = None
             if spec.needs_gradients:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from torch import Tensor
@@ -41,12 +41,14 @@ GROUPS = ("class activation maps", "attributions at the pixels", "perturbation (
 
 @dataclass(frozen=True)
 class Option:
-    """A setting of a method: its ``default``, what it does (``doc``), and ``choices``
-    where it takes one of a few values (the panel offers those in a list)."""
+    """A setting of a method: its ``default``, what it does (``doc``), ``choices``
+    where it takes one of a few values (the panel offers those in a list), and
+    ``keyword`` where many methods share it under one name (else ``{prefix}_{name}``)."""
 
     default: object
     doc: str = ""
     choices: tuple[object, ...] = ()
+    keyword: str = ""
 
 
 MapFunction = Callable[[Tensor, Tensor, MethodContext], Tensor]
@@ -55,6 +57,8 @@ MapFunction = Callable[[Tensor, Tensor, MethodContext], Tensor]
 def finer_target(target: Target, output: object, options: Mapping[str, object]) -> Target:
     """Finer-CAM's target for a class: the class against ``against`` (None: the three
     classes whose logits are nearest its own), weighted by ``alpha``."""
+    if isinstance(target, Contrast):  # already set apart (aug_smooth's copies)
+        return target
     if not isinstance(target, Class) or not isinstance(output, Tensor) or output.dim() != 1:
         raise CamwidgetError(
             "Finer-CAM contrasts a class of a classifier with the classes most like it; "
@@ -149,7 +153,7 @@ class Method:
 
     def keyword(self, option: str) -> str:
         """The explainer's keyword for ``option``, e.g. ``scorecam_batch_size``."""
-        return f"{self.prefix}_{option}"
+        return self.options[option].keyword or f"{self.prefix}_{option}"
 
 
 GRADIENTS = ("gradients",)
@@ -336,9 +340,22 @@ _BUILT_IN = (
     ),
 )
 
+#: Every layer method's test-time augmentation (see :mod:`camwidget.smoothing`).
+AUG_SMOOTH = Option(
+    False, "average the maps of the input flipped and at 0.9, 1, 1.1 times", (False, True),
+    keyword="aug_smooth",
+)  # fmt: skip
+
+
+def _smoothable(method: Method) -> Method:
+    if method.pixel_level:
+        return method
+    return replace(method, options={**method.options, "aug_smooth": AUG_SMOOTH})
+
+
 #: name -> :class:`Method`, in the order the panel offers them. Adding a method is one
 #: function and one entry here.
-REGISTRY: dict[str, Method] = {method.name: method for method in _BUILT_IN}
+REGISTRY: dict[str, Method] = {method.name: _smoothable(method) for method in _BUILT_IN}
 
 #: Method names the engine supports (contract): the built-in ones.
 METHODS: tuple[str, ...] = tuple(REGISTRY)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 
+import ipywidgets as widgets
 import numpy as np
 import pytest
 import torch
@@ -703,6 +704,24 @@ def test_compare_grad_cam_with_guided_grad_cam(panel):
     panel.compare_method = ""  # back to the main view's method
     assert panel.compare_view.explanation.method == "gradcam"
     assert panel.controls["positive_only"].layout.display == "none"
+
+
+def test_aug_smooth_is_a_checkbox_beside_every_layer_method(panel):
+    box = panel.controls["aug_smooth"]
+    assert isinstance(box, widgets.Checkbox) and box.layout.display == "flex"  # Grad-CAM
+    first = panel.main_view.explanation.raw
+    box.value = True  # as the front end sets it
+    panel.wait()
+    assert panel.explainer.aug_smooth is True
+    smoothed = panel.main_view.explanation.raw
+    assert not np.array_equal(smoothed, first) and 0 <= smoothed.min() <= smoothed.max() <= 1
+    panel.method = "guided-backprop"  # reads no layer: nothing to smooth
+    assert box.layout.display == "none"
+    panel.method = "gradcam"
+    assert box.layout.display == "flex"
+    box.value = False
+    panel.wait()
+    np.testing.assert_array_equal(panel.main_view.explanation.raw, first)  # kept
 
 
 def test_lrp_in_the_panel_with_its_rules(panel):

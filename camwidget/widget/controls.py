@@ -175,18 +175,27 @@ def chosen_options() -> list[str]:
     ]
 
 
-def option_choosers() -> dict[str, widgets.Dropdown]:
-    """A list for each of :func:`chosen_options`, named by its keyword."""
-    found = {}
+def option_choosers() -> dict[str, widgets.Dropdown | widgets.Checkbox]:
+    """A control for each of :func:`chosen_options`, named by its keyword: a checkbox
+    for a yes/no option, else a list."""
+    found: dict[str, widgets.Dropdown | widgets.Checkbox] = {}
     for keyword in chosen_options():
         spec, name = methods.keywords()[keyword]
         option = spec.options[name]
-        found[keyword] = widgets.Dropdown(
-            options=list(option.choices),
-            description=name,
-            tooltip=f"{spec.title}: {option.doc}",
-            layout=widgets.Layout(display="none", width="260px"),
+        shared = dict(
+            description=name.replace("_", " "),
+            tooltip=option.doc if option.keyword else f"{spec.title}: {option.doc}",
         )
+        if set(option.choices) == {False, True}:
+            found[keyword] = widgets.Checkbox(
+                indent=False, layout=widgets.Layout(display="none", width="auto"), **shared
+            )
+        else:
+            found[keyword] = widgets.Dropdown(
+                options=list(option.choices),
+                layout=widgets.Layout(display="none", width="260px"),
+                **shared,
+            )
     return found
 
 
