@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .attributions import noise
+from .components import combined
 from .errors import CamwidgetError
 from .method_context import MethodContext
 
@@ -46,7 +47,7 @@ def gradcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> T
     At a GAP -> FC layer w_k = W[c, k] / hw, so M = ReLU(CAM) / hw.
     """
     weights = gradients.mean(dim=(1, 2))
-    return torch.relu(_weighted_sum(weights, activations))
+    return combined(weights[:, None, None] * activations, context)
 
 
 def gradcam_plus_plus(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
@@ -56,18 +57,18 @@ def gradcam_plus_plus(activations: Tensor, gradients: Tensor, context: MethodCon
     denominator is 0; w_k = sum_ij alpha^k_ij ReLU(g^k_ij). Evaluated in float64 with
     no epsilon.
     """
-    g = gradients.double()
-    return _plus_plus(activations.double(), g, g**2, g**3).to(activations.dtype)
+    g, a = gradients.double(), activations.double()
+    weights = _plus_plus(a, g, g**2, g**3)
+    return combined(weights[:, None, None] * a, context).to(activations.dtype)
 
 
 def _plus_plus(a: Tensor, g: Tensor, g2: Tensor, g3: Tensor) -> Tensor:
-    """ReLU(sum_k w_k A^k), w_k = sum_ij alpha ReLU(g), alpha = g2 / (2 g2 + (sum_ab A^k)
-    g3), 0 where g2 or the denominator is 0: Grad-CAM++ with the derivatives given."""
+    """Grad-CAM++'s weights w_k = sum_ij alpha ReLU(g), alpha = g2 / (2 g2 + (sum_ab A^k)
+    g3), 0 where g2 or the denominator is 0, for the derivatives given."""
     denominator = 2.0 * g2 + a.sum(dim=(1, 2), keepdim=True) * g3
     safe = torch.where(denominator == 0, torch.ones_like(denominator), denominator)
     alpha = torch.where((g2 != 0) & (denominator != 0), g2 / safe, torch.zeros_like(g2))
-    weights = (alpha * torch.relu(g)).sum(dim=(1, 2))
-    return torch.relu(_weighted_sum(weights, a))
+    return (alpha * torch.relu(g)).sum(dim=(1, 2))
 
 
 def smoothgradcam_plus_plus(
@@ -82,14 +83,14 @@ def smoothgradcam_plus_plus(
     generator = torch.Generator().manual_seed(int(context.options["seed"]))
     drawn = noise(context, generator, int(context.options["samples"]))
     g = context.layer_gradients(context.inputs + drawn).double()
-    return _plus_plus(activations.double(), g.mean(0), (g**2).mean(0), (g**3).mean(0)).to(
-        activations.dtype
-    )
+    a = activations.double()
+    weights = _plus_plus(a, g.mean(0), (g**2).mean(0), (g**3).mean(0))
+    return combined(weights[:, None, None] * a, context).to(activations.dtype)
 
 
 def hirescam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
     """HiResCAM (Draelos & Carin, 2020): M = ReLU(sum_k g^k * A^k), elementwise."""
-    return torch.relu((gradients * activations).sum(dim=0))
+    return combined(gradients * activations, context)
 
 
 def xgradcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
@@ -101,12 +102,12 @@ def xgradcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> 
     numerator = (gradients * activations).sum(dim=(1, 2))
     safe = torch.where(total == 0, torch.ones_like(total), total)
     weights = torch.where(total == 0, torch.zeros_like(total), numerator / safe)
-    return torch.relu(_weighted_sum(weights, activations))
+    return combined(weights[:, None, None] * activations, context)
 
 
 def layercam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
     """LayerCAM (Jiang et al., IEEE TIP 2021): M = ReLU(sum_k ReLU(g^k) * A^k)."""
-    return torch.relu((torch.relu(gradients) * activations).sum(dim=0))
+    return combined(torch.relu(gradients) * activations, context)
 
 
 def shapleycam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
@@ -117,12 +118,12 @@ def shapleycam(activations: Tensor, gradients: Tensor, context: MethodContext) -
     if context.hessian is None:
         raise ValueError("ShapleyCAM needs the Hessian-vector product")
     weights = (gradients - 0.5 * context.hessian().to(gradients)).mean(dim=(1, 2))
-    return torch.relu(_weighted_sum(weights, activations))
+    return combined(weights[:, None, None] * activations, context)
 
 
 def gradcam_elementwise(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
     """Grad-CAM element-wise (pytorch-grad-cam): M = sum_k ReLU(g^k ⊙ A^k)."""
-    return torch.relu(gradients * activations).sum(dim=0)
+    return combined(torch.relu(gradients * activations), context)
 
 
 def randomcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
@@ -130,7 +131,7 @@ def randomcam(activations: Tensor, gradients: Tensor, context: MethodContext) ->
     uniformly from [-1, 1) by a generator seeded with the option ``seed``."""
     generator = torch.Generator().manual_seed(int(context.options["seed"]))
     weights = torch.rand(activations.shape[0], generator=generator, dtype=torch.float64)
-    return torch.relu(_weighted_sum((2 * weights - 1).to(activations), activations))
+    return combined((2 * weights - 1).to(activations)[:, None, None] * activations, context)
 
 
 def fem(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
@@ -143,7 +144,7 @@ def fem(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tenso
         dim=(1, 2), keepdim=True, correction=0
     )
     weights = (a > cut).double().mean(dim=(1, 2))
-    return torch.relu(_weighted_sum(weights, a)).to(activations.dtype)
+    return combined(weights[:, None, None] * a, context).to(activations.dtype)
 
 
 def guided_backprop(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:

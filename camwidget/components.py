@@ -94,6 +94,15 @@ def _signed(projection: Tensor, mean_map: Tensor) -> Tensor:
     return projection
 
 
+def combined(contributions: Tensor, context: MethodContext) -> Tensor:
+    """ReLU of sum_k contributions^k (C, h, w), or, with the option ``eigen_smooth``, of
+    their first principal component (pytorch-grad-cam's eigen_smooth: the (hw, C)
+    matrix centred on its column means; the sign fixed as Eigen-Grad-CAM's)."""
+    if context.options.get("eigen_smooth"):
+        return torch.relu(_first_component(contributions, centre=True))
+    return torch.relu(contributions.sum(dim=0))
+
+
 def _first_component(maps: Tensor, centre: bool) -> Tensor:
     """maps (C, h, w) as an (hw, C) matrix X (centred on its column means if
     ``centre``) projected on its first right singular vector: X v_1 (h, w), the sign

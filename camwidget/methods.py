@@ -161,10 +161,17 @@ AT_PIXELS = {"rectified": False, "pixel_level": True, "needs_layer": False}
 AT_INPUTS = {"needs": ("input_gradients",), **AT_PIXELS}
 BATCH = Option(None, "inputs per forward and backward (None: 8 on CPU, 32 on GPU)")
 SEED = Option(0, "the seed of the noise")
+#: The option of the methods whose map is ReLU of a sum of per-channel maps.
+SUMS = {
+    "eigen_smooth": Option(
+        False, "the first principal component of the weighted maps, not their sum",
+        (False, True), keyword="eigen_smooth",
+    )
+}  # fmt: skip
 
 _BUILT_IN = (
-    Method("gradcam", "Grad-CAM", cams.gradcam, needs=GRADIENTS),
-    Method("gradcam++", "Grad-CAM++", cams.gradcam_plus_plus, needs=GRADIENTS),
+    Method("gradcam", "Grad-CAM", cams.gradcam, needs=GRADIENTS, options=SUMS),
+    Method("gradcam++", "Grad-CAM++", cams.gradcam_plus_plus, needs=GRADIENTS, options=SUMS),
     Method(
         "smoothgradcam++",
         "Smooth Grad-CAM++",
@@ -175,17 +182,24 @@ _BUILT_IN = (
             "sigma": Option(0.15, "the noise's standard deviation, a share of the input's range"),
             "seed": SEED,
             "batch_size": BATCH,
+            **SUMS,
         },
         prefix="smoothgradcampp",
     ),
-    Method("hirescam", "HiResCAM", cams.hirescam, needs=GRADIENTS),
-    Method("xgradcam", "XGrad-CAM", cams.xgradcam, needs=GRADIENTS),
-    Method("layercam", "LayerCAM", cams.layercam, needs=GRADIENTS),
+    Method("hirescam", "HiResCAM", cams.hirescam, needs=GRADIENTS, options=SUMS),
+    Method("xgradcam", "XGrad-CAM", cams.xgradcam, needs=GRADIENTS, options=SUMS),
+    Method("layercam", "LayerCAM", cams.layercam, needs=GRADIENTS, options=SUMS),
     Method(
-        "gradcam-elementwise", "Grad-CAM element-wise", cams.gradcam_elementwise, needs=GRADIENTS
+        "gradcam-elementwise",
+        "Grad-CAM element-wise",
+        cams.gradcam_elementwise,
+        needs=GRADIENTS,
+        options=SUMS,
     ),
     Method("eigengradcam", "Eigen-Grad-CAM", eigengradcam, needs=GRADIENTS),
-    Method("shapleycam", "ShapleyCAM", cams.shapleycam, needs=(*GRADIENTS, "hessian")),
+    Method(
+        "shapleycam", "ShapleyCAM", cams.shapleycam, needs=(*GRADIENTS, "hessian"), options=SUMS
+    ),
     Method(
         "finercam",
         "Finer-CAM",
@@ -194,6 +208,7 @@ _BUILT_IN = (
         options={
             "alpha": Option(1.0, "how much of the other classes' logits is taken away"),
             "against": Option(None, "the classes to set it apart from (None: the 3 nearest)"),
+            **SUMS,
         },
         retarget=finer_target,
         about="Finer-CAM (Zhang et al., CVPR 2025): Grad-CAM of the class against the "
@@ -207,6 +222,7 @@ _BUILT_IN = (
         options={
             "batch_size": Option(None, "masked inputs per forward (None: 8 on CPU, 32 on GPU)"),
             "channels": Option(None, "score only this many most active channels (None: all)"),
+            **SUMS,
         },
     ),
     Method("eigencam", "Eigen-CAM", eigencam, rectified=False, class_agnostic=True),
@@ -225,14 +241,17 @@ _BUILT_IN = (
         "FEM",
         cams.fem,
         class_agnostic=True,
-        options={"k": Option(2.0, "a cell counts where it exceeds its channel's mean by k std")},
+        options={
+            "k": Option(2.0, "a cell counts where it exceeds its channel's mean by k std"),
+            **SUMS,
+        },
     ),
     Method(
         "randomcam",
         "Random-CAM",
         cams.randomcam,
         class_agnostic=True,
-        options={"seed": Option(0, "the seed of the random channel weights")},
+        options={"seed": Option(0, "the seed of the random channel weights"), **SUMS},
     ),
     Method(
         "ablationcam",
@@ -240,7 +259,8 @@ _BUILT_IN = (
         ablationcam,
         needs=("ablate",),
         options={
-            "batch_size": Option(None, "ablated passes per forward (None: 8 on CPU, 32 on GPU)")
+            "batch_size": Option(None, "ablated passes per forward (None: 8 on CPU, 32 on GPU)"),
+            **SUMS,
         },
         prefix="ablation",
     ),

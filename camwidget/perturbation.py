@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .components import combined
 from .method_context import MethodContext
 
 
@@ -42,7 +43,7 @@ def scorecam(activations: Tensor, gradients: Tensor, context: MethodContext) -> 
     if len(scored):
         shown = _previewing(context, activations, scored, lambda values: values, fill_mean=True)
         alpha[scored] = context.score(masks[varying][order], shown).to(activations.dtype)
-    return torch.relu(torch.einsum("k,khw->hw", alpha, activations))
+    return combined(alpha[:, None, None] * activations, context)
 
 
 def ablationcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
@@ -65,7 +66,7 @@ def ablationcam(activations: Tensor, gradients: Tensor, context: MethodContext) 
     shown = _previewing(context, activations, channels, weights_of)
     weights = torch.zeros(len(channels), dtype=activations.dtype, device=activations.device)
     weights[channels] = weights_of(context.ablate(channels, shown))
-    return torch.relu(torch.einsum("k,khw->hw", weights, activations))
+    return combined(weights[:, None, None] * activations, context)
 
 
 def _shuffled(count: int, device: torch.device) -> Tensor:

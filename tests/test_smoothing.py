@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam import GradCAM, HiResCAM, LayerCAM
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from test_methods import a_and_g, heatmap_of
 
 from camwidget import Explainer, methods, smoothing
 
@@ -61,3 +62,33 @@ def test_every_layer_method_takes_it(resnet18, photo_tensor):
     np.testing.assert_allclose(
         batch[0].raw, Explainer(resnet18, aug_smooth=True).explain(photo_tensor, "layer4", 3).raw
     )
+
+
+CONTRIBUTIONS = {  # each method's per-channel maps, from A and g (float64)
+    "gradcam": (GradCAM, lambda a, g: g.mean(axis=(1, 2))[:, None, None] * a),
+    "hirescam": (HiResCAM, lambda a, g: g * a),
+    "layercam": (LayerCAM, lambda a, g: np.maximum(g, 0) * a),
+}
+
+
+@pytest.mark.parametrize("method", list(CONTRIBUTIONS))
+def test_eigen_smooth_is_the_peers_first_component_with_the_sign_fixed(
+    resnet18, photo_tensor, method
+):
+    """eigen_smooth: the first principal component of the per-channel maps (centred), as
+    pytorch-grad-cam's; its sign, which the peer leaves to the SVD, is the one that
+    correlates with the mean of the centred maps."""
+    peer, contributions = CONTRIBUTIONS[method]
+    ex = Explainer(resnet18, eigen_smooth=True)
+    for layer in ("layer3", "layer4"):
+        a, g = a_and_g(resnet18, photo_tensor, layer, 3)
+        x = contributions(a, g).reshape(a.shape[0], -1).T
+        x = x - x.mean(axis=0)
+        projection = x @ np.linalg.svd(x, full_matrices=False)[2][0]
+        signs = {s: heatmap_of(np.maximum(s * projection, 0).reshape(a.shape[1:])) for s in (1, -1)}
+        with peer(resnet18, [resnet18.get_submodule(layer)]) as cam:
+            theirs = cam(photo_tensor[None], [ClassifierOutputTarget(3)], eigen_smooth=True)[0]
+        assert min(np.abs(theirs - m).max() for m in signs.values()) <= 1e-3, layer
+        sign = 1 if np.corrcoef(projection, x.mean(axis=1))[0, 1] >= 0 else -1
+        ours = ex.explain(photo_tensor, layer, 3, method).heatmap
+        assert np.abs(ours - signs[sign]).max() <= 1e-3, layer
