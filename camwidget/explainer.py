@@ -390,7 +390,6 @@ class Explainer(MethodOptions, Batches):
             raise CamwidgetError("this model's output is not a tensor: it has no embedding")
         return one.detach().flatten().float()
 
-    @_locked
     def _smoothed(
         self, image: PreparedImage, layer: str, target: Target, method: str
     ) -> np.ndarray:
@@ -400,6 +399,7 @@ class Explainer(MethodOptions, Batches):
         found, _ = self._explain_group([(copy, target) for copy in copies], layer, method)
         return smoothing.smoothed(np.stack([e.raw for e in found]))
 
+    @_locked
     def explain(
         self,
         image: object,

@@ -341,8 +341,11 @@ def _drive(page, panel, root: Path, tag: str) -> None:
 
 
 def _choose(select, text: str) -> None:
-    """Pick the option of a dropdown whose text is exactly ``text``."""
-    value = select.evaluate("(s, t) => [...s.options].find(o => o.text === t).value", text)
+    """Pick the option of a dropdown whose text is exactly ``text`` (ipywidgets writes
+    its spaces as non-breaking ones)."""
+    value = select.evaluate(
+        "(s, t) => [...s.options].find(o => o.text.replace(/\u00a0/g, ' ') === t).value", text
+    )
     select.select_option(value=value)
 
 
