@@ -82,7 +82,7 @@ def _previewing(
     fill_mean: bool = False,
 ) -> Callable[[Tensor], None] | None:
     """Where ``context.preview`` is given: a ``scored(values so far)`` callback that
-    shows ReLU(sum_k w_k A^k) with the weights of the ``channels`` scored so far and,
+    shows the map (:func:`combined`) with the weights of the ``channels`` scored so far and,
     for the rest of ``channels``, the mean of those weights (``fill_mean``) or 0.
 
     ``channels`` come in a pseudo-random order, so the scored ones are a fair sample of
@@ -98,7 +98,7 @@ def _previewing(
         weights = activations.new_zeros(activations.shape[0])
         weights[channels] = known.mean() if fill_mean else 0.0
         weights[channels[: len(values)]] = known
-        partial = torch.relu(torch.einsum("k,khw->hw", weights, activations))
+        partial = combined(weights[:, None, None] * activations, context)  # as the final
         context.preview(partial, len(values) / len(channels))
 
     return scored

@@ -160,8 +160,8 @@ def test_scorecam_shows_its_map_as_it_is_made(lite0):
     e = ex.explain(photo, layer, method="scorecam", preview=lambda *frame: frames.append(frame))
     assert [fraction for _, fraction in frames] == [0.2, 0.4, 0.6, 0.8, 1.0]
     np.testing.assert_allclose(frames[-1][0].numpy(), e.raw, atol=1e-6)  # the last is final
-    alone = Explainer(model, preprocess, labels).explain(photo, layer, method="scorecam")
-    np.testing.assert_allclose(e.raw, alone.raw, atol=1e-6)  # previews change nothing
+    alone = Explainer(model, preprocess, labels, scorecam_batch_size=16)
+    np.testing.assert_array_equal(e.raw, alone.explain(photo, layer, method="scorecam").raw)
     likeness = [np.corrcoef(raw.numpy().ravel(), e.raw.ravel())[0, 1] for raw, _ in frames]
     assert likeness[1] > 0.9  # at 40 % the preview already looks like the final map
 
