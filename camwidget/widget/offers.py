@@ -25,8 +25,8 @@ class Offers:
                     control.value = value
 
     def _offer_methods(self) -> None:
-        """The methods that apply at the main view's layer; the tooltip says why the
-        others are left out."""
+        """The methods that apply at the main view's layer, group by group; the tooltip
+        says what the chosen one computes and why others are left out."""
         control = self._controls["method"]
         specs, reasons = [], []
         for name, spec in methods.REGISTRY.items():
