@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .attributions import noise
-from .components import combined
+from .components import summed, weighted
 from .errors import CamwidgetError
 from .method_context import MethodContext
 
@@ -47,7 +47,7 @@ def gradcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> T
     At a GAP -> FC layer w_k = W[c, k] / hw, so M = ReLU(CAM) / hw.
     """
     weights = gradients.mean(dim=(1, 2))
-    return combined(weights[:, None, None] * activations, context)
+    return weighted(weights, activations, context)
 
 
 def gradcam_plus_plus(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
@@ -59,7 +59,7 @@ def gradcam_plus_plus(activations: Tensor, gradients: Tensor, context: MethodCon
     """
     g, a = gradients.double(), activations.double()
     weights = _plus_plus(a, g, g**2, g**3)
-    return combined(weights[:, None, None] * a, context).to(activations.dtype)
+    return weighted(weights, a, context).to(activations.dtype)
 
 
 def _plus_plus(a: Tensor, g: Tensor, g2: Tensor, g3: Tensor) -> Tensor:
@@ -85,12 +85,12 @@ def smoothgradcam_plus_plus(
     g = context.layer_gradients(context.inputs + drawn).double()
     a = activations.double()
     weights = _plus_plus(a, g.mean(0), (g**2).mean(0), (g**3).mean(0))
-    return combined(weights[:, None, None] * a, context).to(activations.dtype)
+    return weighted(weights, a, context).to(activations.dtype)
 
 
 def hirescam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
     """HiResCAM (Draelos & Carin, 2020): M = ReLU(sum_k g^k * A^k), elementwise."""
-    return combined(gradients * activations, context)
+    return summed(gradients * activations, context)
 
 
 def xgradcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
@@ -102,12 +102,12 @@ def xgradcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> 
     numerator = (gradients * activations).sum(dim=(1, 2))
     safe = torch.where(total == 0, torch.ones_like(total), total)
     weights = torch.where(total == 0, torch.zeros_like(total), numerator / safe)
-    return combined(weights[:, None, None] * activations, context)
+    return weighted(weights, activations, context)
 
 
 def layercam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
     """LayerCAM (Jiang et al., IEEE TIP 2021): M = ReLU(sum_k ReLU(g^k) * A^k)."""
-    return combined(torch.relu(gradients) * activations, context)
+    return summed(torch.relu(gradients) * activations, context)
 
 
 def shapleycam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
@@ -118,12 +118,12 @@ def shapleycam(activations: Tensor, gradients: Tensor, context: MethodContext) -
     if context.hessian is None:
         raise ValueError("ShapleyCAM needs the Hessian-vector product")
     weights = (gradients - 0.5 * context.hessian().to(gradients)).mean(dim=(1, 2))
-    return combined(weights[:, None, None] * activations, context)
+    return weighted(weights, activations, context)
 
 
 def gradcam_elementwise(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
     """Grad-CAM element-wise (pytorch-grad-cam): M = sum_k ReLU(g^k ⊙ A^k)."""
-    return combined(torch.relu(gradients * activations), context)
+    return summed(torch.relu(gradients * activations), context)
 
 
 def randomcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
@@ -131,7 +131,7 @@ def randomcam(activations: Tensor, gradients: Tensor, context: MethodContext) ->
     uniformly from [-1, 1) by a generator seeded with the option ``seed``."""
     generator = torch.Generator().manual_seed(int(context.options["seed"]))
     weights = torch.rand(activations.shape[0], generator=generator, dtype=torch.float64)
-    return combined((2 * weights - 1).to(activations)[:, None, None] * activations, context)
+    return weighted((2 * weights - 1).to(activations), activations, context)
 
 
 def fem(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
@@ -144,7 +144,7 @@ def fem(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tenso
         dim=(1, 2), keepdim=True, correction=0
     )
     weights = (a > cut).double().mean(dim=(1, 2))
-    return combined(weights[:, None, None] * a, context).to(activations.dtype)
+    return weighted(weights, a, context).to(activations.dtype)
 
 
 def guided_backprop(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:

@@ -94,13 +94,21 @@ def _signed(projection: Tensor, mean_map: Tensor) -> Tensor:
     return projection
 
 
-def combined(contributions: Tensor, context: MethodContext) -> Tensor:
+def summed(contributions: Tensor, context: MethodContext) -> Tensor:
     """ReLU of sum_k contributions^k (C, h, w), or, with the option ``eigen_smooth``, of
     their first principal component (pytorch-grad-cam's eigen_smooth: the (hw, C)
     matrix centred on its column means; the sign fixed as Eigen-Grad-CAM's)."""
     if context.options.get("eigen_smooth"):
         return torch.relu(_first_component(contributions, centre=True))
     return torch.relu(contributions.sum(dim=0))
+
+
+def weighted(weights: Tensor, activations: Tensor, context: MethodContext) -> Tensor:
+    """ReLU of sum_k w_k A^k (one contraction, as before the option existed), or with
+    ``eigen_smooth`` :func:`summed`'s component of the maps w_k A^k."""
+    if context.options.get("eigen_smooth"):
+        return summed(weights[:, None, None] * activations, context)
+    return torch.relu(torch.einsum("k,khw->hw", weights, activations))
 
 
 def _first_component(maps: Tensor, centre: bool) -> Tensor:

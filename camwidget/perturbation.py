@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .components import combined
+from .components import weighted
 from .method_context import MethodContext
 
 
@@ -43,7 +43,7 @@ def scorecam(activations: Tensor, gradients: Tensor, context: MethodContext) -> 
     if len(scored):
         shown = _previewing(context, activations, scored, lambda values: values, fill_mean=True)
         alpha[scored] = context.score(masks[varying][order], shown).to(activations.dtype)
-    return combined(alpha[:, None, None] * activations, context)
+    return weighted(alpha, activations, context)
 
 
 def ablationcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
@@ -66,7 +66,7 @@ def ablationcam(activations: Tensor, gradients: Tensor, context: MethodContext) 
     shown = _previewing(context, activations, channels, weights_of)
     weights = torch.zeros(len(channels), dtype=activations.dtype, device=activations.device)
     weights[channels] = weights_of(context.ablate(channels, shown))
-    return combined(weights[:, None, None] * activations, context)
+    return weighted(weights, activations, context)
 
 
 def _shuffled(count: int, device: torch.device) -> Tensor:
@@ -82,7 +82,7 @@ def _previewing(
     fill_mean: bool = False,
 ) -> Callable[[Tensor], None] | None:
     """Where ``context.preview`` is given: a ``scored(values so far)`` callback that
-    shows the map (:func:`combined`) with the weights of the ``channels`` scored so far and,
+    shows the map (:func:`weighted`) with the weights of the ``channels`` scored so far and,
     for the rest of ``channels``, the mean of those weights (``fill_mean``) or 0.
 
     ``channels`` come in a pseudo-random order, so the scored ones are a fair sample of
@@ -98,7 +98,7 @@ def _previewing(
         weights = activations.new_zeros(activations.shape[0])
         weights[channels] = known.mean() if fill_mean else 0.0
         weights[channels[: len(values)]] = known
-        partial = combined(weights[:, None, None] * activations, context)  # as the final
+        partial = weighted(weights, activations, context)  # as the final
         context.preview(partial, len(values) / len(channels))
 
     return scored

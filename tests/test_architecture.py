@@ -15,7 +15,7 @@ TIERS = (
     {"samples", "outputs", "render", "capture", "pixel", "deeplift", "lrp", "layers", "scoring"},
     {"method_context", "cams", "methods", "perturbation", "attributions", "components"}
     | {"metrics"}
-    | {"explanation", "options"}
+    | {"explanation", "options", "smoothing"}
     | {"preparation", "passes", "kept"},
     {"requests", "batch"},
     {"explainer"},

@@ -213,15 +213,14 @@ def test_the_ray_engine_gives_the_same_audit(audit, lite0, folder, tmp_path, ray
         lite0, folder, layer="blocks.12", batch_size=4, engine="ray", store=path, progress=False
     )
     assert len(distributed) == len(audit)
-    exact = 0
     for a, b in zip(audit, distributed, strict=True):
         assert (a.index, a.path, a.predicted) == (b.index, b.path, b.predicted)
         assert b.score == pytest.approx(a.score, rel=1e-5)
         # one thread per actor against two here: float32 sums in another order, which a
-        # map with much cancellation (a sum of 112 channels) turns into ~1e-3 of its top
+        # map with much cancellation (a sum of 112 channels) turns into ~1e-3 of its top;
+        # how many maps stay bit-equal depends on the CPU (13 of 15 on one machine, 11
+        # on another), so only the tolerance is asserted
         np.testing.assert_allclose(b.raw, a.raw, atol=1e-2 * float(np.abs(a.raw).max()))
-        exact += np.array_equal(a.raw, b.raw)
-    assert exact >= len(audit) - 2
     assert len(Audit.open(path)) == len(audit)
 
 
