@@ -42,13 +42,16 @@ GROUPS = ("class activation maps", "attributions at the pixels", "perturbation (
 @dataclass(frozen=True)
 class Option:
     """A setting of a method: its ``default``, what it does (``doc``), ``choices``
-    where it takes one of a few values (the panel offers those in a list), and
-    ``keyword`` where many methods share it under one name (else ``{prefix}_{name}``)."""
+    where it takes one of a few values (the panel offers those in a list), ``classes``
+    where it takes class indices (None or a tuple: the panel offers a box for names or
+    indices), and ``keyword`` where many methods share it under one name (else
+    ``{prefix}_{name}``)."""
 
     default: object
     doc: str = ""
     choices: tuple[object, ...] = ()
     keyword: str = ""
+    classes: bool = False
 
 
 MapFunction = Callable[[Tensor, Tensor, MethodContext], Tensor]
@@ -207,7 +210,9 @@ _BUILT_IN = (
         needs=GRADIENTS,
         options={
             "alpha": Option(1.0, "how much of the other classes' logits is taken away"),
-            "against": Option(None, "the classes to set it apart from (None: the 3 nearest)"),
+            "against": Option(
+                None, "the classes to set it apart from (None: the 3 nearest)", classes=True
+            ),
             **SUMS,
         },
         retarget=finer_target,

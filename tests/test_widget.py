@@ -724,6 +724,28 @@ def test_aug_smooth_is_a_checkbox_beside_every_layer_method(panel):
     np.testing.assert_array_equal(panel.main_view.explanation.raw, first)  # kept
 
 
+def test_finercam_compares_with_the_classes_typed(panel):
+    box = panel.controls["finercam_against"]
+    assert isinstance(box, widgets.Text) and box.layout.display == "none"
+    panel.method = "finercam"
+    assert box.layout.display == "flex"
+    nearest = panel.main_view.explanation.target.others  # the three nearest classes
+    assert len(nearest) == 3
+    box.value = "tabby, 285"  # as the front end sets it: a name and an index
+    panel.wait()
+    assert panel.explainer.finercam_against == (281, 285)
+    e = panel.main_view.explanation
+    assert e.target.others == (281, 285) and e.label.endswith("against tabby, Egyptian cat")
+    box.value = "tabby, no such class"  # told in the panel, nothing changed
+    assert "no such class" in panel.controls["messages"].value
+    assert panel.explainer.finercam_against == (281, 285)
+    box.value = ""  # back to the nearest classes
+    panel.wait()
+    assert panel.explainer.finercam_against is None
+    assert panel.main_view.explanation.target.others == nearest
+    panel.method = "gradcam"
+
+
 def test_lrp_in_the_panel_with_its_rules(panel):
     rules = panel.controls["lrp_composite"]
     assert rules.layout.display == "none"

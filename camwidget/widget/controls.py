@@ -167,18 +167,19 @@ def _choosers() -> dict[str, widgets.Widget]:
 
 def chosen_options() -> list[str]:
     """The explainer keywords of the method options with a few choices (e.g.
-    ``lrp_composite``): each has a list in the panel, shown while its method is on."""
+    ``lrp_composite``) or of classes (``finercam_against``): each has a control in the
+    panel, shown while its method is on."""
     return [
         keyword
         for keyword, (spec, name) in methods.keywords().items()
-        if spec.options[name].choices
+        if spec.options[name].choices or spec.options[name].classes
     ]
 
 
-def option_choosers() -> dict[str, widgets.Dropdown | widgets.Checkbox]:
-    """A control for each of :func:`chosen_options`, named by its keyword: a checkbox
-    for a yes/no option, else a list."""
-    found: dict[str, widgets.Dropdown | widgets.Checkbox] = {}
+def option_choosers() -> dict[str, widgets.Widget]:
+    """A control for each of :func:`chosen_options`, named by its keyword: a box for
+    class names or indices, a checkbox for a yes/no option, else a list."""
+    found: dict[str, widgets.Widget] = {}
     for keyword in chosen_options():
         spec, name = methods.keywords()[keyword]
         option = spec.options[name]
@@ -186,7 +187,14 @@ def option_choosers() -> dict[str, widgets.Dropdown | widgets.Checkbox]:
             description=name.replace("_", " "),
             tooltip=option.doc if option.keyword else f"{spec.title}: {option.doc}",
         )
-        if set(option.choices) == {False, True}:
+        if option.classes:
+            found[keyword] = widgets.Text(
+                placeholder="classes, e.g. tabby, 285",
+                continuous_update=False,
+                layout=widgets.Layout(display="none", width="300px"),
+                **shared,
+            )
+        elif set(option.choices) == {False, True}:
             found[keyword] = widgets.Checkbox(
                 indent=False, layout=widgets.Layout(display="none", width="auto"), **shared
             )

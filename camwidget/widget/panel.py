@@ -278,6 +278,9 @@ class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
         c["faithfulness"].observe(self._faithfulness_toggled, "value")
         c["cancel"].on_click(self._cancel_clicked)
         for keyword in controls_.chosen_options():
+            if isinstance(c[keyword], widgets.Text):  # classes, by name or index
+                c[keyword].observe(partial(self._classes_chosen, keyword), "value")
+                continue
             c[keyword].value = getattr(self.explainer, keyword)
             c[keyword].observe(partial(self._option_chosen, keyword), "value")
         self.faithfulness.rank_button.on_click(self._rank_clicked)
@@ -318,6 +321,20 @@ class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
         setattr(self.explainer, keyword, change["new"])
         with self._from_page():
             self._update(self.views)
+
+    def _classes_chosen(self, keyword: str, change: Mapping) -> None:
+        """Classes typed for a method's option: names or indices, comma-separated (none:
+        the method's default); a class the model lacks is told in the panel."""
+        parts = [part.strip() for part in change["new"].split(",") if part.strip()]
+
+        def choose() -> None:
+            picks = [int(p) if p.isdigit() else p for p in parts]
+            classes = tuple(int(self.explainer.check_target(pick)) for pick in picks)
+            setattr(self.explainer, keyword, classes or None)
+            with self._from_page():
+                self._update(self.views)
+
+        self._guarded(choose)
 
     @observe("compare")
     def _compare_toggled(self, change: Mapping) -> None:
