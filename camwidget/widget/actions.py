@@ -1,5 +1,5 @@
-"""What the panel's buttons and uploads do, and how it tells the user: messages in
-words, errors included."""
+"""What the panel's buttons, uploads and method options do, and how it tells the user:
+messages in words, errors included."""
 
 from __future__ import annotations
 
@@ -75,6 +75,26 @@ class Actions:
 
         with self._from_page():
             self._run(rank, "ranking")
+
+    def _option_chosen(self, keyword: str, change: Mapping) -> None:
+        """A method's option, a setting of the explainer (part of its maps' cache key)."""
+        setattr(self.explainer, keyword, change["new"])
+        with self._from_page():
+            self._update(self.views)
+
+    def _classes_chosen(self, keyword: str, change: Mapping) -> None:
+        """Classes typed for a method's option: names or indices, comma-separated (none:
+        the method's default); a class the model lacks is told in the panel."""
+        parts = [part.strip() for part in change["new"].split(",") if part.strip()]
+
+        def choose() -> None:
+            picks = [int(p) if p.isdigit() else p for p in parts]
+            classes = tuple(int(self.explainer.check_target(pick)) for pick in picks)
+            setattr(self.explainer, keyword, classes or None)
+            with self._from_page():
+                self._update(self.views)
+
+        self._guarded(choose)
 
     def _guarded(self, action: Callable[[], object]) -> None:
         """Run ``action``; an error goes to the panel in words."""

@@ -316,26 +316,6 @@ class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
         self._show_layer_use()
         self._update((self.compare_view,))
 
-    def _option_chosen(self, keyword: str, change: Mapping) -> None:
-        """A method's option, a setting of the explainer (part of its maps' cache key)."""
-        setattr(self.explainer, keyword, change["new"])
-        with self._from_page():
-            self._update(self.views)
-
-    def _classes_chosen(self, keyword: str, change: Mapping) -> None:
-        """Classes typed for a method's option: names or indices, comma-separated (none:
-        the method's default); a class the model lacks is told in the panel."""
-        parts = [part.strip() for part in change["new"].split(",") if part.strip()]
-
-        def choose() -> None:
-            picks = [int(p) if p.isdigit() else p for p in parts]
-            classes = tuple(int(self.explainer.check_target(pick)) for pick in picks)
-            setattr(self.explainer, keyword, classes or None)
-            with self._from_page():
-                self._update(self.views)
-
-        self._guarded(choose)
-
     @observe("compare")
     def _compare_toggled(self, change: Mapping) -> None:
         self._controls["compare_panel"].layout.display = "flex" if self.compare else "none"
