@@ -19,7 +19,7 @@ from .components import KERNELS, eigencam, eigengradcam, kpcacam
 from .errors import CamwidgetError
 from .lrp import COMPOSITES as _LRP_COMPOSITES
 from .method_context import MethodContext
-from .perturbation import ablationcam, scorecam
+from .perturbation import ablationcam, iscam, scorecam, sscam
 from .targets import Class, Contrast, Target, most_alike
 
 if TYPE_CHECKING:
@@ -172,6 +172,13 @@ SUMS = {
     )
 }  # fmt: skip
 
+#: The options of SS-CAM and IS-CAM besides their rounds.
+ROUNDS = {
+    "channels": Option(None, "score only this many most active channels (None: all)"),
+    "batch_size": Option(None, "masked inputs per forward (None: 8 on CPU, 32 on GPU)"),
+    **SUMS,
+}
+
 _BUILT_IN = (
     Method("gradcam", "Grad-CAM", cams.gradcam, needs=GRADIENTS, options=SUMS),
     Method("gradcam++", "Grad-CAM++", cams.gradcam_plus_plus, needs=GRADIENTS, options=SUMS),
@@ -229,6 +236,25 @@ _BUILT_IN = (
             "channels": Option(None, "score only this many most active channels (None: all)"),
             **SUMS,
         },
+    ),
+    Method(
+        "sscam",
+        "SS-CAM",
+        sscam,
+        needs=("masked",),
+        options={
+            "samples": Option(35, "noisy rounds over the channels"),
+            "sigma": Option(2.0, "the noise's standard deviation on the [0, 1] masks"),
+            "seed": SEED,
+            **ROUNDS,
+        },
+    ),
+    Method(
+        "iscam",
+        "IS-CAM",
+        iscam,
+        needs=("masked",),
+        options={"samples": Option(10, "rounds along the path"), **ROUNDS},
     ),
     Method("eigencam", "Eigen-CAM", eigencam, rectified=False, class_agnostic=True),
     Method(

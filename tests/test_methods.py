@@ -29,7 +29,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FinerWe
 from sklearn.decomposition import KernelPCA
 from torch import nn
 from torch.nn import functional as F
-from torchcam.methods import SmoothGradCAMpp
+from torchcam.methods import ISCAM, SSCAM, SmoothGradCAMpp
+from torchcam.methods import ScoreCAM as TorchCAMScoreCAM
 
 import camwidget
 from camwidget import METHODS, CamwidgetError, Explainer, render
@@ -95,6 +96,8 @@ def test_every_contract_method_is_registered():
         "gradientshap",
         "occlusion",
         "deeplift",
+        "sscam",
+        "iscam",
     }
 
 
@@ -486,6 +489,61 @@ def test_scorecam_batches_caps_channels_and_reports_progress(resnet18, photo_ten
     )
 
 
+def torchcam_map(peer_class, model, layer, x, target, **options):
+    """TorchCAM's map for ``target`` at ``layer`` (its own min-max normalisation)."""
+    size = tuple(x.shape)
+    with peer_class(model, layer, input_shape=size, **options) as peer:
+        return peer(target, model(x[None]))[0][0].numpy()
+
+
+def min_max(raw):
+    return (raw - raw.min()) / (raw.max() - raw.min())
+
+
+@pytest.mark.parametrize("layer", ["layer2", "layer4"])
+def test_iscam_equals_torchcam(resnet18, photo_tensor, layer):
+    small = F.interpolate(photo_tensor[None], size=(64, 64))[0]
+    ex = Explainer(resnet18, iscam_samples=3, iscam_batch_size=64)
+    e = ex.explain(small, layer, 7, "iscam")
+    theirs = torchcam_map(ISCAM, resnet18, layer, small, 7, num_samples=3, batch_size=64)
+    np.testing.assert_allclose(min_max(e.raw), theirs, atol=1e-4)
+    assert ex.passes["scored"] == 3 * resnet18.get_submodule(layer)[-1].bn2.num_features
+
+
+def test_sscam_equals_torchcam_on_its_documented_draws(resnet18, photo_tensor):
+    small = F.interpolate(photo_tensor[None], size=(48, 48))[0]
+    ex = Explainer(resnet18, sscam_samples=2, sscam_seed=5, sscam_batch_size=64)
+    e = ex.explain(small, "layer3", 7, "sscam")
+    generator = torch.Generator().manual_seed(5)  # one generator, the rounds in order
+    draws = SimpleNamespace(sample=lambda size: 2.0 * torch.randn(size, generator=generator))
+    with SSCAM(resnet18, "layer3", num_samples=2, input_shape=(3, 48, 48)) as peer:
+        peer._distrib = draws  # TorchCAM's N(0, 2²), on the draws we document
+        theirs = peer(7, resnet18(small[None]))[0][0].numpy()
+    np.testing.assert_allclose(min_max(e.raw), theirs, atol=1e-4)
+    again = Explainer(resnet18, sscam_samples=2, sscam_seed=5, sscam_batch_size=7)
+    np.testing.assert_allclose(again.explain(small, "layer3", 7, "sscam").raw, e.raw, rtol=1e-5)
+    other = Explainer(resnet18, sscam_samples=2, sscam_seed=6).explain(small, "layer3", 7, "sscam")
+    assert not np.allclose(other.raw, e.raw, atol=1e-3 * e.raw.max())
+
+
+def test_sscam_without_noise_is_torchcams_scorecam(resnet18, photo_tensor):
+    small = F.interpolate(photo_tensor[None], size=(48, 48))[0]
+    ex = Explainer(resnet18, sscam_samples=2, sscam_sigma=0.0, sscam_batch_size=64)
+    e = ex.explain(small, "layer3", 7, "sscam")
+    theirs = torchcam_map(TorchCAMScoreCAM, resnet18, "layer3", small, 7, batch_size=64)
+    np.testing.assert_allclose(min_max(e.raw), theirs, atol=1e-4)
+
+
+def test_sscam_and_iscam_cap_channels_and_preview(resnet18, photo_tensor):
+    small = F.interpolate(photo_tensor[None], size=(48, 48))[0]
+    for name in ("sscam", "iscam"):
+        ex = Explainer(resnet18, **{f"{name}_channels": 5, f"{name}_samples": 3})
+        frames: list[float] = []
+        ex.explain(small, "layer4", 7, name, preview=lambda raw, f, seen=frames: seen.append(f))
+        assert ex.passes["scored"] == 15
+        assert frames and frames[-1] == 1.0 and frames == sorted(frames)
+
+
 def test_ablationcam_against_a_direct_evaluation():
     model = Tiny().eval()
     x = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(1))
@@ -620,7 +678,6 @@ def test_ablationcam_previews_leave_the_unscored_channels_at_zero():
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "cam"])
 def test_no_nan_on_an_all_zero_input(resnet18, method):
-    ex = Explainer(resnet18)
-    ex.scorecam_channels = 4
+    ex = Explainer(resnet18, scorecam_channels=4, sscam_channels=4, iscam_channels=4)
     e = ex.explain(torch.zeros(3, 32, 32), layer="layer2", target=0, method=method)
     assert np.isfinite(e.heatmap).all() and np.isfinite(e.raw).all()

@@ -19,6 +19,8 @@ SMALL = {  # keep the methods of many passes quick
     "smoothgrad_samples": 2, "smoothgrad_batch_size": 2, "gradientshap_samples": 3,
     "gradientshap_batch_size": 3, "occlusion_window": 48, "occlusion_stride": 48,
     "occlusion_batch_size": 4, "smoothgradcampp_samples": 2, "smoothgradcampp_batch_size": 2,
+    "sscam_channels": 4, "sscam_samples": 2, "sscam_batch_size": 4, "iscam_channels": 4,
+    "iscam_samples": 2, "iscam_batch_size": 4,
 }  # fmt: skip
 # another value of an option whose default is not a number
 ANOTHER = {
