@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .method_context import MethodContext
@@ -164,6 +165,27 @@ def occlusion(activations: Tensor, gradients: Tensor, context: MethodContext) ->
     drops = context.target_score.double().cpu() - context.masked(windows).double().cpu()
     spread = windows.spread(drops).to(context.inputs)
     return spread.expand(3, height, width).clone()
+
+
+def fullgrad(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
+    """FullGrad (Srinivas & Fleuret, NeurIPS 2019), as pytorch-grad-cam's ``FullGrad``:
+    Σ ψ(|x ⊙ ∇_x y_c|) + Σ_layers Σ ψ(|b ⊙ ∇_b y_c|), sums over colour and feature
+    channels, ψ scaling one channel's map to [0, 1] and upsampling it (bilinear) to the
+    input's size; every layer that adds a bias counts (see :mod:`camwidget.fullgrad`)."""
+    if context.full_gradients is None or context.input_size is None:
+        raise ValueError("FullGrad needs the input's and the biases' gradients")
+    at_input, at_biases = context.full_gradients()
+    total = _scaled(at_input.abs()).sum(dim=0)
+    for product in at_biases:  # upsampling is linear: the channels' sum once
+        grid = _scaled(product.abs()).sum(dim=0)[None, None]
+        total += F.interpolate(grid, context.input_size, mode="bilinear")[0, 0]
+    return total
+
+
+def _scaled(maps: Tensor) -> Tensor:
+    """Each of ``maps`` (C, h, w) less its minimum, over 1e-7 + its new maximum."""
+    shifted = maps - maps.amin(dim=(1, 2), keepdim=True)
+    return shifted / (1e-7 + shifted.amax(dim=(1, 2), keepdim=True))
 
 
 def deeplift(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:

@@ -48,6 +48,19 @@ def guarded(model: nn.Module) -> Iterator[list[RemovableHandle]]:
             param.requires_grad_(True)
 
 
+def called(model: nn.Module, inputs: Tensor) -> object:
+    """``model(inputs)``; a failure of the model is told in words."""
+    try:
+        return model(inputs)
+    except CamwidgetError:
+        raise
+    except Exception as error:
+        raise CamwidgetError(
+            f"the model failed on this input of shape {tuple(inputs.shape)}: "
+            f"{type(error).__name__}: {error}"
+        ) from error
+
+
 @dataclass
 class Capture:
     """One forward pass: the model's output (the part to explain, see
@@ -246,15 +259,7 @@ def forward(
             if name and (wanted is None or name in wanted or isinstance(module, nn.Linear)):
                 handles.append(module.register_forward_hook(recorder.hook(name, module)))
         inputs = inputs.detach().requires_grad_(graph_from is None)
-        try:
-            output = model(inputs)
-        except CamwidgetError:
-            raise
-        except Exception as error:
-            raise CamwidgetError(
-                f"the model failed on this input of shape {tuple(inputs.shape)}: "
-                f"{type(error).__name__}: {error}"
-            ) from error
+        output = called(model, inputs)
     selected = select(output)
     if outputs.rows(selected) != inputs.shape[0]:
         raise CamwidgetError(

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .capture import guarded
+from .capture import called, guarded
 from .errors import CamwidgetError
 from .pixel import RECTIFIERS, watching_functional_relus
 
@@ -121,12 +121,7 @@ def multipliers(
         for module in modules:
             handles.append(module.register_forward_pre_hook(enter))
             handles.append(module.register_forward_hook(leave))
-        try:
-            output = model(pair)
-        except Exception as error:
-            raise CamwidgetError(
-                f"the model failed on this input: {type(error).__name__}: {error}"
-            ) from error
+        output = called(model, pair)
         total = score(output).sum()
     if watch.found:
         where = ", ".join(sorted(set(watch.found)))

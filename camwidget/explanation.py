@@ -59,8 +59,8 @@ class Explanation:
     ``timings``: milliseconds spent on this call in ``forward``, ``backward`` and
     ``map`` (0 where a cache answered); ``region``: for a region target, its mask (H, W)
     at the image's size; ``box``: for a box target, (x1, y1, x2, y2) in the image's
-    pixels. Pixel-level methods: ``raw`` is the attribution summed over the colour
-    channels, (h, w) at the model input's size, signed; ``attribution`` the full
+    pixels. Signed pixel-level methods: ``raw`` is the attribution summed over the
+    colour channels, (h, w) at the model input's size; ``attribution`` the full
     (3, h, w) (None for the other methods).
     """
 
@@ -88,10 +88,11 @@ class Explanation:
         return self.heatmap_at(self.size)
 
     def heatmap_at(self, size: tuple[int, int]) -> np.ndarray:
-        """The heatmap at another (H, W), e.g. the panel's display size. A pixel-level
-        map shows its positive part, divided by its maximum (0 stays 0)."""
+        """The heatmap at another (H, W), e.g. the panel's display size. A signed map
+        (see :attr:`Method.signed`) shows its positive part, divided by its maximum (0
+        stays 0)."""
         resized = render.upsample(self.raw, size)
-        if not methods.get(self.method).pixel_level:
+        if not methods.get(self.method).signed:
             return render.normalise(resized)
         return _by_largest(np.maximum(resized, 0.0))
 
@@ -111,7 +112,7 @@ class Explanation:
         method = methods.get(self.method)
         if signed:
             return 0.5, "against (blue) ← 0 → for the target (red)"
-        if method.pixel_level:
+        if method.signed:
             return None, "0 (no evidence) → high positive evidence"
         if method.rectified:
             return None, "0 (no evidence) → high evidence"

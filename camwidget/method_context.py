@@ -28,7 +28,9 @@ class MethodContext:
     multipliers (3, H, W) (see :mod:`camwidget.deeplift`). ``hessian()``: H A (C, h,
     w), the Hessian of the target's score with respect to the layer's map A times A;
     ``layer_gradients``: maps inputs (M, 3, H, W) to the target's gradient at the
-    layer's map for each (M, C, h, w), batched.
+    layer's map for each (M, C, h, w), batched; ``full_gradients()``: FullGrad's x ⊙
+    ∇_x y_c (3, H, W) and b ⊙ ∇_b y_c (C, h, w) of each biased layer (see
+    :mod:`camwidget.fullgrad`).
     ``inputs``: the model input
     (1, 3, H, W); ``input_size``: its (H, W). ``options``: the method's options by
     their short names (see :attr:`camwidget.methods.Method.options`). ``preview(map,
@@ -47,6 +49,7 @@ class MethodContext:
     input_gradients: Callable[[Tensor], Tensor] | None = None
     masked: Callable[[Tensor], Tensor] | None = None
     rescaled: Callable[[Tensor], Tensor] | None = None
+    full_gradients: Callable[[], tuple[Tensor, list[Tensor]]] | None = None
     inputs: Tensor | None = None
     input_size: tuple[int, int] | None = None
     options: Mapping[str, object] = field(default_factory=dict)

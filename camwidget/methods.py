@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 #: partial backward per class), or a :class:`MethodContext` field the engine fills in.
 NEEDS = (
     "gradients", "class_weights", "score", "ablate", "guided", "relevance",
-    "input_gradients", "masked", "rescaled", "hessian", "layer_gradients",
+    "input_gradients", "masked", "rescaled", "hessian", "layer_gradients", "full_gradients",
 )  # fmt: skip
 #: The needs that run many model passes: such a method reports progress and can be
 #: cancelled between batches.
@@ -144,6 +144,11 @@ class Method:
         paragraph = " ".join((inspect.getdoc(self.fn) or "").split("\n\n")[0].split())
         plain = re.sub(r":\w+:`([^`]*)`", r"\1", paragraph).replace("``", "")
         return re.split(r"\. (?=[A-Z])", plain)[0].rstrip(".") + "."
+
+    @property
+    def signed(self) -> bool:
+        """Its map lies on the input's pixels with both signs (shown from -1 to 1)."""
+        return self.pixel_level and not self.rectified
 
     @property
     def perturbing(self) -> bool:
@@ -370,6 +375,13 @@ _BUILT_IN = (
         **AT_PIXELS,
     ),
     Method("deeplift", "DeepLIFT", attributions.deeplift, needs=("rescaled",), **AT_PIXELS),
+    Method(
+        "fullgrad",
+        "FullGrad",
+        attributions.fullgrad,
+        needs=("full_gradients",),
+        **{**AT_PIXELS, "rectified": True},
+    ),
     Method(
         "guided-gradcam",
         "Guided Grad-CAM",

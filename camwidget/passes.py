@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from . import capture as capture_
-from . import deeplift, lrp, outputs, pixel
+from . import deeplift, fullgrad, lrp, outputs, pixel
 from .capture import Capture
 from .errors import CamwidgetError
 from .layouts import Layout, Reshape
@@ -232,6 +232,13 @@ class Passes:
         """DeepLIFT's multipliers (3, H, W) of ``inputs`` against ``baseline``."""
         with self.lock:
             found = deeplift.multipliers(self.model, inputs, baseline, self._selected(scorer))
+            self.counts.update(("forward", "backward"))
+        return found
+
+    def full_gradients(self, inputs: Tensor, scorer: Scorer) -> tuple[Tensor, list[Tensor]]:
+        """FullGrad's input × gradient and bias × gradient maps (see :mod:`fullgrad`)."""
+        with self.lock:
+            found = fullgrad.decomposition(self.model, inputs, self._selected(scorer))
             self.counts.update(("forward", "backward"))
         return found
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .capture import guarded
+from .capture import called, guarded
 from .errors import CamwidgetError
 
 #: The modules whose backward follows the guided rule: ReLU and its capped form.
@@ -98,12 +98,7 @@ def guided_backprop(
             handles.append(
                 module.register_forward_hook(lambda m, a, out: _PositiveGradient.apply(out))
             )
-        try:
-            output = model(x)
-        except Exception as error:
-            raise CamwidgetError(
-                f"the model failed on this input: {type(error).__name__}: {error}"
-            ) from error
+        output = called(model, x)
         value = score(output)
     if watch.found:
         where = ", ".join(sorted(set(watch.found)))

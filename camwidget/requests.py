@@ -174,6 +174,13 @@ def _rescaled(request: MapRequest, services: Services) -> Callable[[Tensor], Ten
     return lambda baseline: services.passes.deeplift(request.inputs, baseline, scorer)
 
 
+def _full_gradients(
+    request: MapRequest, services: Services
+) -> Callable[[], tuple[Tensor, list[Tensor]]]:
+    scorer = scoring.values(request.target)
+    return lambda: services.passes.full_gradients(request.inputs, scorer)
+
+
 def _pixels(kind: str, request: MapRequest, services: Services) -> Callable[[], Tensor]:
     """Guided backpropagation or LRP relevance of the target at the input, one forward
     and one backward per (image, target[, composite]), kept with the image's passes."""
@@ -212,4 +219,5 @@ _LENDERS: dict[str, Callable[[MapRequest, Services], object]] = {
     "input_gradients": _input_gradients,
     "masked": _masked,
     "rescaled": _rescaled,
+    "full_gradients": _full_gradients,
 }

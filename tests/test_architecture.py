@@ -12,7 +12,8 @@ ENGINE = {"errors", "images", "render", "labels", "layers", "methods", "capture"
 #: The package's tiers, bottom first: a module imports only from its own tier or below.
 TIERS = (
     {"errors", "inputs", "layouts", "memory", "cache", "worker", "images", "labels", "targets"},
-    {"samples", "outputs", "render", "capture", "pixel", "deeplift", "lrp", "layers", "scoring"},
+    {"samples", "outputs", "render", "capture", "pixel", "deeplift", "lrp", "layers", "scoring"}
+    | {"fullgrad"},
     {"method_context", "cams", "methods", "perturbation", "attributions", "components"}
     | {"metrics"}
     | {"explanation", "options", "smoothing"}

@@ -19,11 +19,14 @@ from captum.attr import (
     Saliency,
 )
 from conftest import ModelState
+from pytorch_grad_cam import FullGrad
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 import camwidget
 from camwidget import CamwidgetError, Explainer, deeplift
 from camwidget.attributions import Windows, gauss_legendre
+from camwidget.fullgrad import decomposition
 
 TARGET = 7
 
@@ -269,3 +272,46 @@ def test_batches_and_the_metrics_take_them(resnet18, small):
             ex, small, batch[0].heatmap, 7, steps=4
         )
         assert 0 <= deleted.auc <= 1 and 0 <= inserted.auc <= 1
+
+
+def with_statistics(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose batch norms carry drawn running statistics and affine
+    parameters (seeded): every one adds a bias β - γ μ / √(σ² + ε) that is not 0."""
+    generator = torch.Generator().manual_seed(2)
+    copy = deepcopy(model)
+    with torch.no_grad():
+        for module in copy.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                size = module.num_features
+                module.running_mean.copy_(0.1 * torch.randn(size, generator=generator))
+                module.running_var.copy_(0.5 + torch.rand(size, generator=generator))
+                module.weight.copy_(0.5 + torch.rand(size, generator=generator))
+                module.bias.copy_(0.1 * torch.randn(size, generator=generator))
+    return copy
+
+
+@pytest.mark.parametrize("model_name", ["resnet18", "vgg11"])
+def test_fullgrad_equals_pytorch_grad_cam(request, photo_tensor, model_name):
+    """vgg11: biases of convolutions; resnet18: of batch norms (with their statistics)."""
+    model = request.getfixturevalue(model_name)
+    model = with_statistics(model) if model_name == "resnet18" else biased(model)
+    small = nn.functional.interpolate(photo_tensor[None], size=(96, 96))[0]
+    e = Explainer(model).explain(small, target=TARGET, method="fullgrad")
+    with FullGrad(model, []) as peer:
+        theirs = peer(small[None], targets=[ClassifierOutputTarget(TARGET)])[0]
+    assert e.raw.shape == (96, 96) and e.attribution is None and e.raw.min() > 0
+    np.testing.assert_allclose(e.heatmap, theirs, atol=1e-4)  # both min-max scaled
+
+
+def test_fullgrads_parts_sum_to_the_score(resnet18, photo_tensor):
+    """The paper's completeness: x · ∇_x y + Σ b · ∇_b y = y for a network of
+    convolutions, batch norms (eval), in-place ReLUs, pooling and a linear layer, whose
+    own bias adds b_c."""
+    model = with_statistics(resnet18)
+    before = ModelState.of(model)
+    at_input, at_biases = decomposition(model, photo_tensor[None], lambda out: out[0, TARGET])
+    total = float(at_input.sum()) + sum(float(part.sum()) for part in at_biases)
+    total += float(model.fc.bias.detach()[TARGET])
+    assert len(at_biases) == 20  # every batch norm of ResNet-18 (its convolutions: no bias)
+    assert total == pytest.approx(value(model, photo_tensor), rel=1e-4, abs=1e-5)
+    before.assert_same(model)

@@ -98,6 +98,7 @@ def test_every_contract_method_is_registered():
         "deeplift",
         "sscam",
         "iscam",
+        "fullgrad",
     }
 
 

@@ -62,7 +62,7 @@ def test_each_method_from_its_descriptor(resnet18, image, name):
     backward = spec.needs_gradients + (spec.pixel_level and not spec.perturbing)
     backward += 2 * ("hessian" in spec.needs) + ("layer_gradients" in spec.needs)
     assert ex.passes["backward"] == backward
-    assert (first.attribution is not None) == spec.pixel_level
+    assert (first.attribution is not None) == spec.signed
     if spec.rectified:
         assert first.raw.min() >= 0
     passes = dict(ex.passes)

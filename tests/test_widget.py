@@ -699,6 +699,11 @@ def test_compare_grad_cam_with_guided_grad_cam(panel):
     assert panel.controls["positive_only"].layout.display == "flex"
     panel.compare_method = "lrp"  # reads no layer: its layer control is off
     assert panel.controls["compare_layer"].disabled and not panel.controls["layer"].disabled
+    panel.compare_method = "fullgrad"  # at the pixels, but never negative: shown as a CAM
+    assert not panel.compare_view.signed and panel.controls["compare_layer"].disabled
+    assert panel.controls["positive_only"].layout.display == "none"
+    heat = panel.compare_view.explanation.heatmap
+    assert heat.min() == 0.0 and heat.max() == 1.0  # min-max, as pytorch-grad-cam
     with pytest.raises(TraitError, match="unknown method 'nonsense'"):
         panel.compare_method = "nonsense"
     panel.compare_method = ""  # back to the main view's method

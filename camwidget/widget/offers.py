@@ -57,8 +57,8 @@ class Offers:
                 else f"{spec.title} reads no layer: it explains the input's pixels directly"
             )
         specs = [methods.get(method) for method in shown.values()]
-        pixel = any(spec.pixel_level for spec in specs)
-        self._controls["positive_only"].layout.display = "flex" if pixel else "none"
+        signed = any(spec.signed for spec in specs)
+        self._controls["positive_only"].layout.display = "flex" if signed else "none"
         keywords = {spec.keyword(option) for spec in specs for option in spec.options}
         for keyword in controls_.chosen_options():
             self._controls[keyword].layout.display = "flex" if keyword in keywords else "none"

@@ -108,10 +108,10 @@ class View(HasTraits):
         """Show ``e`` over ``rgb`` (the photo at display size); a pixel-level map is shown
         signed unless ``positive_only``. :meth:`paint` draws it."""
         self.explanation, self.rgb, self.partial = e, rgb, None
-        self.signed = methods.get(e.method).pixel_level and not positive_only
+        self.signed = methods.get(e.method).signed and not positive_only
         if self.signed:
             self.heat = render.stretch_signed(e.heatmap_signed_at(rgb.shape[:2]))
-        elif methods.get(e.method).pixel_level:  # a few bright pixels must not hide the rest
+        elif methods.get(e.method).signed:  # a few bright pixels must not hide the rest
             self.heat = render.stretch_signed(e.heatmap_at(rgb.shape[:2]))
         else:
             self.heat = e.heatmap_at(rgb.shape[:2])
