@@ -6,7 +6,9 @@ One map of class 1 for one 224×224 input on ResNet-18, from nothing kept: camwi
 explainer is cleared before each run, so its forward and backward count as the peer's
 do. The peers: pytorch-grad-cam for the CAM family, Captum for the attributions at the
 pixels (its defaults where they agree with camwidget's: 50 Gauss-Legendre steps, 16
-noise samples, 16×16 windows moved by 8). The contenders run in turns; the table gives
+noise samples, 16×16 windows moved by 8), TorchCAM for SS-CAM and IS-CAM (2 rounds on
+a 64×64 input: 1,024 passes each, its default 35 and 10 rounds take minutes) and for
+LeGrad (ViT-B/16, the last 2 blocks). The contenders run in turns; the table gives
 the median milliseconds and the ratio peer / camwidget (above 1: camwidget is faster).
 Run by ``benchmarks/run.py`` too, in a process of its own.
 """
@@ -51,6 +53,10 @@ def _grad_cam(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Callable[[],
         with peers.FinerCAM(model, [model.get_submodule(LAYER)]) as cam:
             return cam(x[None], target_idx=TARGET)
 
+    def fullgrad() -> object:
+        with peers.FullGrad(model, []) as cam:
+            return cam(x[None], targets=[ClassifierOutputTarget(TARGET)])
+
     return {
         "gradcam-elementwise": run(peers.GradCAMElementWise),
         "eigengradcam": run(peers.EigenGradCAM),
@@ -59,6 +65,7 @@ def _grad_cam(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Callable[[],
         "shapleycam": run(peers.ShapleyCAM),
         "finercam": finer,
         "randomcam": run(peers.RandomCAM),
+        "fullgrad": fullgrad,
     }
 
 
@@ -94,21 +101,61 @@ def _captum(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Callable[[], o
     }
 
 
+def _torchcam_rounds(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Callable[[], object]]:
+    from torchcam import methods as peers
+
+    def run(kind: type, **kwargs: object) -> Callable[[], object]:
+        def action() -> object:
+            with kind(model, LAYER, input_shape=tuple(x.shape), **kwargs) as cam:
+                return cam(TARGET, model(x[None]))
+
+        return action
+
+    return {
+        "sscam": run(peers.SSCAM, num_samples=2, batch_size=8),
+        "iscam": run(peers.ISCAM, num_samples=2, batch_size=8),
+    }
+
+
+def _torchcam_legrad(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Callable[[], object]]:
+    from torchcam.methods import LeGrad
+
+    def legrad() -> object:
+        with LeGrad(model, list(model.encoder.layers)[-2:]) as cam:
+            return cam(TARGET, model(x[None]))
+
+    return {"legrad": legrad}
+
+
+def _suites(device: str) -> list[tuple[str, Callable, torch.nn.Module, torch.Tensor, str | None]]:
+    """(peer, its contenders, model, input, layer) of each comparison."""
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18(weights=None).eval().to(device)
+    vit = torchvision.models.vit_b_16(weights=None).eval().to(device)
+    torch.nn.init.normal_(vit.heads.head.weight, std=0.02)  # torchvision starts it at zero
+    x = torch.randn(3, 224, 224, generator=torch.Generator().manual_seed(1)).to(device)
+    small = torch.nn.functional.interpolate(x[None], size=(64, 64))[0]
+    return [
+        ("pytorch-grad-cam", _grad_cam, resnet, x, LAYER),
+        ("Captum", _captum, resnet, x, LAYER),
+        ("TorchCAM", _torchcam_rounds, resnet, small, LAYER),
+        ("TorchCAM", _torchcam_legrad, vit, x, None),
+    ]
+
+
 def timings(runs: int, device: str) -> list[tuple[str, str, float, float | str]]:
     """(method, peer, camwidget ms, peer ms or why the peer failed), medians of ``runs``."""
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18(weights=None).eval().to(device)
-    x = torch.randn(3, 224, 224, generator=torch.Generator().manual_seed(1)).to(device)
-    ex = camwidget.Explainer(model)
-    ex.explain(x, LAYER, TARGET)  # the catalogue is built once, outside the timing
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     rows = []
-    for peer_name, peers in (("pytorch-grad-cam", _grad_cam), ("Captum", _captum)):
+    options = {"sscam_samples": 2, "iscam_samples": 2}
+    for peer_name, peers, model, x, layer in _suites(device):
+        ex = camwidget.Explainer(model, **options)
+        ex.explain(x, layer, TARGET)  # the catalogue is built once, outside the timing
         for method, peer in peers(model, x).items():
 
-            def ours(method: str = method) -> object:
+            def ours(method: str = method, ex=ex, x=x, layer=layer) -> object:
                 ex.clear()
-                return ex.explain(x, LAYER, TARGET, method)
+                return ex.explain(x, layer, TARGET, method)
 
             times: dict[str, list[float]] = {"ours": [], "peer": []}
             failed = None

@@ -147,6 +147,18 @@ def fem(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tenso
     return weighted(weights, a, context).to(activations.dtype)
 
 
+def legrad(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
+    """LeGrad (Bousselham et al., ICCV 2025) for vision transformers: the mean over the
+    last ``blocks`` blocks of ReLU(∂s^l/∂A^l), averaged over heads and queries, at the
+    patch keys; s^l the target's score of block l's own tokens (see
+    :mod:`camwidget.legrad`). Reads no single layer."""
+    if context.attention_gradients is None:
+        raise ValueError("LeGrad needs the gradients at the attention")
+    found, prefix, grid = context.attention_gradients()
+    maps = [gradient.clamp(min=0).mean(dim=(0, 1))[prefix:] for gradient in found]
+    return torch.stack(maps).mean(dim=0).reshape(grid)
+
+
 def guided_backprop(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
     """Guided Backpropagation (Springenberg et al., ICLR-W 2015): dy_c/dX (3, H, W) with
     every ReLU passing back only positive gradients where its input is positive. Pixel

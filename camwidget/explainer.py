@@ -226,6 +226,8 @@ class Explainer(MethodOptions, Batches):
     def why_not(self, method: str, layer: str | None = None) -> str | None:
         """Why ``method`` does not apply at ``layer``, in words; None where it does."""
         spec, info = methods.get(method), self.layer(layer)
+        if not spec.suits(self.model):
+            return f"{spec.title} does not apply to this model: {spec.requirement}"
         if spec.applies(info):
             return None
         return (
@@ -254,7 +256,7 @@ class Explainer(MethodOptions, Batches):
             return Resolved(spec.name, info.name, target, None)
         if fallback and spec.fallback is not None:
             instead = methods.get(spec.fallback).title
-            note = f"{spec.title} does not apply at {info.name}: switched to {instead}"
+            note = f"{reason.split(':')[0]}: switched to {instead}"
             return Resolved(spec.fallback, info.name, target, note)
         raise CamwidgetError(f"{reason}. {methods.where_it_applies(spec, self.layers)}")
 

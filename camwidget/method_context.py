@@ -30,7 +30,9 @@ class MethodContext:
     ``layer_gradients``: maps inputs (M, 3, H, W) to the target's gradient at the
     layer's map for each (M, C, h, w), batched; ``full_gradients()``: FullGrad's x ⊙
     ∇_x y_c (3, H, W) and b ⊙ ∇_b y_c (C, h, w) of each biased layer (see
-    :mod:`camwidget.fullgrad`).
+    :mod:`camwidget.fullgrad`); ``attention_gradients()``: LeGrad's gradients of each
+    block's score at its attention (heads, T, T), the number of prefix tokens and the
+    patch grid (see :mod:`camwidget.legrad`).
     ``inputs``: the model input
     (1, 3, H, W); ``input_size``: its (H, W). ``options``: the method's options by
     their short names (see :attr:`camwidget.methods.Method.options`). ``preview(map,
@@ -50,6 +52,7 @@ class MethodContext:
     masked: Callable[[Tensor], Tensor] | None = None
     rescaled: Callable[[Tensor], Tensor] | None = None
     full_gradients: Callable[[], tuple[Tensor, list[Tensor]]] | None = None
+    attention_gradients: Callable[[], tuple[list[Tensor], int, tuple[int, int]]] | None = None
     inputs: Tensor | None = None
     input_size: tuple[int, int] | None = None
     options: Mapping[str, object] = field(default_factory=dict)

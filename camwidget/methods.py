@@ -12,9 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from torch import Tensor
+from torch import Tensor, nn
 
-from . import attributions, cams
+from . import attributions, cams, legrad
 from .components import KERNELS, eigencam, eigengradcam, kpcacam
 from .errors import CamwidgetError
 from .lrp import COMPOSITES as _LRP_COMPOSITES
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 NEEDS = (
     "gradients", "class_weights", "score", "ablate", "guided", "relevance",
     "input_gradients", "masked", "rescaled", "hessian", "layer_gradients", "full_gradients",
+    "attention_gradients",
 )  # fmt: skip
 #: The needs that run many model passes: such a method reports progress and can be
 #: cancelled between batches.
@@ -76,6 +77,10 @@ def _everywhere(layer: LayerInfo) -> bool:
     return True
 
 
+def _any_model(model: nn.Module) -> bool:
+    return True
+
+
 def _where_cam_applies(layer: LayerInfo) -> bool:
     return layer.cam
 
@@ -89,9 +94,10 @@ class Method:
     ``class_agnostic``: the map is the same for every class; ``pixel_level``: the map
     lies on the input's pixels, not on a layer's grid; ``needs_layer``: the method reads
     a layer's activations; ``applies``: whether it is defined at a catalogued layer,
-    with ``requirement`` saying what it needs there (its ``{layer}`` is filled in) and
-    ``fallback`` the method to show instead; ``options``: its settings by short name,
-    passed to ``fn`` in ``context.options`` and part of the cache key; an explainer
+    and ``suits`` for the model, with ``requirement`` saying what it needs (its
+    ``{layer}`` is filled in) and ``fallback`` the method to show instead;
+    ``options``: its settings by short name, passed to ``fn`` in ``context.options``
+    and part of the cache key; an explainer
     takes each as the keyword ``{prefix}_{name}`` (``prefix``: by default the method's
     name without punctuation); ``retarget(target, output, options)``: the target the
     method explains instead of the one asked for (``output``: the image's own);
@@ -108,6 +114,7 @@ class Method:
     pixel_level: bool = False
     needs_layer: bool = True
     applies: Callable[[LayerInfo], bool] = _everywhere
+    suits: Callable[[nn.Module], bool] = _any_model
     requirement: str = ""
     fallback: str | None = None
     options: Mapping[str, Option] = field(default_factory=dict)
@@ -230,6 +237,17 @@ _BUILT_IN = (
         retarget=finer_target,
         about="Finer-CAM (Zhang et al., CVPR 2025): Grad-CAM of the class against the "
         "classes most like it, what sets it apart.",
+    ),
+    Method(
+        "legrad",
+        "LeGrad",
+        cams.legrad,
+        needs=("attention_gradients",),
+        needs_layer=False,
+        options={"blocks": Option(2, "the last blocks averaged, as the authors (None: all)")},
+        suits=lambda model: legrad.transformer_of(model) is not None,
+        requirement=legrad.NOT_A_VIT,
+        fallback="gradcam",
     ),
     Method(
         "scorecam",
@@ -403,7 +421,8 @@ _BUILT_IN = (
     ),
 )
 
-#: Every layer method's test-time augmentation (see :mod:`camwidget.smoothing`).
+#: The test-time augmentation of every method that reads a layer (see
+#: :mod:`camwidget.smoothing`).
 AUG_SMOOTH = Option(
     False, "average the maps of the input flipped and at 0.9, 1, 1.1 times", (False, True),
     keyword="aug_smooth",
@@ -411,7 +430,7 @@ AUG_SMOOTH = Option(
 
 
 def _smoothable(method: Method) -> Method:
-    if method.pixel_level:
+    if method.pixel_level or not method.needs_layer:
         return method
     return replace(method, options={**method.options, "aug_smooth": AUG_SMOOTH})
 

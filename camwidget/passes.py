@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from . import capture as capture_
-from . import deeplift, fullgrad, lrp, outputs, pixel
+from . import deeplift, fullgrad, legrad, lrp, outputs, pixel
 from .capture import Capture
 from .errors import CamwidgetError
 from .layouts import Layout, Reshape
@@ -239,6 +239,15 @@ class Passes:
         """FullGrad's input × gradient and bias × gradient maps (see :mod:`fullgrad`)."""
         with self.lock:
             found = fullgrad.decomposition(self.model, inputs, self._selected(scorer))
+            self.counts.update(("forward", "backward"))
+        return found
+
+    def attention_gradients(
+        self, inputs: Tensor, scorer: Scorer, blocks: int | None
+    ) -> tuple[list[Tensor], int, tuple[int, int]]:
+        """LeGrad's gradients at the last ``blocks`` attentions (see :mod:`legrad`)."""
+        with self.lock:
+            found = legrad.attention_gradients(self.model, inputs, self._selected(scorer), blocks)
             self.counts.update(("forward", "backward"))
         return found
 

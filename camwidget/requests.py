@@ -181,6 +181,14 @@ def _full_gradients(
     return lambda: services.passes.full_gradients(request.inputs, scorer)
 
 
+def _attention_gradients(
+    request: MapRequest, services: Services
+) -> Callable[[], tuple[list[Tensor], int, tuple[int, int]]]:
+    scorer = scoring.values(request.target)
+    blocks = request.options.get("blocks")
+    return lambda: services.passes.attention_gradients(request.inputs, scorer, blocks)
+
+
 def _pixels(kind: str, request: MapRequest, services: Services) -> Callable[[], Tensor]:
     """Guided backpropagation or LRP relevance of the target at the input, one forward
     and one backward per (image, target[, composite]), kept with the image's passes."""
@@ -220,4 +228,5 @@ _LENDERS: dict[str, Callable[[MapRequest, Services], object]] = {
     "masked": _masked,
     "rescaled": _rescaled,
     "full_gradients": _full_gradients,
+    "attention_gradients": _attention_gradients,
 }

@@ -35,6 +35,21 @@ def image(photo_tensor):
     return torch.nn.functional.interpolate(photo_tensor[None], size=(96, 96))[0]
 
 
+@pytest.fixture(scope="module")
+def vit():
+    """A small timm ViT (random weights): a 6×6 patch grid on the 96-pixel image."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    return timm.create_model(
+        "vit_tiny_patch16_224", img_size=96, num_classes=10, dynamic_img_size=True
+    ).eval()
+
+
+def model_for(spec: Method, resnet18, vit):
+    """ResNet-18, or the ViT for a method that reads a transformer's attention."""
+    return resnet18 if spec.suits(resnet18) else vit
+
+
 def test_the_registry_is_the_contract():
     assert tuple(methods.REGISTRY) == camwidget.METHODS
     for name, spec in methods.REGISTRY.items():
@@ -46,14 +61,15 @@ def test_the_registry_is_the_contract():
 
 
 @pytest.mark.parametrize("name", list(methods.REGISTRY))
-def test_each_method_from_its_descriptor(resnet18, image, name):
+def test_each_method_from_its_descriptor(resnet18, vit, image, name):
     spec = methods.REGISTRY[name]
-    model = copy.deepcopy(resnet18).train()
+    model = copy.deepcopy(model_for(spec, resnet18, vit)).train()
     before = ModelState.of(model)
     ex = Explainer(model, **SMALL)
     layer = next(info for info in reversed(ex.layers) if spec.applies(info)).name
     first = ex.explain(image, layer, 3, name)
     grid = (96, 96) if spec.pixel_level else ex.layer(layer).shape[1:]  # the input's pixels
+    grid = grid if spec.needs_layer or spec.pixel_level else (6, 6)  # LeGrad: the patches
     assert first.raw.shape == grid and np.isfinite(first.raw).all()
     assert first.heatmap.shape == (96, 96) and 0 <= first.heatmap.min() <= first.heatmap.max() <= 1
     # one backward to the layer for gradients, one to the input for pixel-level methods
@@ -61,6 +77,7 @@ def test_each_method_from_its_descriptor(resnet18, image, name):
     # occlusion's masked inputs, two more for a Hessian-vector product
     backward = spec.needs_gradients + (spec.pixel_level and not spec.perturbing)
     backward += 2 * ("hessian" in spec.needs) + ("layer_gradients" in spec.needs)
+    backward += "attention_gradients" in spec.needs  # one pass, a small backward per block
     assert ex.passes["backward"] == backward
     assert (first.attribution is not None) == spec.signed
     if spec.rectified:
@@ -81,9 +98,10 @@ def test_where_a_method_does_not_apply(resnet18, image, name):
     spec = methods.REGISTRY[name]
     ex = Explainer(resnet18)
     ex.explain(image)
-    outside = next(info.name for info in ex.layers if not spec.applies(info))
+    outside = next(info.name for info in ex.layers if ex.why_not(name, info.name))
     reason = ex.why_not(name, outside)
-    assert reason.startswith(f"{spec.title} does not apply at layer {outside!r}")
+    where = "to this model" if not spec.suits(resnet18) else f"at layer {outside!r}"
+    assert reason.startswith(f"{spec.title} does not apply {where}")
     with pytest.raises(CamwidgetError, match="does not apply") as error:
         ex.explain(image, outside, 3, name)
     assert spec.requirement.format(layer=outside) in str(error.value)
@@ -93,10 +111,10 @@ def test_where_a_method_does_not_apply(resnet18, image, name):
 
 
 @pytest.mark.parametrize("name", [name for name, spec in methods.REGISTRY.items() if spec.options])
-def test_options_enter_the_cache_key(resnet18, image, name):
+def test_options_enter_the_cache_key(resnet18, vit, image, name):
     spec = methods.REGISTRY[name]
-    ex = Explainer(resnet18, **SMALL)
-    layer = next(info.name for info in ex.layers if spec.applies(info) and info.shape[0] >= 256)
+    ex = Explainer(model_for(spec, resnet18, vit), **SMALL)
+    layer = next(info.name for info in ex.layers if spec.applies(info) and info.shape[0] >= 128)
     ex.explain(image, layer, 3, name)
     for keyword in map(spec.keyword, spec.options):
         passes = sum(ex.passes.values())

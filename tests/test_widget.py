@@ -627,7 +627,7 @@ def test_pixel_level_methods_show_a_signed_map_without_the_layer(panel):
     toggle = panel.controls["positive_only"]
     assert not layer.disabled and toggle.layout.display == "none"
     panel.method = "guided-backprop"
-    assert layer.disabled and "reads no layer" in layer.tooltip
+    assert layer.disabled and "reads no layer of your choosing" in layer.tooltip
     assert toggle.layout.display == "flex"
     options = panel.controls["method"].options
     labels = dict((v, k) for k, v in options)

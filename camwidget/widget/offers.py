@@ -26,10 +26,14 @@ class Offers:
 
     def _offer_methods(self) -> None:
         """The methods that apply at the main view's layer, group by group; the tooltip
-        says what the chosen one computes and why others are left out."""
+        says what the chosen one computes and why others are left out (those made for
+        another kind of model go unmentioned)."""
         control = self._controls["method"]
         specs, reasons = [], []
+        model = self.explainer.model
         for name, spec in methods.REGISTRY.items():
+            if not spec.suits(model):
+                continue
             reason = self.explainer.why_not(name, self.layer)
             if reason is None:
                 specs.append(spec)
@@ -54,7 +58,7 @@ class Offers:
             control.tooltip = (
                 "the layer whose feature maps are explained"
                 if spec.needs_layer
-                else f"{spec.title} reads no layer: it explains the input's pixels directly"
+                else f"{spec.title} reads no layer of your choosing: {spec.summary}"
             )
         specs = [methods.get(method) for method in shown.values()]
         signed = any(spec.signed for spec in specs)
