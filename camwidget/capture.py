@@ -8,6 +8,7 @@ exactly as it was found.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -323,6 +324,39 @@ def hessian_product(capture: Capture, score: Tensor, layer: str) -> Tensor:
     return torch.zeros_like(activations) if product is None else product.detach()
 
 
+class FasterLayout:
+    """Which memory layout runs a model faster on this machine's CPU, learnt from the
+    first batches of a run: channels-last speeds convolutions up at large inputs and
+    slows them down at small ones (ResNet-18: 1.25x faster at 224 pixels, 2x slower at
+    64), by model. The first four batches alternate between the two (the second of
+    each, warm, is timed), the rest take the faster per input. On a GPU: channels-last."""
+
+    TRIED = (torch.contiguous_format, torch.channels_last) * 2
+
+    def __init__(self) -> None:
+        self.seconds: dict[torch.memory_format, float] = {}
+        self.tried = 0
+
+    @contextmanager
+    def timed(self, batch: Tensor) -> Iterator[Tensor]:
+        """``batch`` in the layout to use; timed while the layouts are tried."""
+        if len(batch) < 2:
+            yield batch
+            return
+        if batch.device.type != "cpu":
+            yield batch.contiguous(memory_format=torch.channels_last)
+            return
+        if self.tried >= len(self.TRIED):
+            yield batch.contiguous(memory_format=min(self.seconds, key=self.seconds.get))
+            return
+        layout = self.TRIED[self.tried]
+        start = time.perf_counter()
+        yield batch.contiguous(memory_format=layout)
+        self.tried += 1
+        if self.tried > 2:
+            self.seconds[layout] = (time.perf_counter() - start) / len(batch)
+
+
 @torch.no_grad()
 def score_inputs(
     model: nn.Module,
@@ -335,15 +369,14 @@ def score_inputs(
 ) -> Tensor:
     """``score(output)`` (one number per input) of the model on each input of each of
     ``batches``, without autograd; ``output`` is the selected part of the model's output
-    for a batch. Batches go in channels-last (faster convolutions on CPU, the model
-    untouched). After each batch, ``scored(scores so far)`` and then ``progress(done,
-    total)`` are called."""
-    scores, done = [], 0
+    for a batch. Batches go in the memory layout that runs the model faster (see
+    :class:`FasterLayout`; the model untouched). After each batch, ``scored(scores so
+    far)`` and then ``progress(done, total)`` are called."""
+    scores, done, layouts = [], 0, FasterLayout()
     with guarded(model):
         for batch in batches:
-            if len(batch) > 1:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            scores.append(score(select(model(batch))).float())
+            with layouts.timed(batch) as batch:
+                scores.append(score(select(model(batch))).float())
             done += len(batch)
             if scored is not None:
                 scored(torch.cat(scores))

@@ -6,8 +6,10 @@ last block's: the mean over every token, then the model's final norm and head (t
 authors' code and TorchCAM's ``LeGrad``). The attention probabilities are not kept by
 the fused kernels: timm's ``Attention`` is run unfused for the pass, and torchvision's
 ``nn.MultiheadAttention`` is computed by the hook from its own weights (self-attention
-without masks or added keys). One forward with temporary hooks, one small backward per
-block; the model is left as it was.
+without masks or added keys). One pass with temporary hooks, from the input or, where
+the image's forward kept the output of the block before the first one read, from
+there (through the last blocks only); one small backward per block. The model is left
+as it was.
 """
 
 from __future__ import annotations
@@ -72,23 +74,33 @@ def transformer_of(model: nn.Module) -> Transformer | None:
 
 
 def attention_gradients(
-    model: nn.Module, inputs: Tensor, score: Callable[[object], Tensor], blocks: int | None
+    model: nn.Module,
+    inputs: Tensor,
+    score: Callable[[object], Tensor],
+    blocks: int | None,
+    kept: Callable[[str], Tensor | None] = lambda name: None,
 ) -> tuple[list[Tensor], int, tuple[int, int]]:
     """For the last ``blocks`` blocks (None: all), ∂s^l/∂A^l (heads, T, T) of ``score``
     (one number per row of logits) at ``inputs`` (1, 3, H, W); with the number of
-    prefix tokens and the patch grid (h, w)."""
+    prefix tokens and the patch grid (h, w). ``kept(name)``: the output (1, T, D) of
+    the module called ``name`` in the image's own forward, where it was kept."""
     found = transformer_of(model)
     if found is None:
         raise CamwidgetError(NOT_A_VIT)
     chosen = range(len(found.blocks))[-blocks:] if blocks else range(len(found.blocks))
     tokens: dict[int, Tensor] = {}
     attention: dict[int, Tensor] = {}
-    x = inputs.detach().clone().requires_grad_(True)
+    before = _before(model, found, chosen.start, kept)
     with guarded(model) as handles, torch.enable_grad(), _unfused(found, chosen):
         for index in chosen:
             handles.append(found.blocks[index].register_forward_hook(_keep(tokens, index)))
             handles.append(_attention_hook(found, index, attention))
-        called(model, x)
+        if before is None:
+            called(model, inputs.detach().clone().requires_grad_(True))
+        else:
+            x = before.detach().clone().requires_grad_(True)
+            for index in chosen:
+                x = found.blocks[index](x)
         gradients = []
         for index in chosen:
             value = score(found.head(tokens[index].mean(dim=1))).sum()
@@ -96,6 +108,18 @@ def attention_gradients(
             gradients.append(gradient[0].detach())
     patches = gradients[0].shape[-1] - found.prefix
     return gradients, found.prefix, _grid(patches, inputs.shape[-2:])
+
+
+def _before(
+    model: nn.Module, found: Transformer, start: int, kept: Callable[[str], Tensor | None]
+) -> Tensor | None:
+    """The kept input of block ``start`` (the output of the block before), if any."""
+    if start == 0:
+        return None
+    previous = found.blocks[start - 1]
+    name = next((n for n, m in model.named_modules() if m is previous), None)
+    tokens = kept(name) if name is not None else None
+    return tokens if isinstance(tokens, Tensor) and tokens.dim() == 3 else None
 
 
 def _keep(store: dict[int, Tensor], index: int) -> Callable[..., None]:

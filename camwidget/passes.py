@@ -243,11 +243,17 @@ class Passes:
         return found
 
     def attention_gradients(
-        self, inputs: Tensor, scorer: Scorer, blocks: int | None
+        self,
+        inputs: Tensor,
+        scorer: Scorer,
+        blocks: int | None,
+        kept: Callable[[str], Tensor | None],
     ) -> tuple[list[Tensor], int, tuple[int, int]]:
         """LeGrad's gradients at the last ``blocks`` attentions (see :mod:`legrad`)."""
         with self.lock:
-            found = legrad.attention_gradients(self.model, inputs, self._selected(scorer), blocks)
+            found = legrad.attention_gradients(
+                self.model, inputs, self._selected(scorer), blocks, kept
+            )
             self.counts.update(("forward", "backward"))
         return found
 

@@ -186,7 +186,13 @@ def _attention_gradients(
 ) -> Callable[[], tuple[list[Tensor], int, tuple[int, int]]]:
     scorer = scoring.values(request.target)
     blocks = request.options.get("blocks")
-    return lambda: services.passes.attention_gradients(request.inputs, scorer, blocks)
+    capture, row = request.capture, request.row
+
+    def kept(name: str) -> Tensor | None:
+        found = capture.activations.get(name)
+        return None if found is None else found[row : row + 1]
+
+    return lambda: services.passes.attention_gradients(request.inputs, scorer, blocks, kept)
 
 
 def _pixels(kind: str, request: MapRequest, services: Services) -> Callable[[], Tensor]:

@@ -34,7 +34,14 @@ def torchvision_vit():
 def test_legrad_equals_torchcam_on_torchvisions_vit(torchvision_vit, blocks):
     x = torch.randn(3, 48, 48, generator=torch.Generator().manual_seed(1))
     before = ModelState.of(torchvision_vit)
-    e = Explainer(torchvision_vit, legrad_blocks=blocks).explain(x, None, 3, "legrad")
+    calls = []
+    handle = torchvision_vit.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        e = Explainer(torchvision_vit, legrad_blocks=blocks).explain(x, None, 3, "legrad")
+    finally:
+        handle.remove()
+    # the image's forward keeps every block's tokens: LeGrad runs only the last blocks
+    assert len(calls) == (1 if blocks else 2)
     layers = list(torchvision_vit.encoder.layers)
     with LeGrad(torchvision_vit, layers[-blocks:] if blocks else layers) as peer:
         theirs = peer(3, torchvision_vit(x[None]))[0][0].numpy()
