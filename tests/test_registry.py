@@ -160,3 +160,42 @@ def test_a_new_method_is_one_function_and_one_entry(resnet18, image, monkeypatch
     assert panel.explanation.method == "random"
     assert "Random is class-agnostic" in panel.controls["messages"].value
     panel.close()
+
+
+class Labelled(torch.utils.data.Dataset):
+    """Images with their labels, as a dataset for the audit."""
+
+    def __init__(self, images: list, labels: list[int]) -> None:
+        self.items = list(zip(images, labels, strict=True))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple:
+        return self.items[index]
+
+
+@pytest.mark.parametrize("name", list(methods.REGISTRY))
+def test_each_method_in_batches_the_metrics_and_the_audit(resnet18, vit, image, name):
+    spec = methods.REGISTRY[name]
+    ex = Explainer(model_for(spec, resnet18, vit), **SMALL)
+    layer = next(info for info in reversed(ex.layers) if spec.applies(info)).name
+    images = [image, image.flip(2)]
+    batch = ex.explain_batch(images, layer, [3, 5], method=name)
+    for one, target, e in zip(images, [3, 5], batch, strict=True):
+        single = ex.explain(one, layer, target, name)
+        assert np.isfinite(e.raw).all()
+        # Ablation-CAM's weights are differences of nearly equal scores (y_c - y_c^k):
+        # the rounding of a batch's forward against one image's shows at 1e-4
+        tolerance = 1e-3 if name == "ablationcam" else 1e-5
+        np.testing.assert_allclose(e.raw, single.raw, atol=tolerance * np.abs(single.raw).max())
+    deleted, inserted = camwidget.metrics.deletion_insertion(ex, image, batch[0].heatmap, 3, 4)
+    assert 0 <= deleted.auc <= 1 and 0 <= inserted.auc <= 1
+    audit = camwidget.explain_dataset(
+        ex, Labelled(images, [3, 5]), layer=layer, method=name, targets="true", progress=False
+    )
+    assert len(audit) == 2 and audit.complete
+    size = ex.model_input.size or ex.model_input.preferred  # the audit's input size
+    resized = torch.nn.functional.interpolate(image[None], size=size, mode="bilinear")[0]
+    expected = ex.explain(resized, layer, 3, name).raw
+    np.testing.assert_allclose(audit[0].raw, expected, rtol=1e-3, atol=1e-3 * expected.max())
