@@ -544,7 +544,8 @@ def test_method_switches_run_no_pass_except_the_first_scorecam(panel):
 
 def test_the_faithfulness_view(panel, monkeypatch):
     ex = panel.explainer
-    ex.scorecam_channels = 8  # keep the ranking quick
+    ex.scorecam_channels = ex.sscam_channels = ex.iscam_channels = 8  # a quick ranking
+    ex.sscam_samples = ex.iscam_samples = 2
     panel.controls["faithfulness"].value = True
     panel.wait()  # the numbers are computed beside the kernel
     view = panel.faithfulness
