@@ -125,8 +125,11 @@ def default_layer(layers: list[LayerInfo], capture: Capture, score: Callable[[],
     last layer on the final grid whose gradient of ``score()`` (the model's top answer)
     is not identically zero on the grid; the last one on it if all are. In a class-token
     ViT the last block's output reaches the logits only through the class token, so its
-    grid has zero gradient: the default is then inside that block. The backward goes
-    only as deep as needed: the last 8 candidates, then 32, then all.
+    grid has zero gradient: the default is then inside that block, at its first norm
+    (``blocks.11.norm1``, ``ln_1``, ``layernorm_before``: where the field's guides point
+    Grad-CAM, the tokens every projection of the attention reads) rather than at one of
+    those projections. The backward goes only as deep as needed: the last 8 candidates,
+    then 32, then all.
     """
     for prefix in ("backbone.body.", "backbone."):
         inside = [layer.name for layer in layers if layer.name.startswith(prefix)]
@@ -139,10 +142,27 @@ def default_layer(layers: list[LayerInfo], capture: Capture, score: Callable[[],
         grads = capture_.backward(capture, value, names)
         for name in reversed(names):
             if capture.layouts[name].to_nchw(grads[name]).abs().amax() > 0:
-                return name
+                return _block_norm(layers, names, name) or name
         if depth >= len(candidates):
             break
     return candidates[-1]
+
+
+def _block_norm(layers: list[LayerInfo], names: list[str], found: str) -> str | None:
+    """Where ``found`` is a linear projection of tokens: the first layer norm of the
+    block holding it (the nearest enclosing module that has one before it among
+    ``names``), else None."""
+    kinds = {layer.name: layer for layer in layers}
+    if kinds[found].kind != "Linear" or kinds[found].layout != "tokens":
+        return None
+    before = names[: names.index(found)]
+    parts = found.split(".")
+    for depth in range(len(parts) - 1, 0, -1):
+        block = ".".join(parts[:depth]) + "."
+        norms = [n for n in before if n.startswith(block) and kinds[n].kind == "LayerNorm"]
+        if norms:
+            return norms[0]
+    return None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ import timm
 import torch
 from compat import check, write_table
 
+from camwidget import Explainer
+
 #: timm module (family) -> (model, millions of parameters)
 FAMILIES = {
     "beit": ("beit_base_patch16_224", 86.5),
@@ -153,3 +155,20 @@ def test_write_timm_compatibility_table():
         pytest.skip("no model was run")
     names = [name for name, _ in FAMILIES.values()]
     write_table("compatibility-timm.md", names, ROWS, FAILURES)
+
+
+@pytest.mark.parametrize(
+    "name", ["vit_tiny_patch16_224", "deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"]
+)
+def test_class_token_vits_default_to_the_last_blocks_first_norm(name):
+    """Where the field's guides point Grad-CAM; without the rule the default was the
+    attention's input projection (``attn.qkv``), the last map before the class token
+    alone reaches the logits."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = timm.create_model(name, pretrained=False).eval()
+    ex = Explainer(model)
+    e = ex.explain(torch.randn(3, *model.default_cfg["input_size"][1:]))
+    assert ex.default_layer == f"blocks.{len(model.blocks) - 1}.norm1"
+    assert e.layer == ex.default_layer and e.raw.max() > 0
