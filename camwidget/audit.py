@@ -31,6 +31,7 @@ from .audit_ray import run as run_on_ray
 from .audit_store import ParquetStore, Store, optional
 from .errors import CamwidgetError
 from .explainer import Explainer
+from .preparation import pixel_values
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -91,7 +92,8 @@ class Images(Dataset):
                 image.detach().float()[None], size=self.size, mode="bilinear", align_corners=False
             )[0]
         elif self.preprocess is not None:
-            inputs = self.preprocess(Image.fromarray(images.to_rgb(image)))
+            inputs = pixel_values(self.preprocess(Image.fromarray(images.to_rgb(image))))
+            inputs = inputs[0] if inputs.dim() == 4 else inputs
         else:
             inputs = self.model_input.at_size(self.size, "the audit")(images.to_rgb(image))[0]
         return inputs, label, index

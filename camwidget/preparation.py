@@ -3,7 +3,7 @@ input size a model takes when it turns out to take only one."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from .errors import CamwidgetError
 from .explanation import PreparedImage
 from .inputs import ModelInput
 
-Preprocess = Callable[[object], Tensor]
+Preprocess = Callable[[object], Tensor | Mapping[str, object]]
 
 
 class Preparation:
@@ -121,8 +121,30 @@ class Preparation:
             raise CamwidgetError(
                 f"the preprocess function failed: {type(error).__name__}: {error}"
             ) from error
-        if not isinstance(inputs, Tensor):
-            raise CamwidgetError(
-                f"the preprocess function must return a torch tensor, not {type(inputs).__name__}"
-            )
+        inputs = pixel_values(inputs)
         return inputs[None] if inputs.dim() == 3 else inputs
+
+
+def pixel_values(output: object) -> Tensor:
+    """What a preprocess returned, as the model's input tensor: a tensor, or a mapping
+    with ``pixel_values`` (a Hugging Face image processor's ``BatchFeature``: a tensor,
+    an array, or a list of one image's array)."""
+    if isinstance(output, Mapping):
+        if "pixel_values" not in output:
+            raise CamwidgetError(
+                "the preprocess returned a mapping without 'pixel_values' (it has "
+                f"{', '.join(map(repr, output)) or 'nothing'}): pass a function that returns "
+                "the model's input tensor, or the model's Hugging Face image processor"
+            )
+        output = output["pixel_values"]
+        if isinstance(output, (list, tuple)) and len(output) == 1:
+            output = output[0]
+        if isinstance(output, np.ndarray):
+            output = torch.from_numpy(np.ascontiguousarray(output))
+    if not isinstance(output, Tensor):
+        raise CamwidgetError(
+            "the preprocess function must return a torch tensor (or a mapping with "
+            f"'pixel_values', as a Hugging Face image processor does), not "
+            f"{type(output).__name__}"
+        )
+    return output

@@ -11,7 +11,7 @@ import torch
 from conftest import ModelState
 from torch import nn
 
-from camwidget import CamwidgetError, Explainer
+from camwidget import CamwidgetError, Explainer, explain_dataset
 
 
 class Counted:
@@ -342,6 +342,54 @@ def test_custom_preprocess_and_labels(resnet18, photo):
 def test_bad_preprocess_is_explained(resnet18, photo):
     ex = Explainer(resnet18, preprocess=lambda image: np.zeros((3, 8, 8)))
     with pytest.raises(CamwidgetError, match="must return a torch tensor"):
+        ex.explain(photo)
+
+
+class ImageProcessor:
+    """What a Hugging Face image processor returns when called on one image without
+    ``return_tensors``: a mapping whose ``pixel_values`` is a list of one float array."""
+
+    def __init__(self, as_tensors: bool = False) -> None:
+        self.as_tensors = as_tensors
+
+    def __call__(self, image, return_tensors=None):
+        rgb = np.asarray(image.resize((64, 64)), dtype=np.float32) / 255.0
+        pixels = ((rgb - 0.5) / 0.5).transpose(2, 0, 1)
+        if self.as_tensors or return_tensors == "pt":
+            return {"pixel_values": torch.from_numpy(pixels)[None]}
+        return {"pixel_values": [pixels]}
+
+
+def test_an_image_processor_is_a_preprocess(resnet18, photo):
+    def same(image):  # the equivalent callable
+        return ImageProcessor(as_tensors=True)(image)["pixel_values"][0]
+
+    expected = Explainer(resnet18, preprocess=same).explain(photo, "layer3", 7)
+    for processor in (ImageProcessor(), ImageProcessor(as_tensors=True)):
+        e = Explainer(resnet18, preprocess=processor).explain(photo, "layer3", 7)
+        np.testing.assert_array_equal(e.raw, expected.raw)
+    folder = [(photo, 7), (photo.rotate(90), 3)]
+    audit = explain_dataset(
+        Explainer(resnet18, preprocess=ImageProcessor()), Pairs(folder), layer="layer3",
+        targets="true", progress=False,
+    )  # fmt: skip
+    np.testing.assert_allclose(audit[0].raw, expected.raw, rtol=1e-3, atol=1e-3)
+
+
+class Pairs(torch.utils.data.Dataset):
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+
+def test_a_processor_without_pixel_values_is_explained(resnet18, photo):
+    ex = Explainer(resnet18, preprocess=lambda image: {"input_ids": [1, 2]})
+    with pytest.raises(CamwidgetError, match="without 'pixel_values' \\(it has 'input_ids'\\)"):
         ex.explain(photo)
 
 
