@@ -19,6 +19,9 @@ from PIL import Image
 
 from camwidget import samples
 
+# Hugging Face models are built from configs here: nothing may be downloaded.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 HOOK_DICTS = (
     "_forward_hooks",
     "_forward_pre_hooks",
