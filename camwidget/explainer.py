@@ -63,10 +63,11 @@ class Explainer(MethodOptions, Batches):
     :mod:`camwidget.targets`).
 
     ``preprocess`` maps a PIL RGB image to a float tensor (3, H, W) or (1, 3, H, W),
-    or to a mapping with ``pixel_values`` (a Hugging Face image processor) (default: the model's declared normalisation, timm's ``pretrained_cfg``, else
-    ImageNet's mean and std, at the image's own size, resized only for a model that
-    takes one input size: declared, or learned when it fails at the image's size and
-    works at its ``input_size`` or 224×224). ``labels``: class names, a sequence or a
+    or to a mapping with ``pixel_values`` (a Hugging Face image processor). By default:
+    the model's declared normalisation, timm's ``pretrained_cfg``, else ImageNet's mean
+    and std, at the image's own size, resized only for a model that takes one input
+    size: declared, or learned when it fails at the image's size and works at its
+    ``input_size`` or 224×224. ``labels``: class names, a sequence or a
     mapping index -> name. ``device``: where inputs go; by default the model's own (the
     model is never moved). ``reshape``: layer name -> a function that turns that
     layer's output into (N, C, h, w), for layouts camwidget does not find itself. Images
