@@ -133,12 +133,8 @@ def _attention_hook(found: Transformer, index: int, store: dict[int, Tensor]) ->
     """A hook that puts block ``index``'s attention probabilities (1, heads, T, T),
     as used downstream, in ``store``."""
     module = found.attentions[index]
-    if found.unfused:
-
-        def keep(dropout: nn.Module, args: object, out: Tensor) -> None:
-            store[index] = out
-
-        return module.attn_drop.register_forward_hook(keep)
+    if found.unfused:  # the probabilities pass through the attention's dropout
+        return module.attn_drop.register_forward_hook(_keep(store, index))
     _check_plain(module)
 
     def recompute(mha: nn.MultiheadAttention, args: tuple, kwargs: dict, out: object) -> tuple:

@@ -184,8 +184,8 @@ SUMS = {
     )
 }  # fmt: skip
 
-#: The options of SS-CAM and IS-CAM besides their rounds.
-ROUNDS = {
+#: The options of the methods that score masked inputs (Score-CAM, SS-CAM, IS-CAM).
+MASKED = {
     "channels": Option(None, "score only this many most active channels (None: all)"),
     "batch_size": Option(None, "masked inputs per forward (None: 8 on CPU, 32 on GPU)"),
     **SUMS,
@@ -254,11 +254,7 @@ _BUILT_IN = (
         "Score-CAM",
         scorecam,
         needs=("score",),
-        options={
-            "batch_size": Option(None, "masked inputs per forward (None: 8 on CPU, 32 on GPU)"),
-            "channels": Option(None, "score only this many most active channels (None: all)"),
-            **SUMS,
-        },
+        options=MASKED,
     ),
     Method(
         "sscam",
@@ -269,7 +265,7 @@ _BUILT_IN = (
             "samples": Option(35, "noisy rounds over the channels"),
             "sigma": Option(2.0, "the noise's standard deviation on the [0, 1] masks"),
             "seed": SEED,
-            **ROUNDS,
+            **MASKED,
         },
     ),
     Method(
@@ -277,7 +273,7 @@ _BUILT_IN = (
         "IS-CAM",
         iscam,
         needs=("masked",),
-        options={"samples": Option(10, "rounds along the path"), **ROUNDS},
+        options={"samples": Option(10, "rounds along the path"), **MASKED},
     ),
     Method("eigencam", "Eigen-CAM", eigencam, rectified=False, class_agnostic=True),
     Method(
