@@ -156,12 +156,26 @@ def on_page(view) -> tuple:
 
 
 def filter_palette(markup: str) -> np.ndarray:
-    """The (256, 4) RGBA palette an SVG colour filter applies: its four tables (R, G, B,
-    coverage), each value times 255."""
+    """The (256, 4) RGBA palette that a view's SVG filters apply (one filter, or a cut
+    and a tint one after the other): their tables for R, G, B and the coverage, each
+    value times 255."""
     import re
 
-    tables = re.findall(r'tableValues="([^"]+)"', markup)
-    return np.rint(np.array([t.split() for t in tables], np.float64).T * 255)
+    tables = dict(re.findall(r'<feFunc([RGBA]) type="table" tableValues="([^"]+)"', markup))
+    assert sorted(tables) == ["A", "B", "G", "R"], markup[:200]
+    values = [tables[c].split() for c in "RGBA"]
+    return np.rint(np.array(values, np.float64).T * 255)
+
+
+def page_legend(view) -> np.ndarray:
+    """The colour legend a browser shows for a view: its bar (a colorbar, or a grey
+    ramp that the view's tint filter colours, as its style sheet says)."""
+    import io
+
+    bar = np.asarray(Image.open(io.BytesIO(bytes(view.bar.value))).convert("RGB"))
+    if f"camwidget-bar {{filter: url(#{view.name}-tint)}}" not in view.sheet.value:
+        return bar
+    return filter_palette(view.colours.value)[bar[:, :, 0], :3].astype(np.uint8)
 
 
 def page_picture(view, photo: np.ndarray | None = None) -> np.ndarray:

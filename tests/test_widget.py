@@ -9,7 +9,7 @@ import ipywidgets as widgets
 import numpy as np
 import pytest
 import torch
-from conftest import ModelState, assert_page_shows, on_page
+from conftest import ModelState, assert_page_shows, on_page, page_legend
 from PIL import Image, ImageOps
 from traitlets import TraitError
 
@@ -246,8 +246,8 @@ def test_changes_make_no_new_widget(panel):
 
 def test_each_change_sends_only_what_it_changes(panel, monkeypatch):
     """The photo travels once per image and the map's levels once per map (a layer,
-    class or method change); colormap, threshold and opacity are markup (an SVG filter
-    and a style rule), no image but the colormap's legend."""
+    class or method change); colormap, threshold and opacity are markup (SVG filters
+    and a style rule) and send no image: the legend is a grey ramp the page colours."""
     import ipywidgets
 
     view, sent = panel.main_view, []
@@ -264,7 +264,7 @@ def test_each_change_sends_only_what_it_changes(panel, monkeypatch):
         ("alpha", 0.8, [], "sheet"),
         ("layer", "blocks.12", ["map"], None),
         ("target", 281, ["map"], None),
-        ("colormap", "magma", ["legend"], "colours"),
+        ("colormap", "magma", [], "colours"),
         ("threshold", 0.3, [], "colours"),
         ("alpha", 0.35, [], "sheet"),
     ):
@@ -279,6 +279,36 @@ def test_each_change_sends_only_what_it_changes(panel, monkeypatch):
     sent.clear()
     panel.set_image(samples.load("coffee"))
     assert sorted(name for name, _ in sent) == ["map", "photo"]
+
+
+def test_the_page_follows_the_colormap_list_by_itself(panel):
+    """The panel's style sheet holds a tint filter for each main colormap and picks it
+    by the colormap list's checked option, after the view's own cut (the threshold):
+    together they colour the map as the kernel's filters do, so the page shows a
+    colormap change before the kernel answers."""
+    import re
+
+    from conftest import filter_palette
+
+    listed, follower = panel.controls["colormap"], panel.children[-1].value
+    (mark,) = [c for c in listed._dom_classes if re.fullmatch(r"camwidget-panel-\d+-colormap", c)]
+    css = mark.removesuffix("-colormap")
+    assert css in panel._dom_classes
+    panel.threshold = 0.4
+    for name in render.COLORMAPS:
+        chosen = f'.{css}:has(.{mark} option:checked[data-value="{name}"])'
+        for view in (panel.main_view, panel.compare_view):
+            tinted = f"url(#{view.name}-cut) url(#{css}-{name})"
+            assert f"{chosen} .{view.name} .camwidget-map {{filter: {tinted}}}" in follower
+        assert f"{chosen} :is(.{panel.main_view.name} .camwidget-bar" in follower
+        tint = re.search(rf'<filter id="{css}-{name}".*?</filter>', follower).group(0)
+        cut = re.search(
+            rf'<filter id="{panel.main_view.name}-cut".*?</filter>', panel.main_view.colours.value
+        )
+        np.testing.assert_array_equal(
+            filter_palette(tint + cut.group(0)), render.palette(name, 0.4)
+        )
+    assert "plasma" in listed.options and "-plasma)" not in follower  # the kernel's filter
 
 
 def test_the_page_follows_the_opacity_slider_by_itself(panel):
@@ -577,9 +607,11 @@ def test_the_faithfulness_view(panel, monkeypatch):
 
 
 def test_the_legend_follows_the_colormap_and_the_map(panel):
+    """A legend without a tick is a grey ramp that the page tints with the map's
+    colormap (a colormap change sends no image); one with a tick at 0 is a colorbar."""
     view = panel.main_view
-    bar = np.asarray(Image.open(io.BytesIO(bytes(view.bar.value))))
-    np.testing.assert_array_equal(bar, render.legend("viridis"))  # Grad-CAM: no zero tick
+    ramp = bytes(view.bar.value)
+    np.testing.assert_array_equal(page_legend(view), render.legend("viridis"))  # no tick
     assert "0 (no evidence) → high evidence" in view.bar_text.value
     forwards = []
     handle = panel.explainer.model.register_forward_pre_hook(lambda m, a: forwards.append(1))
@@ -587,8 +619,8 @@ def test_the_legend_follows_the_colormap_and_the_map(panel):
         panel.colormap = "cividis"
     finally:
         handle.remove()
-    bar = np.asarray(Image.open(io.BytesIO(bytes(view.bar.value))))
-    np.testing.assert_array_equal(bar, render.legend("cividis"))
+    assert bytes(view.bar.value) == ramp
+    np.testing.assert_array_equal(page_legend(view), render.legend("cividis"))
     assert forwards == []  # no model pass for a new legend
     panel.layer, panel.method = "head", "cam"  # CAM is signed: no ReLU
     assert panel.explanation.raw.min() > 0 and view.zero is None  # the cat: all positive
@@ -598,8 +630,7 @@ def test_the_legend_follows_the_colormap_and_the_map(panel):
     assert raw.min() < 0 < raw.max()
     assert view.zero == pytest.approx(-raw.min() / (raw.max() - raw.min()))
     assert "negative ← 0 → positive" in view.bar_text.value
-    bar = np.asarray(Image.open(io.BytesIO(bytes(view.bar.value))))
-    np.testing.assert_array_equal(bar, render.legend("cividis", zero=view.zero))
+    np.testing.assert_array_equal(page_legend(view), render.legend("cividis", zero=view.zero))
 
 
 def test_legend_bars_by_hand():
@@ -646,8 +677,7 @@ def test_pixel_level_methods_show_a_signed_map_without_the_layer(panel):
     expected = render.blend_signed(rgb, signed, panel.alpha)
     assert_page_shows(view, expected, photo=render.greyed(rgb))  # the grey photo is sent
     assert "against (blue) ← 0 → for the target (red)" in view.bar_text.value
-    bar = np.asarray(Image.open(io.BytesIO(bytes(view.bar.value))))
-    np.testing.assert_array_equal(bar, render.legend(render.DIVERGING, zero=0.5))
+    np.testing.assert_array_equal(page_legend(view), render.legend(render.DIVERGING, zero=0.5))
     height, width = view.frame.shape[:2]  # the picture's legend is the panel's
     below = panel.picture()[height : height + 14, :width]
     np.testing.assert_array_equal(

@@ -12,7 +12,7 @@ from .. import methods, render
 from ..errors import CamwidgetError
 from . import choices
 from .choices import REGIONS
-from .views import OPACITY_STEP
+from .styles import OPACITY_STEP
 
 
 class ClassPicker(widgets.VBox):

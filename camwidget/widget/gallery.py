@@ -28,15 +28,15 @@ from ..audit import Audit, explain_dataset
 from ..errors import CamwidgetError
 from ..explainer import Explainer
 from .panel import CAMWidget
-from .views import (
+from .styles import (
     OPACITY_STEP,
-    colour_filter,
-    display_frame,
     filter_holder,
+    look_filters,
+    look_follower,
     look_rule,
-    opacity_follower,
     unique_class,
 )
+from .views import display_frame
 
 #: Sort orders: name -> (column, ascending); "wrong first" also puts mistakes first.
 ORDERS = {
@@ -230,7 +230,7 @@ class Gallery(widgets.VBox):
             self.below,
             self.sheet,
             self.colours,
-            opacity_follower(self._css, c["alpha"], [self._cards]),
+            look_follower(self._css, c["alpha"], c["colormap"], [self._cards]),
         ]
 
     def _draw_confusion(self) -> None:
@@ -306,8 +306,7 @@ class Gallery(widgets.VBox):
         )
 
     def _restyle(self) -> None:
-        colours = render.palette(self.colormap)
-        self.colours.value = colour_filter(f"{self._cards}-colours", colours)
+        self.colours.value = look_filters(self._cards, self.colormap, 0.0, signed=False)
         self.sheet.value = look_rule(self._cards, self.alpha)
 
     def _card(self, record: pd.Series) -> widgets.VBox:

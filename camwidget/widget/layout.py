@@ -8,7 +8,8 @@ import ipywidgets as widgets
 
 from . import controls as controls_
 from .faithfulness import FaithfulnessView
-from .views import View, opacity_follower
+from .styles import look_follower
+from .views import View
 
 
 def arrange(
@@ -21,7 +22,8 @@ def arrange(
     """The panel's rows, top to bottom: the status; the views beside the class list;
     the choosers; the look; the actions; the work running; the messages; the
     faithfulness view; the inspector; the style by which the page follows the opacity
-    slider (the panel has ``css_class``). Adds the containers it makes to ``c``."""
+    slider and the colormap list (the panel has ``css_class``). Adds the containers it
+    makes to ``c``."""
     c["compare_panel"] = widgets.VBox(
         [*_view(second), c["compare_classes"], c["compare_layer"], c["compare_method"]],
         layout=widgets.Layout(display="none"),
@@ -48,7 +50,7 @@ def arrange(
         c["messages"],
         faithfulness.box,
         c["inspector"],
-        opacity_follower(css_class, c["opacity"], [main.name, second.name]),
+        look_follower(css_class, c["opacity"], c["colormap"], [main.name, second.name]),
     ]
 
 

@@ -41,8 +41,9 @@ from .faithfulness import FaithfulnessView
 from .inspector import Inspector
 from .offers import Offers
 from .picture import StaticPicture, compose
+from .styles import unique_class
 from .traits import BINDINGS, Checked
-from .views import View, display_frame, look_text, status_line, unique_class
+from .views import View, display_frame, look_text, status_line
 
 Answer = tuple[Explanation, list[str]]  # a view's explanation and remarks in words
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import itertools
 from collections.abc import Callable, Mapping
 from functools import partial
 
@@ -16,6 +15,7 @@ from traitlets import Any, HasTraits, Unicode
 from .. import methods, render
 from ..errors import CamwidgetError
 from ..explainer import Explainer, Explanation, PreparedImage, Progress
+from .styles import filter_holder, look_filters, look_rule, unique_class
 
 
 class View(HasTraits):
@@ -57,9 +57,11 @@ class View(HasTraits):
         self.caption = widgets.HTML()
         self.caption.add_class("camwidget-caption")
         self.bar = widgets.Image(format="png", layout=widgets.Layout(width="256px"))
+        self.bar.add_class("camwidget-bar")
         self.bar_text = widgets.HTML()
         self.legend = widgets.HBox([self.bar, self.bar_text])
         self.legend.add_class("camwidget-legend")
+        self.legend.add_class(self.name)  # the bar takes the map's colours
         self.explanation: Explanation | None = None
         self.rgb: np.ndarray | None = None
         self.heat: np.ndarray | None = None
@@ -175,23 +177,23 @@ class View(HasTraits):
     def paint(self, colormap: str, alpha: float, threshold: float) -> None:
         """Send the page what changed, and nothing else: the photo (once per image), the
         map's levels (a grey PNG, once per map), the marks, and the look as markup (no
-        image): the colormap and threshold as an SVG filter that colours the levels, the
-        opacity as a style rule; the legend for a new colormap. With ``compose="kernel"``
-        (a front end that drops the markup), the whole frame as a JPEG instead."""
+        image): the colormap and threshold as SVG filters that colour and cut the levels,
+        the opacity as a style rule. The legend is a grey ramp the page tints, or a new
+        colorbar where it carries a tick at 0. With ``compose="kernel"`` (a front end
+        that drops the markup), the whole frame as a JPEG instead."""
         self._look = (colormap, alpha, threshold)
         if self.compose == "kernel":
             self.photo.value = render.encode(self.frame, "jpeg")
             self.map.layout.display = "none"
         else:
             self._send_layers()
-        self._send(
-            self.bar,  # a colormap change costs no model pass
-            (self.colormap, self.zero),
-            lambda: render.encode(render.legend(self.colormap, zero=self.zero), "png"),
-        )
+        ticked = self.compose == "kernel" or self.zero is not None  # else the page tints a ramp
+        look = (self.colormap, self.zero) if ticked else ("gray", None)
+        self._send(self.bar, look, lambda: render.encode(render.legend(look[0], zero=look[1]), "png"))
+        self.sheet.value = look_rule(self.name, alpha, self.signed, ticked)
 
     def _send_layers(self) -> None:
-        _, alpha, threshold = self._look
+        threshold = self._look[2]
         self._send(self.photo, (self._base,), lambda: render.encode(self._base, "jpeg"))
         self._send(self.map, (self._levels,), lambda: render.encode(self._levels, "png"))
         self.marks.layout.display = "none" if self._drawn is None else None
@@ -200,11 +202,9 @@ class View(HasTraits):
             marks[self._drawn] = 255
             self._send(self.marks, (self._drawn,), lambda: render.encode(marks, "png"))
         look = (self.colormap, threshold, self.signed)
-        if self._sent.get("colours") != look:  # the filter's tables: a few kilobytes
+        if self._sent.get("colours") != look:  # the filters' tables: a few kilobytes
             self._sent["colours"] = look
-            colours = render.palette(*look)
-            self.colours.value = colour_filter(f"{self.name}-colours", colours)
-        self.sheet.value = look_rule(self.name, alpha)
+            self.colours.value = look_filters(self.name, *look)
 
     def _send(self, image: widgets.Image, key: tuple, encoded: Callable[[], bytes]) -> None:
         """Give ``image`` new bytes, made by ``encoded``, only when ``key`` changed (its
@@ -212,86 +212,6 @@ class View(HasTraits):
         if not _same(self._sent.get(image.model_id), key):
             self._sent[image.model_id] = key
             image.value = encoded()
-
-
-_numbers = itertools.count()
-
-
-def filter_holder() -> widgets.HTML:
-    """The widget that holds a :func:`colour_filter`: rendered (an SVG filter must be,
-    in some browsers) but taking no room, in a grid's first cell or in a box."""
-    layout = widgets.Layout(grid_area="1 / 1", height="0px", width="0px", overflow="hidden")
-    return widgets.HTML(layout=layout)
-
-
-def unique_class(prefix: str) -> str:
-    """A CSS class name no other widget of this kernel has, e.g. ``camwidget-view-3``."""
-    return f"{prefix}-{next(_numbers)}"
-
-
-#: The opacity sliders' step: an opacity on these steps the page shows by itself.
-OPACITY_STEP = 0.05
-
-
-def look_rule(css_class: str, alpha: float) -> str:
-    """A style sheet for the maps (``camwidget-map``) inside ``css_class``: coloured by
-    the filter ``{css_class}-colours`` (:func:`colour_filter`), at opacity ``alpha``.
-    An opacity off the slider's steps (set from code) overrides :func:`opacity_follower`'s
-    rules, which know only the steps."""
-    on_step = abs(alpha / OPACITY_STEP - round(alpha / OPACITY_STEP)) < 1e-6
-    rule = f"filter: url(#{css_class}-colours); opacity: {alpha:.3f}"
-    return (
-        f"<style>.{css_class} .camwidget-map {{{rule}{'' if on_step else ' !important'}}}</style>"
-    )
-
-
-def opacity_follower(
-    container: str, slider: widgets.FloatSlider, scopes: list[str]
-) -> widgets.HTML:
-    """A style sheet (in a hidden widget) by which the maps inside the ``scopes`` (CSS
-    classes) take the opacity that ``slider`` shows, in the page itself, before the
-    kernel hears of the change: one rule per step of the slider, chosen by the value its
-    handle announces (``aria-valuetext``: "0.9" as ipywidgets 8 writes it, or "0.90").
-    ``container`` is a class of an element holding the slider and the scopes. The
-    kernel's :func:`look_rule` follows with the same opacity; a front end whose slider
-    announces no value gets that rule alone."""
-    mark = f"{container}-opacity"
-    slider.add_class(mark)
-    maps = ", ".join(f".{scope} .camwidget-map" for scope in scopes)
-    count = round((slider.max - slider.min) / slider.step)
-    values = (round(slider.min + k * slider.step, 6) for k in range(count + 1))
-    rules = "".join(
-        f'.{container}:has(.{mark} [role="slider"]:is([aria-valuetext="{value:g}"], '
-        f'[aria-valuetext="{value:.2f}"])) :is({maps}) {{opacity: {value:g}}}'
-        for value in values
-    )
-    return widgets.HTML(f"<style>{rules}</style>", layout=widgets.Layout(display="none"))
-
-
-def colour_filter(name: str, colours: np.ndarray) -> str:
-    """An SVG filter ``name`` that colours a grey map image (its levels, 0..255) as
-    ``colours`` (a :func:`camwidget.render.palette`): the colour from three tables at the
-    level; the coverage from a fourth, applied to the level moved into the alpha channel
-    (with black, so that no precision is lost to premultiplied alpha), then the colour
-    kept where it covers ("in")."""
-
-    def table(channel: int) -> str:
-        return " ".join(f"{v / 255:.5f}" for v in colours[:, channel].tolist())
-
-    colour = "".join(
-        f'<feFunc{c} type="table" tableValues="{table(i)}"/>' for i, c in enumerate("RGB")
-    )
-    level_to_alpha = "0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 1 0 0 0 0"
-    region = 'x="0" y="0" width="1" height="1"'
-    cover = f'<feFuncA type="table" tableValues="{table(3)}"/>'
-    return (
-        '<svg width="0" height="0" style="position:absolute">'
-        f'<filter id="{name}" color-interpolation-filters="sRGB" {region}>'
-        f'<feComponentTransfer in="SourceGraphic" result="colour">{colour}</feComponentTransfer>'
-        f'<feColorMatrix in="SourceGraphic" type="matrix" values="{level_to_alpha}" '
-        f'result="level"/><feComponentTransfer in="level" result="cover">{cover}'
-        '</feComponentTransfer><feComposite in="colour" in2="cover" operator="in"/></filter></svg>'
-    )
 
 
 def _same(kept: tuple | None, key: tuple) -> bool:

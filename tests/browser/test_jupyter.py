@@ -49,6 +49,10 @@ FLAGS = [
 LATENCIES: dict[str, list[tuple[str, float, float | None]]] = {}
 FRONT_ENDS = ("JupyterLab", "Notebook 7", "Voilà")
 ERRORS: dict[str, tuple] = {}  # the page's error against the panel
+#: change -> [(bytes the page received over its websockets, whether an image was among
+#: them)], from the action to the status naming the change
+RECEIVED: dict[str, list[tuple[int, bool]]] = {}
+IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff")  # a PNG's or a JPEG's first bytes
 
 
 def _free_port() -> int:
@@ -175,6 +179,21 @@ def _accept_dialogs(page) -> None:
         page.wait_for_timeout(500)
 
 
+def _new_page(browser):
+    """A page that counts what it receives over its websockets (the kernel's messages):
+    ``page.received`` is [bytes, frames with an image]."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.received = [0, 0]
+
+    def frame(payload: str | bytes) -> None:
+        data = payload.encode() if isinstance(payload, str) else payload
+        page.received[0] += len(data)
+        page.received[1] += any(magic in data for magic in IMAGE_MAGIC)
+
+    page.on("websocket", lambda socket: socket.on("framereceived", frame))
+    return page
+
+
 def _open(browser, url: str):
     """A page on the notebook at ``url``, the kernels of the tests before shut down (so
     that no earlier kernel's work competes with this page for the 2 cores)."""
@@ -184,7 +203,7 @@ def _open(browser, url: str):
     for kernel in kernels:
         request = urllib.request.Request(f"{server}/api/kernels/{kernel['id']}", method="DELETE")
         urllib.request.urlopen(request).close()
-    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page = _new_page(browser)
     page.goto(url)
     page.wait_for_selector(".jp-Notebook", timeout=120_000)
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
@@ -192,12 +211,14 @@ def _open(browser, url: str):
     return page
 
 
-#: What an overlay shows, as one string: its images' sources, the colour filter's tables
-#: (the colormap and threshold) and the map's opacity.
+#: What an overlay shows, as one string: its images' sources, the colour filters' tables
+#: (the colormap and threshold), and the map's opacity and filters (the page's own
+#: choice of colormap).
 SHOWN = """(box) => [...box.querySelectorAll('img')].map((i) => i.src).join('|')
     + '|' + [...box.querySelectorAll('filter [tableValues]')]
         .map((f) => f.getAttribute('tableValues')).join('|')
-    + '|' + getComputedStyle(box.querySelector('img.camwidget-map')).opacity"""
+    + '|' + getComputedStyle(box.querySelector('img.camwidget-map')).opacity
+    + '|' + getComputedStyle(box.querySelector('img.camwidget-map')).filter"""
 
 
 def _panel_ready(page, done: str | None = "tiger cat"):
@@ -240,6 +261,7 @@ def _changes(page, panel, action, expect, name: str, acts=ACTS) -> None:
     kernel), and from there to the frame."""
     overlay = panel.locator(".camwidget-overlay").first
     before = overlay.evaluate(SHOWN)
+    received = list(page.received)
     overlay.evaluate(
         """(box, [shown, before, kinds]) => {
             const look = new Function('box', `return (${shown})(box)`);
@@ -281,6 +303,9 @@ def _changes(page, panel, action, expect, name: str, acts=ACTS) -> None:
     expect = expect() if callable(expect) else expect
     status.filter(has_text=expect).wait_for(timeout=30_000)
     assert expect in status.inner_text()
+    page.wait_for_timeout(100)  # the messages that follow the status (the legend, the style)
+    size, images = (now - then for now, then in zip(page.received, received, strict=True))
+    RECEIVED.setdefault(name, []).append((size, images > 0))
 
 
 def _front_end(page) -> str:
@@ -329,6 +354,8 @@ def _drive(page, panel, root: Path, tag: str) -> None:
             "opacity",
         )
     page.screenshot(path=str(ARTIFACTS / f"{tag}-2-look.png"))
+    for change in ("colormap", "opacity"):  # markup only: no image reaches the page
+        assert not any(image for _, image in RECEIVED[change]), (change, RECEIVED[change])
 
     def choose_file() -> None:
         with page.expect_file_chooser() as chooser:
@@ -458,6 +485,17 @@ def test_the_page_composes_the_panels_picture(server, browser):
     handle = panel.locator(".camwidget-opacity .noUi-handle")
     readout = panel.locator(".camwidget-opacity .widget-readout")
     photo = panel.locator(".camwidget-overlay img.camwidget-photo")
+
+    def compare(label: str) -> None:
+        shot = page.screenshot(clip=photo.bounding_box(), animations="disabled")
+        screen = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB")).astype(np.int16)
+        assert screen.shape == here.main_view.frame.shape
+        composed = np.abs(screen - page_picture(here.main_view))  # from the bytes sent
+        assert composed.max() <= 2, (label, composed.max())
+        picture = np.abs(screen - here.main_view.frame)  # the picture: JPEG's loss apart
+        assert picture.mean() < 4 and np.percentile(picture, 99) <= 16, (label, picture.mean())
+        ERRORS[f"{path} {label}"] = (composed.max(), picture.mean(), np.percentile(picture, 99))
+
     handle.focus()
     for keys, alpha in ((["Home"], 0.0), (["ArrowRight"] * 10, 0.5), (["End"], 1.0)):
         for key in keys:
@@ -471,18 +509,13 @@ def test_the_page_composes_the_panels_picture(server, browser):
             assert handle.evaluate("(h) => document.activeElement === h"), "focus lost"
         assert float(readout.inner_text()) == alpha
         here.alpha = alpha
-        shot = page.screenshot(clip=photo.bounding_box(), animations="disabled")
-        screen = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB")).astype(np.int16)
-        assert screen.shape == here.main_view.frame.shape
-        composed = np.abs(screen - page_picture(here.main_view))  # from the bytes sent
-        assert composed.max() <= 2, (alpha, composed.max())
-        picture = np.abs(screen - here.main_view.frame)  # the picture: JPEG's loss apart
-        assert picture.mean() < 4 and np.percentile(picture, 99) <= 16, (alpha, picture.mean())
-        ERRORS[f"{path} opacity {alpha}"] = (
-            composed.max(),
-            picture.mean(),
-            np.percentile(picture, 99),
-        )
+        compare(f"opacity {alpha}")
+    # a colormap the page picks itself (its tint filter after the view's cut) and a
+    # threshold's cut: still the panel's picture
+    choose = panel.locator(".camwidget-colormap select")
+    _changes(page, panel, lambda: choose.select_option(value="jet"), "jet", "colormap")
+    here.colormap = "jet"
+    compare("jet, opacity 1.0")
     here.close()
     # the page shows every opacity step by itself: in the task of the key presses, before
     # an answer from the kernel can arrive, the map takes each value the slider announces
@@ -496,11 +529,21 @@ def test_the_page_composes_the_panels_picture(server, browser):
                 h.dispatchEvent(new KeyboardEvent('keydown', {key: 'ArrowLeft', bubbles: true}));
                 steps.push([h.getAttribute('aria-valuetext'), getComputedStyle(map).opacity]);
             }
-            return rule() === before ? steps : 'the kernel answered within the task';
+            const list = h.closest('.camwidget').querySelector('.camwidget-colormap select');
+            const colours = [];
+            for (const name of ['magma', 'cividis', 'turbo']) {
+                list.value = name;
+                list.dispatchEvent(new Event('change', {bubbles: true}));
+                colours.push([name, getComputedStyle(map).filter]);
+            }
+            return rule() === before ? [steps, colours] : 'the kernel answered within the task';
         }"""
     )
+    steps, colours = steps
     assert [float(opacity) for _, opacity in steps] == [float(v) for v, _ in steps]
     assert [round(float(v), 2) for v, _ in steps] == [round(0.95 - 0.05 * i, 2) for i in range(20)]
+    tinted = [re.fullmatch(rf'url\("#\S+-cut"\) url\("#\S+-{n}"\)', f) for n, f in colours]
+    assert all(tinted), colours  # the colormap list's choice, before the kernel hears of it
     panel.locator(".camwidget-status").filter(has_text="opacity 0.00").wait_for(timeout=30_000)
     threshold = panel.locator(".camwidget-threshold .noUi-handle")
     threshold.focus()
@@ -606,7 +649,7 @@ def test_the_code_free_app(app, browser):
     """Students' page: the panel alone, no code; driven like the notebooks; the class
     search takes a name and Enter."""
     url, root = app
-    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page = _new_page(browser)
     page.goto(url)
     panel = _panel_ready(page, done=None)
     assert page.locator(".jp-InputArea, .CodeMirror, .cm-editor").count() == 0  # no code
@@ -702,6 +745,11 @@ def test_print_browser_latency():
         columns.append([total for _, total, _ in records])
         columns.append([first for *_, first in records if first is not None])
         lines.append(f"  {name:<22}" + "".join(f"{median(c):>16}" for c in columns))
+    lines.append("bytes the page received per change, median (changes that brought an image):")
+    for name, records in RECEIVED.items():
+        images = sum(image for _, image in records)
+        size = statistics.median(size for size, _ in records)
+        lines.append(f"  {name:<22}{size:10.0f} B ({images} of {len(records)})")
     lines.append(
         "the page's pixels against the panel's (max from the bytes; mean, p99 vs picture):"
     )
