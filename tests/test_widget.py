@@ -598,12 +598,23 @@ def test_the_faithfulness_view(panel, monkeypatch):
         assert forwards == []
     finally:
         handle.remove()
+    shown = []  # the table as it fills: one method more each time
+    view.table.observe(lambda change: shown.append(change["new"]), "value")
     view.rank_button.click()
     panel.wait()
     rows = view.table.value.count("<tr>") - 1
     applicable = [m for m in camwidget.methods.REGISTRY if ex.why_not(m, "head") is None]
     assert rows == len(applicable) + 1 and "random maps" in view.table.value
+    assert "being scored" not in view.table.value
     assert view.progress.layout.display == "none"
+    assert [table.count("<tr>") - 1 for table in shown] == list(range(2, len(applicable) + 2))
+    assert f"{len(applicable) - 1} more being scored" in shown[0]
+    slow = {camwidget.methods.get(m).title: camwidget.methods.get(m).perturbing for m in applicable}
+    order = [  # whether each method scored, in turn, runs many passes
+        next(slow[t] for t in slow if f"<td>{t}</td>" in now and f"<td>{t}</td>" not in before)
+        for before, now in zip(["", *shown[:-1]], shown, strict=True)
+    ]
+    assert order == sorted(order) and any(order)  # the slow ones last
 
 
 def test_the_legend_follows_the_colormap_and_the_map(panel):

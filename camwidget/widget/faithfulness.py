@@ -91,27 +91,30 @@ class FaithfulnessView:
     ) -> None:
         """Every method applicable at ``e``'s layer, explained by ``explain(method)``,
         ranked by insertion − deletion AUC against random maps of the same smoothness;
-        ``progress`` hears of each map scored (and may raise to stop)."""
+        ``progress`` hears of each map scored (and may raise to stop). The floor comes
+        first, then the methods, those that run many passes last; the table shows each
+        as it is scored, so a ranking stopped early keeps what it found."""
         names = [name for name in methods.REGISTRY if explainer.why_not(name, e.layer) is None]
+        names.sort(key=lambda name: methods.get(name).perturbing)  # the slow ones last
         self.progress.max, self.progress.value = len(names) + RANDOM_DRAWS, 0
         self.progress.layout.display = "flex"
-        rows = []
         try:
-            for name in names:
-                other = explain(name)
-                deleted, inserted, _ = self._numbers(explainer, image, other)
-                rows.append((other.title, inserted.auc - deleted.auc))
-                self._step(progress)
             floor = []
             for seed in range(RANDOM_DRAWS):
                 noise = metrics.random_heatmap(e.raw.shape, e.heatmap.shape, seed)
                 deleted, inserted = metrics.deletion_insertion(explainer, image, noise, e.target)
                 floor.append(inserted.auc - deleted.auc)
                 self._step(progress)
+            rows = [(f"random maps ({RANDOM_DRAWS} draws, the floor)", float(np.mean(floor)))]
+            for scored, name in enumerate(names, 1):
+                other = explain(name)
+                deleted, inserted, _ = self._numbers(explainer, image, other)
+                rows.append((other.title, inserted.auc - deleted.auc))
+                self.table.value = _table(rows, pending=len(names) - scored)
+                self._step(progress)
         finally:
             self.progress.layout.display = "none"
-        rows.append((f"random maps ({RANDOM_DRAWS} draws, the floor)", float(np.mean(floor))))
-        self._rankings[_key(image, e, "*")] = self.table.value = _table(rows)
+        self._rankings[_key(image, e, "*")] = self.table.value
 
     def _step(self, progress: Progress | None) -> None:
         self.progress.value += 1
@@ -171,12 +174,15 @@ def _plot(deleted: metrics.Curve, inserted: metrics.Curve) -> bytes:
     return buffer.getvalue()
 
 
-def _table(rows: list[tuple[str, float]]) -> str:
+def _table(rows: list[tuple[str, float]], pending: int = 0) -> str:
+    """The ranking as an HTML table, best first; ``pending``: methods still to score."""
     ranked = sorted(rows, key=lambda row: -row[1])
     lines = "".join(
         f"<tr><td>{i}</td><td>{html.escape(title)}</td><td>{value:+.3f}</td></tr>"
         for i, (title, value) in enumerate(ranked, 1)
     )
+    more = f"<caption>{pending} more being scored…</caption>" if pending else ""
     return (
-        f"<table><tr><th>#</th><th>method</th><th>insertion − deletion AUC</th></tr>{lines}</table>"
+        f"<table>{more}<tr><th>#</th><th>method</th><th>insertion − deletion AUC</th></tr>"
+        f"{lines}</table>"
     )

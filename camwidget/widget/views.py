@@ -188,8 +188,8 @@ class View(HasTraits):
         else:
             self._send_layers()
         ticked = self.compose == "kernel" or self.zero is not None  # else the page tints a ramp
-        look = (self.colormap, self.zero) if ticked else ("gray", None)
-        self._send(self.bar, look, lambda: render.encode(render.legend(look[0], zero=look[1]), "png"))
+        colormap, zero = (self.colormap, self.zero) if ticked else ("gray", None)
+        self._send(self.bar, (colormap, zero), partial(_legend_png, colormap, zero))
         self.sheet.value = look_rule(self.name, alpha, self.signed, ticked)
 
     def _send_layers(self) -> None:
@@ -212,6 +212,10 @@ class View(HasTraits):
         if not _same(self._sent.get(image.model_id), key):
             self._sent[image.model_id] = key
             image.value = encoded()
+
+
+def _legend_png(colormap: str, zero: float | None) -> bytes:
+    return render.encode(render.legend(colormap, zero=zero), "png")
 
 
 def _same(kept: tuple | None, key: tuple) -> bool:
