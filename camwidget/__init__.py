@@ -10,6 +10,7 @@ from .layers import LayerInfo
 from .methods import METHODS
 from .render import overlay
 from .widget import CAMWidget
+from .zero_shot import ZeroShot, zero_shot
 
 __all__ = [
     "METHODS",
@@ -22,11 +23,13 @@ __all__ = [
     "LayerInfo",
     "PreparedImage",
     "RayEngine",
+    "ZeroShot",
     "explain_dataset",
     "metrics",
     "overlay",
     "samples",
     "targets",
+    "zero_shot",
     "zoo",
 ]
 __version__ = "0.1.0"

@@ -35,6 +35,7 @@ from .preparation import Preparation, Preprocess
 from .requests import MapRequest, Services, raw_map
 from .targets import Target
 from .targets import key as target_key
+from .zero_shot import ZeroShot
 
 __all__ = ["Explainer", "Explanation", "PreparedImage", "Progress", "imagenet_preprocess"]
 ACTIVATIONS = (None, "softmax", "sigmoid")
@@ -106,7 +107,7 @@ class Explainer(MethodOptions, Batches):
         if keep_freed_memory:
             memory.keep_freed_memory()
         super().__init__(options)
-        self.model, self.labels, self.activation = model, labels, activation
+        self.model, self._labels, self.activation = model, labels, activation
         self.max_images, self.gradient_bytes = max(1, max_images), gradient_bytes
         self.device, self.dtype = _placement(model, device)
         #: The model's passes; ``runner.lock`` is held around every pass and cache use.
@@ -182,6 +183,12 @@ class Explainer(MethodOptions, Batches):
         """The catalogued layer ``name`` (None: the default layer)."""
         current = self._current or self._probe()
         return current.find(self.default_layer if name is None else name)
+
+    @property
+    def labels(self) -> Sequence[str] | Mapping[int, str] | None:
+        """The class names: as given, else a zero-shot model's prompts (as they are now)."""
+        zero_shot = self._labels is None and isinstance(self.model, ZeroShot)
+        return self.model.prompts if zero_shot else self._labels
 
     def label(self, index: int) -> str:
         """The name of class ``index`` (``"class 281"`` when no labels were given)."""

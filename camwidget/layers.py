@@ -142,7 +142,7 @@ def default_layer(layers: list[LayerInfo], capture: Capture, score: Callable[[],
         grads = capture_.backward(capture, value, names)
         for name in reversed(names):
             if capture.layouts[name].to_nchw(grads[name]).abs().amax() > 0:
-                return _block_norm(layers, names, name) or name
+                return _block_norm(layers, candidates, name) or name
         if depth >= len(candidates):
             break
     return candidates[-1]
