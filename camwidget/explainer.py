@@ -117,7 +117,6 @@ class Explainer(MethodOptions, Batches):
         self.preparation = Preparation(
             model_input(model), preprocess, max_side, self.device, self.dtype
         )
-        self._num_classes: int | None = None
         self.clear()
 
     @property
@@ -135,6 +134,7 @@ class Explainer(MethodOptions, Batches):
         self._kept = Kept(self.max_images, self.gradient_bytes)
         self._lists = Catalogues(self.model)
         self._current: Listing | None = None  # the list of the latest image
+        self._num_classes: int | None = None
 
     close = clear
 

@@ -188,3 +188,41 @@ def test_what_is_refused_is_said(photo):
         zero_shot(clip, ["a cat", "a cat"], tokenizer)
     with pytest.raises(CamwidgetError, match="token ids"):
         zero_shot(clip, PROMPTS, lambda prompts: [1, 2, 3])
+
+
+def test_the_panel_edits_the_prompts(photo):
+    """A zero-shot panel shows its prompts in a box; new ones typed there are its new
+    classes, the photo explained again for the best; two prompts side by side."""
+    from camwidget import CAMWidget
+
+    panel = CAMWidget(zero_shot(tiny("clip"), PROMPTS, tokenizer), photo)
+    box, use = panel.controls["prompts"], panel.controls["use_prompts"]
+    assert box.layout.display is None and box.value.splitlines() == PROMPTS
+    assert panel.explanation.label in PROMPTS
+    box.value = "a rocket\n\n  a tabby cat \n"
+    use.click()
+    panel.wait()
+    assert panel.explainer.labels == ("a rocket", "a tabby cat")
+    assert panel.explainer.num_classes == 2
+    assert panel.explanation.label in ("a rocket", "a tabby cat")
+    shown = [caption for caption, _ in panel.controls["classes"].quick.options]
+    assert len(shown) == 2 and all("a rocket" in c or "a tabby cat" in c for c in shown)
+    assert panel.controls["classes"].search.options == ("a rocket", "a tabby cat")
+    panel.compare, panel.target, panel.compare_target = True, 0, 1
+    assert [v.explanation.label for v in panel.views] == ["a rocket", "a tabby cat"]
+    box.value = "a rocket\na rocket"
+    use.click()  # refused in words; the prompts stay
+    panel.wait()
+    assert "repeat" in panel.controls["messages"].value
+    assert panel.explainer.labels == ("a rocket", "a tabby cat")
+    panel.close()
+
+
+def test_prompts_belong_to_a_zero_shot_model(photo):
+    from camwidget import CAMWidget
+
+    panel = CAMWidget(OpenClipLike().visual.eval(), photo)  # a plain classifier
+    assert panel.controls["prompts"].layout.display == "none"
+    with pytest.raises(CamwidgetError, match="only a zero-shot model"):
+        panel.set_prompts(["a cat"])
+    panel.close()

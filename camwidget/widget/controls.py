@@ -111,6 +111,17 @@ def _pickers(
         "compare_classes": ClassPicker(
             labels, resolve, on_error, quick="dropdown", description="class"
         ),
+        "prompts": widgets.Textarea(
+            placeholder="one prompt per line, e.g. a photo of a cat",
+            tooltip="the texts the image is scored against: each is a class",
+            rows=4,
+            layout=widgets.Layout(width="260px", display="none"),
+        ),
+        "use_prompts": widgets.Button(
+            description="use these prompts",
+            tooltip="score the image against these prompts and explain the best one",
+            layout=widgets.Layout(display="none"),
+        ),
         "region": widgets.ToggleButtons(
             options=list(REGIONS),
             description="region",

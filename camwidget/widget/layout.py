@@ -30,7 +30,11 @@ def arrange(
     )
     heading = widgets.HTML("<b>top predictions</b> (click to explain)")
     predictions = widgets.VBox(
-        [heading, *(c[name] for name in ("classes", "region", "reference", "reference_image"))]
+        [
+            heading,
+            *(c[name] for name in ("classes", "prompts", "use_prompts", "region")),
+            *(c[name] for name in ("reference", "reference_image")),
+        ]
     )
     c["work"] = widgets.HBox(
         [c["progress_text"], c["progress"], c["cancel"]], layout=widgets.Layout(display="none")

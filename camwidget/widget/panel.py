@@ -41,6 +41,7 @@ from .faithfulness import FaithfulnessView
 from .inspector import Inspector
 from .offers import Offers
 from .picture import StaticPicture, compose
+from .prompts import Prompts
 from .styles import unique_class
 from .traits import BINDINGS, Checked
 from .views import View, display_frame, look_text, status_line
@@ -48,7 +49,7 @@ from .views import View, display_frame, look_text, status_line
 Answer = tuple[Explanation, list[str]]  # a view's explanation and remarks in words
 
 
-class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
+class CAMWidget(Actions, Background, Offers, Prompts, Checked, widgets.VBox):
     """A live class activation map explorer for a PyTorch image model.
 
     Set ``layer``, ``target``, ``method``, ``colormap``, ``alpha`` or ``threshold``
@@ -125,6 +126,7 @@ class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
             self.alpha, self.threshold = alpha, threshold
         self._offer_layers()
         self._offer_methods()
+        self._show_prompts()
         self._wire()
         if reference is not None:
             self.set_reference(reference)
@@ -278,6 +280,7 @@ class CAMWidget(Actions, Background, Offers, Checked, widgets.VBox):
         c["inspect"].observe(self._inspect_toggled, "value")
         c["faithfulness"].observe(self._faithfulness_toggled, "value")
         c["cancel"].on_click(self._cancel_clicked)
+        c["use_prompts"].on_click(self._prompts_entered)
         for keyword in controls_.chosen_options():
             if isinstance(c[keyword], widgets.Text):  # classes, by name or index
                 c[keyword].observe(partial(self._classes_chosen, keyword), "value")
