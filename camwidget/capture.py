@@ -103,7 +103,8 @@ class _Recorder:
     why it left a module out, and hands on copies of the maps named in ``copy`` (None:
     all). With ``graph_from``, the pass runs without autograd until that module's output,
     which becomes a leaf of the graph recorded from there on. ``reshape`` maps layer
-    names to the user's functions output -> (N, C, h, w)."""
+    names to the user's functions output -> (N, C, h, w); ``proof`` to the kind of map
+    a layer was proven to be, or why it is none (:func:`camwidget.proof.prove`)."""
 
     def __init__(
         self,
@@ -111,12 +112,13 @@ class _Recorder:
         copy: Collection[str] | None,
         graph_from: str | None = None,
         reshape: Mapping[str, Reshape] | None = None,
+        proof: Mapping[str, str] | None = None,
     ) -> None:
         self.input_size = (inputs.shape[-2], inputs.shape[-1])
         self.batch = inputs.shape[0]
         self.copy = copy
         self.graph_from = graph_from
-        self.reshape = reshape or {}
+        self.reshape, self.proof = reshape or {}, proof or {}
         self.kept: dict[str, Tensor] = {}
         self.kinds: dict[str, str] = {}
         self.layouts: dict[str, Layout] = {}
@@ -166,7 +168,11 @@ class _Recorder:
         shape (``channels_last``: the module works on the last dimension); a string says
         why it is not a map."""
         if name not in self.reshape:
-            return layouts.find(tuple(output.shape), self.input_size, self.batch, channels_last)
+            known = self.proof.get(name)
+            if known is not None and known not in layouts.KINDS:
+                return known
+            shape = tuple(output.shape)
+            return layouts.find(shape, self.input_size, self.batch, channels_last, known)
         try:
             shape = tuple(self.reshape[name](output.detach()).shape)
         except Exception as error:
@@ -233,6 +239,7 @@ def forward(
     graph_from: str | None = None,
     reshape: Mapping[str, Reshape] | None = None,
     select: Callable[[object], Tensor | list[dict]] = outputs.select,
+    proof: Mapping[str, str] | None = None,
 ) -> Capture:
     """Run ``model`` on ``inputs`` once, keeping the module outputs that are feature maps
     (:func:`layouts.find`; ``reshape``: the user's layouts, by layer name).
@@ -251,9 +258,9 @@ def forward(
 
     ``graph_from``: a layer in ``layers``; autograd records the pass only from its
     output on (the cheapest pass for gradients at that layer and later ones). ``select``
-    picks the part of the model's output to explain.
+    picks the part of the model's output to explain; ``proof``: see :class:`_Recorder`.
     """
-    recorder = _Recorder(inputs, copy, graph_from, reshape)
+    recorder = _Recorder(inputs, copy, graph_from, reshape, proof)
     wanted = None if layers is None else set(layers)
     with guarded(model) as handles, torch.set_grad_enabled(graph_from is None):
         for name, module in model.named_modules():

@@ -26,7 +26,7 @@ from .errors import CamwidgetError
 from .explanation import Explanation, PreparedImage, Resolved, explained, to_image
 from .inputs import ModelInput, model_input
 from .kept import Kept
-from .labels import check_index, resolve_target
+from .labels import check_index, declared, resolve_target
 from .layers import Catalogues, LayerInfo, Listing
 from .layouts import Reshape
 from .options import MethodOptions
@@ -35,7 +35,6 @@ from .preparation import Preparation, Preprocess
 from .requests import MapRequest, Services, raw_map
 from .targets import Target
 from .targets import key as target_key
-from .zero_shot import ZeroShot
 
 __all__ = ["Explainer", "Explanation", "PreparedImage", "Progress", "imagenet_preprocess"]
 ACTIVATIONS = (None, "softmax", "sigmoid")
@@ -186,9 +185,9 @@ class Explainer(MethodOptions, Batches):
 
     @property
     def labels(self) -> Sequence[str] | Mapping[int, str] | None:
-        """The class names: as given, else a zero-shot model's prompts (as they are now)."""
-        zero_shot = self._labels is None and isinstance(self.model, ZeroShot)
-        return self.model.prompts if zero_shot else self._labels
+        """The class names: as given, else those the model carries (a zero-shot model's
+        prompts as they are now, a Hugging Face config's ``id2label``)."""
+        return self._labels if self._labels is not None else declared(self.model)
 
     def label(self, index: int) -> str:
         """The name of class ``index`` (``"class 281"`` when no labels were given)."""

@@ -6,8 +6,8 @@ Sources, in order: timm's ``pretrained_cfg`` (``input_size``, ``fixed_input_size
 resizes and normalises inside: pixels go in as [0, 1]), torchvision's ``image_size``
 attribute (ViT), and otherwise ImageNet's mean and std at the image's own size. A model
 that fails at the image's size but works at the size it was made for (the declared
-``input_size``, else 224×224) is given that size (the :class:`~camwidget.Explainer`
-learns it by trying).
+``input_size``, a Hugging Face ``config.image_size``, else 224×224) is given that size
+(the :class:`~camwidget.Explainer` learns it by trying).
 """
 
 from __future__ import annotations
@@ -84,4 +84,20 @@ def model_input(model: nn.Module) -> ModelInput:
     if isinstance(image_size, int) and not isinstance(image_size, bool):
         size = (image_size, image_size)
         return ModelInput(size, size, source="the model's image_size (torchvision)")
+    size = _size(getattr(getattr(model, "config", None), "image_size", None))
+    if size is not None:  # tried first where the image's own size fails
+        return ModelInput(preferred=size, source="ImageNet mean/std; config.image_size (HF)")
     return ModelInput()
+
+
+def _size(value: object) -> tuple[int, int] | None:
+    """A Hugging Face config's ``image_size`` (an int, or (H, W)) as (H, W)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value, value
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, int) for v in value)
+    ):
+        return int(value[0]), int(value[1])
+    return None

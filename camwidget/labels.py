@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .errors import CamwidgetError
+
+
+def declared(model: object) -> Sequence[str] | Mapping[int, str] | None:
+    """The class names ``model`` carries: a zero-shot model's ``prompts``, or a Hugging
+    Face config's ``id2label`` (unless it holds only the ``LABEL_i`` placeholders)."""
+    prompts = getattr(model, "prompts", None)
+    if isinstance(prompts, tuple) and prompts and all(isinstance(p, str) for p in prompts):
+        return prompts
+    names = getattr(getattr(model, "config", None), "id2label", None)
+    if not isinstance(names, Mapping) or not names:
+        return None
+    if all(str(name) == f"LABEL_{index}" for index, name in names.items()):
+        return None
+    return {int(index): str(name) for index, name in names.items()}
 
 
 def resolve_target(

@@ -54,19 +54,30 @@ class Layout:
         return self.reshape(tensor)
 
 
+KINDS = ("nchw", "nhwc", "tokens")
+
+
 @lru_cache(maxsize=4096)  # called once per module per pass; the shapes repeat
 def find(
-    shape: tuple[int, ...], input_size: tuple[int, int], batch: int, channels_last: bool = False
+    shape: tuple[int, ...],
+    input_size: tuple[int, int],
+    batch: int,
+    channels_last: bool = False,
+    kind: str | None = None,
 ) -> Layout | str:
     """The layout of an output of ``shape`` for an input batch (``batch``, 3, H, W) of
     ``input_size``, or why it is not a feature map. A 4-D shape that reads both ways is
     (N, C, H, W) unless ``channels_last`` (the module works on the last dimension, as
-    ``nn.Linear`` and ``nn.LayerNorm`` do)."""
+    ``nn.Linear`` and ``nn.LayerNorm`` do), or unless ``kind`` (one of :data:`KINDS`,
+    proven by :func:`proven`) says which it is."""
     if shape[0] != batch:
         return f"its first dimension ({shape[0]}) is not the batch ({batch})"
+    if kind is not None and (len(shape) == 3) != (kind == "tokens"):
+        return f"its output {shape} is not {kind}"
     if len(shape) == 4:
         first, last = fits(shape[2], shape[3], input_size), fits(shape[1], shape[2], input_size)
-        if first and not (last and channels_last):
+        first, last = first and kind != "nhwc", last and kind != "nchw"
+        if first and not (last and channels_last and kind is None):
             return Layout("nchw", (shape[2], shape[3]))
         if last:
             return Layout("nhwc", (shape[1], shape[2]))
@@ -111,4 +122,33 @@ def token_grid(count: int, input_size: tuple[int, int]) -> tuple[int, int] | Non
         ):
             if height * width == count:
                 return height, width
+    return None
+
+
+def proven(
+    shapes: tuple[tuple[int, ...], tuple[int, ...]],
+    sizes: tuple[tuple[int, int], tuple[int, int]],
+    batch: int,
+    found: Layout,
+) -> str | None:
+    """The kind (of :data:`KINDS`) under which a module's outputs of ``shapes`` for
+    inputs of ``sizes`` (two sizes, of different aspect) are one map: the second grid is
+    the second size at the first grid's stride (within a cell, or 15 %: rounding and
+    unpadded borders), with the same channels and extra tokens; ``found`` (its layout
+    at the first size) is tried first. None: no kind is."""
+    options = ("tokens",) if found.kind == "tokens" else ("nchw", "nhwc")
+    for kind in sorted(options, key=lambda option: option != found.kind):
+        first, second = (
+            find(s, size, batch, kind=kind) for s, size in zip(shapes, sizes, strict=True)
+        )
+        if not (isinstance(first, Layout) and isinstance(second, Layout)):
+            continue
+        channels = {s[1] if kind == "nchw" else s[-1] for s in shapes}
+        expected = [sizes[1][axis] * first.grid[axis] / sizes[0][axis] for axis in (0, 1)]
+        follows = all(
+            abs(cells - wanted) <= max(1.0, 0.15 * cells)
+            for cells, wanted in zip(second.grid, expected, strict=True)
+        )
+        if follows and len(channels) == 1 and first.extra == second.extra:
+            return kind
     return None

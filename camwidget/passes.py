@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from . import capture as capture_
-from . import deeplift, fullgrad, legrad, lrp, outputs, pixel
+from . import deeplift, fullgrad, legrad, lrp, outputs, pixel, proof
 from .capture import Capture
 from .errors import CamwidgetError
 from .layouts import Layout, Reshape
@@ -54,6 +54,9 @@ class Passes:
         # Maps that in-place ops downstream rewrite, so that forwards hand on copies of
         # them; learned when a pass finds one of its kept maps rewritten.
         self.copies: set[str] = set()
+        #: What a second input size proved of the layouts (:func:`camwidget.proof.prove`);
+        #: None until the first full pass.
+        self.proof: Mapping[str, str] | None = None
 
     def forward(
         self, inputs: Tensor, layers: Collection[str] | None = None, graph_from: str | None = None
@@ -64,7 +67,14 @@ class Passes:
 
         def run() -> Capture:
             return capture_.forward(
-                self.model, inputs, layers, self.copies, graph_from, self.reshape, self.select
+                self.model,
+                inputs,
+                layers,
+                self.copies,
+                graph_from,
+                self.reshape,
+                self.select,
+                self.proof,
             )
 
         with self.lock:
@@ -73,6 +83,12 @@ class Passes:
                 self.copies |= capture.modified
                 self.counts["forward"] += 1
                 capture = run()
+            if self.proof is None and layers is None and graph_from is None:
+                self.proof = proof.prove(self.model, inputs, capture) or {}
+                self.counts["probe"] += 1
+                if self.proof:  # a layout the first size got wrong: the pass again
+                    self.counts["forward"] += 1
+                    capture = run()
             self.counts["forward"] += 1
         if not capture.activations and layers is None:
             raise CamwidgetError(

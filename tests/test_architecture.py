@@ -13,7 +13,7 @@ ENGINE = {"errors", "images", "render", "labels", "layers", "methods", "capture"
 TIERS = (
     {"errors", "inputs", "layouts", "memory", "cache", "worker", "images", "labels", "targets"},
     {"samples", "outputs", "render", "capture", "pixel", "deeplift", "lrp", "layers", "scoring"}
-    | {"fullgrad", "legrad", "zero_shot"},
+    | {"fullgrad", "legrad", "zero_shot", "proof"},
     {"method_context", "cams", "methods", "perturbation", "attributions", "components"}
     | {"metrics"}
     | {"explanation", "options", "smoothing"}

@@ -43,9 +43,10 @@ def test_caches_spare_every_pass_they_can(resnet18, photo, monkeypatch):
     ex = Explainer(model)
     counted = Counted(model, monkeypatch)
     # The first pass finds the maps that resnet18's in-place ReLUs rewrite and runs
-    # again, handing copies of those on; from then on, one forward per image.
+    # again, handing copies of those on, and the model's one shape pass at a second size
+    # proves the layouts (passes["probe"]); from then on, one forward per image.
     ex.explain(photo.rotate(180), layer="layer4", target=5)
-    assert counted.take() == (2, 1)
+    assert counted.take() == (3, 1) and ex.passes["probe"] == 1
     ex.explain(photo, layer="layer4.1.bn2", target=5)
     assert counted.take() == (1, 1)
     ex.explain(photo, layer="layer4", target=5)  # after the deepest reached: free
@@ -297,7 +298,8 @@ def test_the_layer_list_is_made_once_per_input_size(resnet18, photo, monkeypatch
 
 def test_default_layer_skips_an_upsampling_pool(vgg11):
     ex = Explainer(vgg11)
-    assert ex.default_layer == "avgpool"  # at 224 the 7×7 pool keeps the 7×7 map
+    # the 7×7 pool is no map: 7×7 at any input size (at 224, the map of `features`)
+    assert ex.default_layer == "features" and "avgpool" not in {x.name for x in ex.layers}
     ex.explain(torch.zeros(3, 32, 32))  # features end at 1×1; the pool blows it up to 7×7
     assert ex.default_layer == "features.19"
     assert {x.name: x for x in ex.layers}["features.19"].shape == (512, 2, 2)

@@ -57,3 +57,54 @@ def test_a_tokenizer_is_no_preprocess(vit, photo):
 
     with pytest.raises(CamwidgetError, match="without 'pixel_values'"):
         Explainer(vit, preprocess=tokenizer).explain(photo)
+
+
+def test_layouts_are_proven_at_two_sizes(photo):
+    """What one input size cannot tell, a second one does: HF ConvNeXt's GELU output
+    (N, 56, 56, 64) at 224 px is channels-last (it read as 56 channels on a 56×64 grid),
+    its channels-first downsampling norm (N, 32, 28, 28) is not channels-last, and HF
+    Swin's pooled (N, C, 1) is no grid (it was the default layer)."""
+    torch.manual_seed(0)
+    convnext = transformers.ConvNextForImageClassification(
+        transformers.ConvNextConfig(hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1])
+    ).eval()
+    before = ModelState.of(convnext)
+    ex = Explainer(convnext)
+    square = photo.resize((224, 224))
+    ex.explain(square)
+    found = {info.name: info for info in ex.layers}
+    gelu = found["convnext.encoder.stages.0.layers.0.act"]
+    assert (gelu.layout, gelu.shape) == ("nhwc", (64, 56, 56))
+    norm = found["convnext.encoder.stages.2.downsampling_layer.0"]
+    assert (norm.layout, norm.shape) == ("nchw", (32, 28, 28))
+    assert ex.passes["probe"] == 1  # one shape pass at a second size, once per model
+    ex.explain(photo)
+    assert ex.passes["probe"] == 1
+    before.assert_same(convnext)
+
+    swin = transformers.SwinForImageClassification(
+        transformers.SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2])
+    ).eval()
+    ex = Explainer(swin)
+    ex.explain(photo.resize((451, 300)))
+    assert "swin.pooler" not in {info.name for info in ex.layers}
+    assert ex.default_layer == "swin.layernorm"
+    with pytest.raises(CamwidgetError, match="its grid does not follow the input"):
+        ex.explain(photo, layer="swin.pooler")
+
+
+def test_class_names_from_the_config(vit, photo):
+    """A Hugging Face config's id2label names the classes, unless it holds only the
+    LABEL_i placeholders; labels given to the explainer come first."""
+    assert Explainer(vit).labels is None  # LABEL_0 … LABEL_4
+    names = {0: "tabby", 1: "espresso", 2: "rocket", 3: "tench", 4: "goldfish"}
+    named = transformers.ViTForImageClassification(
+        transformers.ViTConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            image_size=64, patch_size=16, id2label=names, label2id={v: k for k, v in names.items()},
+        )
+    ).eval()  # fmt: skip
+    ex = Explainer(named)
+    e = ex.explain(photo, target="espresso")
+    assert e.target == 1 and e.label == "espresso"
+    assert Explainer(named, labels=list("abcde")).explain(photo, target="c").label == "c"
