@@ -595,23 +595,31 @@ def _tab_order(page, panel) -> None:
 
 
 def test_beyond_classification(server, browser):
-    """Similarity, segmentation and detection panels render; a detection and the
-    whole-image region can be picked in the page."""
+    """Similarity, segmentation, detection and zero-shot panels render; a detection and
+    the whole-image region can be picked in the page; the prompts are in their box."""
     url, _ = server
     page = _open(browser, f"{url}/lab/tree/beyond_classification.ipynb?reset")
     _run_all_cells(page)
     try:
         page.wait_for_function(
-            "() => document.querySelectorAll('.camwidget-overlay .camwidget-map[src]').length >= 3",
+            "() => document.querySelectorAll('.camwidget-overlay .camwidget-map[src]').length >= 4",
             timeout=300_000,
         )
     except Exception:
         page.screenshot(path=str(ARTIFACTS / "failed-beyond.png"), full_page=True)
         raise
+    # every cell run: a cell's end re-renders the panels above it (their static picture)
+    page.get_by_text("['a photo of a cat', 'a cup of coffee']").wait_for(timeout=120_000)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+    page.wait_for_timeout(1000)
     panels = page.locator(".camwidget")
-    assert panels.count() == 3
-    similarity, segmentation, detection = (panels.nth(i) for i in range(3))
-    assert "similarity to the reference" in similarity.locator(".camwidget-status").inner_text()
+    assert panels.count() == 4
+    similarity, segmentation, detection, prompts = (panels.nth(i) for i in range(4))
+    prompts.scroll_into_view_if_needed()
+    box = prompts.locator(".camwidget-prompts textarea")
+    assert box.input_value().splitlines() == ["a photo of a cat", "a cup of coffee", "a rocket"]
+    status = similarity.locator(".camwidget-status").text_content()  # also when off screen
+    assert "similarity to the reference" in status
     _changes(
         page,
         segmentation,
