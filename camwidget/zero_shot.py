@@ -53,11 +53,17 @@ class ZeroShot(nn.Module):
         tokens = _tokens(self.tokenizer, list(prompts), _padding(self.model))
         device = next(self.model.parameters()).device
         tokens = {name: value.to(device) for name, value in tokens.items()}
-        with torch.no_grad():
-            if self.hugging_face:
-                text = _embedding(self.model.get_text_features(**tokens))
-            else:
-                text = self.model.encode_text(tokens["input_ids"])
+        try:
+            with torch.no_grad():
+                if self.hugging_face:
+                    text = _embedding(self.model.get_text_features(**tokens))
+                else:
+                    text = self.model.encode_text(tokens["input_ids"])
+        except Exception as error:
+            raise CamwidgetError(
+                f"the model's text tower failed on the tokens: {type(error).__name__}: "
+                f"{error}. Is the tokenizer this model's own?"
+            ) from error
         self.text = nn.functional.normalize(text.float(), dim=-1)
         self.prompts = prompts
 
@@ -130,10 +136,17 @@ def _padding(model: nn.Module) -> bool | str:
 
 def _tokens(tokenizer: Callable, prompts: list[str], padding: bool | str) -> dict[str, Tensor]:
     """The prompts' token ids (and attention mask) from ``tokenizer``."""
-    if hasattr(tokenizer, "model_input_names"):  # a Hugging Face tokenizer
-        found = tokenizer(prompts, padding=padding, truncation=True, return_tensors="pt")
-    else:
-        found = tokenizer(prompts)
+    try:
+        if hasattr(tokenizer, "model_input_names"):  # a Hugging Face tokenizer
+            found = tokenizer(prompts, padding=padding, truncation=True, return_tensors="pt")
+        else:
+            found = tokenizer(prompts)
+    except Exception as error:
+        raise CamwidgetError(
+            f"the tokenizer failed on the prompts: {type(error).__name__}: {error}. Pass "
+            "the model's own (AutoTokenizer.from_pretrained of its checkpoint, or its "
+            "processor), or a callable taking a list of texts and returning input_ids"
+        ) from error
     if isinstance(found, Tensor):
         found = {"input_ids": found}
     if not isinstance(found, Mapping) or not isinstance(found.get("input_ids"), Tensor):

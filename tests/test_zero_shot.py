@@ -189,6 +189,14 @@ def test_what_is_refused_is_said(photo):
     with pytest.raises(CamwidgetError, match="token ids"):
         zero_shot(clip, PROMPTS, lambda prompts: [1, 2, 3])
 
+    def broken(prompts):
+        raise KeyError("no vocabulary")
+
+    with pytest.raises(CamwidgetError, match="the tokenizer failed on the prompts: KeyError"):
+        zero_shot(clip, PROMPTS, broken)
+    with pytest.raises(CamwidgetError, match="text tower failed.*this model's own"):
+        zero_shot(clip, PROMPTS, lambda prompts: {"input_ids": torch.full((3, 4), 10_000)})
+
 
 def test_the_panel_edits_the_prompts(photo):
     """A zero-shot panel shows its prompts in a box; new ones typed there are its new
