@@ -123,7 +123,8 @@ def default_layer(layers: list[LayerInfo], capture: Capture, score: Callable[[],
     last map of the backbone (of its ``body``, before a feature pyramid), which feeds
     every head and every pyramid level, so it explains any region or box. Otherwise the
     last layer on the final grid whose gradient of ``score()`` (the model's top answer)
-    is not identically zero on the grid; the last one on it if all are. In a class-token
+    is not identically zero on the grid, and which is not the dense output itself (a
+    segmentation head's class scores); the last one on it if all are. In a class-token
     ViT the last block's output reaches the logits only through the class token, so its
     grid has zero gradient: the default is then inside that block, at its first norm
     (``blocks.11.norm1``, ``ln_1``, ``layernorm_before``: where the field's guides point
@@ -141,11 +142,24 @@ def default_layer(layers: list[LayerInfo], capture: Capture, score: Callable[[],
         names = candidates[-depth:]
         grads = capture_.backward(capture, value, names)
         for name in reversed(names):
-            if capture.layouts[name].to_nchw(grads[name]).abs().amax() > 0:
+            shown = capture.layouts[name].to_nchw(grads[name]).abs().amax() > 0
+            if shown and not _is_output(capture, name):
                 return _block_norm(layers, candidates, name) or name
         if depth >= len(candidates):
             break
     return candidates[-1]
+
+
+def _is_output(capture: Capture, name: str) -> bool:
+    """Whether the map of ``name`` is the model's dense output itself (a segmentation
+    head's class scores: a map of them would only reweight the scores it explains)."""
+    output, kept = capture.output, capture.activations[name]
+    return (
+        isinstance(output, Tensor)
+        and output.dim() == 4
+        and kept.shape == output.shape
+        and torch.equal(kept.detach(), output.detach())
+    )
 
 
 def _block_norm(layers: list[LayerInfo], names: list[str], found: str) -> str | None:
