@@ -128,10 +128,14 @@ def _tokenizer_of(tokenizer: Callable | None, processor: object | None) -> Calla
     return tokenizer
 
 
+def _siglip(model: nn.Module) -> bool:
+    """Whether ``model`` is a Hugging Face SigLIP (or SigLIP 2)."""
+    return "siglip" in str(getattr(getattr(model, "config", None), "model_type", ""))
+
+
 def _padding(model: nn.Module) -> bool | str:
     """SigLIP was trained on texts padded to the full length; CLIP pads to the longest."""
-    config = getattr(model, "config", None)
-    return "max_length" if "siglip" in str(getattr(config, "model_type", "")) else True
+    return "max_length" if _siglip(model) else True
 
 
 def _tokens(tokenizer: Callable, prompts: list[str], padding: bool | str) -> dict[str, Tensor]:
@@ -173,28 +177,23 @@ def _input_of(model: nn.Module, processor: object | None, hugging_face: bool) ->
     :func:`camwidget.inputs.model_input`): one fixed size, and the processor's
     statistics, or the family's."""
     images = getattr(processor, "image_processor", processor)
+    mean, std = (SIGLIP_MEAN, SIGLIP_STD) if _siglip(model) else (CLIP_MEAN, CLIP_STD)
+    mean, std = (
+        getattr(images, "image_mean", None) or mean,
+        getattr(images, "image_std", None) or std,
+    )
     if hugging_face:
-        vision = getattr(model.config, "vision_config", model.config)
-        size = int(vision.image_size)
-        siglip = "siglip" in str(getattr(model.config, "model_type", ""))
-    else:  # open_clip: the tower's own preprocess_cfg, if it has one
+        size = int(getattr(model.config, "vision_config", model.config).image_size)
+    else:  # open_clip: the tower's own preprocess_cfg, unless a processor is given
         visual = getattr(model, "visual", None)
         size = getattr(visual, "image_size", 224)
         size = size[0] if isinstance(size, tuple | list) else int(size)
-        images = images or _Statistics(getattr(visual, "preprocess_cfg", None) or {})
-        siglip = False
-    mean, std = (SIGLIP_MEAN, SIGLIP_STD) if siglip else (CLIP_MEAN, CLIP_STD)
+        config = {} if images is not None else getattr(visual, "preprocess_cfg", None) or {}
+        mean, std = config.get("mean") or mean, config.get("std") or std
     return {
         "input_size": (3, size, size),
         "fixed_input_size": True,
-        "mean": tuple(getattr(images, "image_mean", None) or mean),
-        "std": tuple(getattr(images, "image_std", None) or std),
+        "mean": tuple(mean),
+        "std": tuple(std),
         "interpolation": "bicubic",
     }
-
-
-class _Statistics:
-    """An open_clip ``preprocess_cfg`` read as an image processor's mean and std."""
-
-    def __init__(self, config: Mapping) -> None:
-        self.image_mean, self.image_std = config.get("mean"), config.get("std")
