@@ -238,7 +238,7 @@ def forward(
     copy: Collection[str] | None = None,
     graph_from: str | None = None,
     reshape: Mapping[str, Reshape] | None = None,
-    select: Callable[[object], Tensor | list[dict]] = outputs.select,
+    select: outputs.Select = outputs.select,
     proof: Mapping[str, str] | None = None,
 ) -> Capture:
     """Run ``model`` on ``inputs`` once, keeping the module outputs that are feature maps
@@ -268,7 +268,7 @@ def forward(
                 handles.append(module.register_forward_hook(recorder.hook(name, module)))
         inputs = inputs.detach().requires_grad_(graph_from is None)
         output = called(model, inputs)
-    selected = select(output)
+    selected = select(output, tuple(inputs.shape[-2:]))
     if outputs.rows(selected) != inputs.shape[0]:
         raise CamwidgetError(
             f"the model returned {outputs.rows(selected)} outputs for {inputs.shape[0]} images"
@@ -371,7 +371,7 @@ def score_inputs(
     score: Callable[[Tensor | list[dict]], Tensor],
     total: int,
     progress: Callable[[int, int], None] | None = None,
-    select: Callable[[object], Tensor | list[dict]] = outputs.select,
+    select: outputs.Select = outputs.select,
     scored: Callable[[Tensor], None] | None = None,
 ) -> Tensor:
     """``score(output)`` (one number per input) of the model on each input of each of
@@ -383,7 +383,7 @@ def score_inputs(
     with guarded(model):
         for batch in batches:
             with layouts.timed(batch) as batch:
-                scores.append(score(select(model(batch))).float())
+                scores.append(score(select(model(batch), tuple(batch.shape[-2:]))).float())
             done += len(batch)
             if scored is not None:
                 scored(torch.cat(scores))
@@ -398,7 +398,7 @@ def input_gradients(
     score: Callable[[Tensor | list[dict]], Tensor],
     total: int,
     progress: Callable[[int, int], None] | None = None,
-    select: Callable[[object], Tensor | list[dict]] = outputs.select,
+    select: outputs.Select = outputs.select,
 ) -> Tensor:
     """The gradient of ``score(output)`` (one number per input) with respect to each
     input of each of ``batches``: one forward and one backward per batch, (M, 3, H, W).
@@ -408,7 +408,7 @@ def input_gradients(
     with guarded(model), torch.enable_grad():
         for batch in batches:
             points = batch.detach().clone().requires_grad_(True)
-            scores = score(select(model(points)))
+            scores = score(select(model(points), tuple(points.shape[-2:])))
             if scores.requires_grad:
                 (gradient,) = torch.autograd.grad(scores.sum(), points)
             else:  # a target that does not depend on the input
@@ -427,7 +427,7 @@ def score_masked(
     score: Callable[[Tensor | list[dict]], Tensor],
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
-    select: Callable[[object], Tensor | list[dict]] = outputs.select,
+    select: outputs.Select = outputs.select,
     scored: Callable[[Tensor], None] | None = None,
 ) -> Tensor:
     """:func:`score_inputs` on ``inputs * mask`` for each mask (M, 1, H, W), in batches
@@ -448,7 +448,7 @@ def score_ablated(
     score: Callable[[Tensor | list[dict]], Tensor],
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
-    select: Callable[[object], Tensor | list[dict]] = outputs.select,
+    select: outputs.Select = outputs.select,
     scored: Callable[[Tensor], None] | None = None,
 ) -> Tensor:
     """:func:`score_inputs` of ``inputs`` (1, 3, H, W) once per channel in ``channels``

@@ -118,7 +118,8 @@ def _render(args: argparse.Namespace) -> int:
     explainer = Explainer(model, preprocess=preprocess, labels=labels)
     prepared = explainer.prepare(image)
     explanation = explainer.explain(prepared, args.layer, args.target, args.method)
-    rgb = render.blend(prepared.rgb, explanation.heatmap, args.colormap, args.alpha)
+    blended = render.blend(prepared.rgb, explanation.heatmap, args.colormap, args.alpha)
+    rgb = render.veiled(blended, explanation.frame)
     info = explainer.layer(explanation.layer)
     lines = [
         f"{explanation.label} · p = {explanation.probability:.2f} · class {explanation.target}",

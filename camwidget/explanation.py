@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from . import images, methods, outputs, render
+from .framing import Frame
 from .targets import Box, Class, Region, Target, describe
 
 
@@ -22,13 +23,15 @@ class PreparedImage:
 
     ``inputs``: the model input (1, 3, h, w); ``size``: (H, W) of the image, the size
     of every heatmap; ``notes``: what was done to the image on the way, in words;
-    ``source``: the RGB array, or the input tensor itself.
+    ``source``: the RGB array, or the input tensor itself; ``frame``: the part of the
+    image the input covers, where a preprocess crops or pads it (None: all of it).
     """
 
     inputs: Tensor
     size: tuple[int, int]
     notes: tuple[str, ...] = ()
     source: np.ndarray | Tensor | None = field(default=None, repr=False)
+    frame: Frame | None = None
 
     @cached_property
     def key(self) -> str:
@@ -61,7 +64,9 @@ class Explanation:
     at the image's size; ``box``: for a box target, (x1, y1, x2, y2) in the image's
     pixels. Signed pixel-level methods: ``raw`` is the attribution summed over the
     colour channels, (h, w) at the model input's size; ``attribution`` the full
-    (3, h, w) (None for the other methods).
+    (3, h, w) (None for the other methods). ``frame``: the part of the image the model
+    saw, where its preprocess cropped or padded it (None: all of it); the heatmaps are
+    0 beyond it.
     """
 
     raw: np.ndarray
@@ -76,6 +81,7 @@ class Explanation:
     region: np.ndarray | None = field(default=None, compare=False, repr=False)
     box: tuple[float, float, float, float] | None = None
     attribution: np.ndarray | None = field(default=None, compare=False, repr=False)
+    frame: Frame | None = None
 
     @property
     def title(self) -> str:
@@ -91,10 +97,10 @@ class Explanation:
         """The heatmap at another (H, W), e.g. the panel's display size. A signed map
         (see :attr:`Method.signed`) shows its positive part, divided by its maximum (0
         stays 0)."""
-        resized = render.upsample(self.raw, size)
+        resized = render.upsample(self.raw, size, self.frame)
         if not methods.get(self.method).signed:
-            return render.normalise(resized)
-        return _by_largest(np.maximum(resized, 0.0))
+            return self._framed(render.normalise(resized))
+        return self._framed(_by_largest(np.maximum(resized, 0.0)))
 
     @cached_property
     def heatmap_signed(self) -> np.ndarray:
@@ -104,7 +110,13 @@ class Explanation:
 
     def heatmap_signed_at(self, size: tuple[int, int]) -> np.ndarray:
         """The signed heatmap at another (H, W)."""
-        return _by_largest(render.upsample(self.raw, size))
+        return self._framed(_by_largest(render.upsample(self.raw, size, self.frame)))
+
+    def _framed(self, heat: np.ndarray) -> np.ndarray:
+        """``heat`` with 0 beyond the frame (where the model saw nothing)."""
+        if self.frame is not None:
+            heat[~render.inside(heat.shape, self.frame)] = 0.0
+        return heat
 
     def legend(self, signed: bool = False) -> tuple[float | None, str]:
         """Where 0 lies on the colour legend (None: at its low end) and what its ends
@@ -184,7 +196,9 @@ def explained(
     region = None
     if isinstance(target, Region):
         mask = target.region(outputs.one(output, row))
-        region = render.upsample(mask.numpy(), image.size) >= 0.5
+        region = render.upsample(mask.numpy(), image.size, image.frame) >= 0.5
+        if image.frame is not None:
+            region &= render.inside(image.size, image.frame)
     box = to_image(target.box, image) if isinstance(target, Box) else None
     return Explanation(
         raw=raw,
@@ -199,11 +213,16 @@ def explained(
         region=region,
         box=box,
         attribution=attribution,
+        frame=image.frame,
     )
 
 
 def to_image(box: tuple[float, ...], image: PreparedImage) -> tuple[float, ...]:
     """A box in pixels of the model's input -> in pixels of the image."""
     height, width = image.inputs.shape[-2:]
-    scale = (image.size[1] / width, image.size[0] / height) * 2
-    return tuple(float(v) * s for v, s in zip(box, scale, strict=True))
+    frame = image.frame or Frame(0.0, 0.0, 1.0, 1.0)
+    across = (image.size[1] * frame.left, image.size[1] * frame.width / width)
+    down = (image.size[0] * frame.top, image.size[0] * frame.height / height)
+    return tuple(
+        start + float(v) * scale for v, (start, scale) in zip(box, (across, down) * 2, strict=True)
+    )

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from . import passes, render
 from .errors import CamwidgetError
+from .explanation import PreparedImage
 
 Progress = Callable[[int, int], None]
 #: Told the deletion and insertion curves so far and the fraction of their inputs scored.
@@ -198,7 +199,7 @@ def road(
         raise CamwidgetError(f"order must be 'morf' or 'lerf', not {order!r}")
     original, prepared, _ = _setup(ex, image, heatmap, target, score)
     inputs = prepared.inputs[0]
-    heat = _resized(heatmap, tuple(inputs.shape[-2:]))
+    heat = _resized(heatmap, prepared)
     values = heat if order == "morf" else 1.0 - heat
     generator = torch.Generator().manual_seed(seed)
     imputed = torch.stack(
@@ -292,18 +293,24 @@ def _setup(ex, image: object, heatmap: np.ndarray, target: object, score: str):
     input's size (0 = the highest heat; ties by flat index)."""
     original = float(ex.scores(image, target, score=score))
     prepared = ex.prepare(image)
-    heat = _resized(heatmap, tuple(prepared.inputs.shape[-2:]))
+    heat = _resized(heatmap, prepared)
     order = np.argsort(-heat.ravel(), kind="stable")
     ranks = np.empty(heat.size, dtype=np.int64)
     ranks[order] = np.arange(heat.size)
     return original, prepared, ranks.reshape(heat.shape)
 
 
-def _resized(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def _resized(heatmap: np.ndarray, prepared: PreparedImage) -> np.ndarray:
+    """``heatmap`` at the model input's size: a map at the image's size is cut to the
+    part the model saw (its frame)."""
     heat = np.asarray(heatmap, dtype=np.float32)
     if heat.ndim != 2 or not heat.size or not np.isfinite(heat).all():
         raise CamwidgetError(f"a heatmap must be a finite 2-D array (H, W); got {heat.shape}")
-    return heat if heat.shape == size else render.upsample(heat, size)
+    size = tuple(prepared.inputs.shape[-2:])
+    if heat.shape == size:
+        return heat
+    frame = prepared.frame if heat.shape == tuple(prepared.size) else None
+    return render.upsample(heat, size, frame.inverse if frame else None)
 
 
 def _baseline(inputs: Tensor, baseline: str | Tensor) -> Tensor:
@@ -329,8 +336,9 @@ def _baseline(inputs: Tensor, baseline: str | Tensor) -> Tensor:
 def _masked(ex, image: object, heatmap: np.ndarray, target: object, score: str):
     """The score on the image and on the image multiplied by the heatmap."""
     original = float(ex.scores(image, target, score=score))
-    inputs = ex.prepare(image).inputs
-    heat = torch.from_numpy(_resized(heatmap, tuple(inputs.shape[-2:]))).to(inputs)
+    prepared = ex.prepare(image)
+    inputs = prepared.inputs
+    heat = torch.from_numpy(_resized(heatmap, prepared)).to(inputs)
     return original, float(ex.scores(image, target, inputs * heat, score=score)[0])
 
 

@@ -9,12 +9,17 @@ kinds.
 
 Containers are opened as the common libraries use them: a tuple's or list's first
 element, a mapping's ``logits`` or ``out`` (torchvision segmentation), an object's
-``logits`` (Hugging Face). Anything else needs ``Explainer(model, output=fn)``.
+``logits`` (Hugging Face). Query-based models of Hugging Face are read as their own
+post-processing reads them: DETR-style ``logits`` (N, Q, K + 1) with ``pred_boxes``
+(N, Q, 4) as detections (each query's best class, its probability, its box), and
+Mask2Former/MaskFormer-style ``class_queries_logits`` with ``masks_queries_logits`` as
+dense class scores (N, K, h, w) (the class probabilities times the mask probabilities,
+summed over queries). Anything else needs ``Explainer(model, output=fn)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import torch
@@ -30,14 +35,25 @@ _HELP = (
 )
 
 
-def select(output: object) -> Tensor | list[dict]:
-    """The part of a model's ``output`` to explain (see the module's docstring)."""
+#: ``select(output, size)``: the part of a model's output to explain, for inputs of
+#: ``size`` (H, W).
+Select = Callable[[object, tuple[int, int]], "Tensor | list[dict]"]
+
+
+def select(output: object, size: tuple[int, int] | None = None) -> Tensor | list[dict]:
+    """The part of a model's ``output`` to explain (see the module's docstring); ``size``
+    (H, W) of the inputs puts DETR's boxes in their pixels."""
     found = output
     for _ in range(4):  # containers within containers, a few levels deep
         if isinstance(found, Tensor):
             return _tensor(found, output)
         if is_detections(found):
             return list(found)
+        if _has(found, "logits", "pred_boxes"):
+            return _queried_boxes(_get(found, "logits"), _get(found, "pred_boxes"), size)
+        if _has(found, "class_queries_logits", "masks_queries_logits"):
+            classes, masks = (_get(found, f"{n}_queries_logits") for n in ("class", "masks"))
+            return _queried_masks(classes, masks)
         if isinstance(found, Mapping):
             found = found.get("logits", found.get("out"))
         elif isinstance(found, (tuple, list)) and found:
@@ -47,6 +63,45 @@ def select(output: object) -> Tensor | list[dict]:
         else:
             break
     raise CamwidgetError(f"the model returned a {type(output).__name__}: {_HELP}")
+
+
+def _has(found: object, *names: str) -> bool:
+    return all(isinstance(_get(found, name), Tensor) for name in names)
+
+
+def _get(found: object, name: str) -> object:
+    return found.get(name) if isinstance(found, Mapping) else getattr(found, name, None)
+
+
+def _queried_boxes(logits: Tensor, boxes: Tensor, size: tuple[int, int] | None) -> list[dict]:
+    """DETR's queries as detection dicts, as ``post_process_object_detection`` reads
+    them: the class of highest probability other than the last ("no object"), that
+    probability as the score, the box (centre x, centre y, width, height as fractions of
+    the input) as (x1, y1, x2, y2) in pixels of an input of ``size``."""
+    if size is None:
+        raise CamwidgetError("DETR's boxes are fractions of the input: its size is needed")
+    scores, labels = logits.softmax(dim=-1)[..., :-1].max(dim=-1)
+    centre_x, centre_y, width, height = boxes.unbind(dim=-1)
+    rows, cols = size
+    corners = (
+        (centre_x - width / 2) * cols,
+        (centre_y - height / 2) * rows,
+        (centre_x + width / 2) * cols,
+        (centre_y + height / 2) * rows,
+    )
+    boxes = torch.stack(corners, dim=-1)
+    return [
+        {"boxes": b, "labels": label, "scores": score}
+        for b, label, score in zip(boxes, labels, scores, strict=True)
+    ]
+
+
+def _queried_masks(classes: Tensor, masks: Tensor) -> Tensor:
+    """Mask2Former's queries as dense class scores (N, K, h, w), as its
+    ``post_process_semantic_segmentation`` reads them: softmax over each query's classes
+    without "no object", times the sigmoid of its mask, summed over the queries."""
+    probabilities = classes.softmax(dim=-1)[..., :-1]
+    return torch.einsum("nqk,nqhw->nkhw", probabilities, masks.sigmoid())
 
 
 def _tensor(found: Tensor, output: object) -> Tensor:

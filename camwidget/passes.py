@@ -115,9 +115,9 @@ class Passes:
             self.counts["backward"] += 2
         return found
 
-    def select(self, output: object) -> Tensor | list[dict]:
-        """The part of the model's ``output`` to explain: the user's ``output`` function
-        first, then :func:`camwidget.outputs.select`."""
+    def select(self, output: object, size: tuple[int, int]) -> Tensor | list[dict]:
+        """The part of the model's ``output`` for inputs of ``size`` (H, W) to explain:
+        the user's ``output`` function first, then :func:`camwidget.outputs.select`."""
         if self.output is not None:
             try:
                 output = self.output(output)
@@ -127,7 +127,7 @@ class Passes:
                 raise CamwidgetError(
                     f"the output function failed: {type(error).__name__}: {error}"
                 ) from error
-        return outputs.select(output)
+        return outputs.select(output, size)
 
     def score_inputs(
         self,
@@ -247,14 +247,16 @@ class Passes:
     def deeplift(self, inputs: Tensor, baseline: Tensor, scorer: Scorer) -> Tensor:
         """DeepLIFT's multipliers (3, H, W) of ``inputs`` against ``baseline``."""
         with self.lock:
-            found = deeplift.multipliers(self.model, inputs, baseline, self._selected(scorer))
+            found = deeplift.multipliers(
+                self.model, inputs, baseline, self._selected(scorer, inputs)
+            )
             self.counts.update(("forward", "backward"))
         return found
 
     def full_gradients(self, inputs: Tensor, scorer: Scorer) -> tuple[Tensor, list[Tensor]]:
         """FullGrad's input × gradient and bias × gradient maps (see :mod:`fullgrad`)."""
         with self.lock:
-            found = fullgrad.decomposition(self.model, inputs, self._selected(scorer))
+            found = fullgrad.decomposition(self.model, inputs, self._selected(scorer, inputs))
             self.counts.update(("forward", "backward"))
         return found
 
@@ -268,7 +270,7 @@ class Passes:
         """LeGrad's gradients at the last ``blocks`` attentions (see :mod:`legrad`)."""
         with self.lock:
             found = legrad.attention_gradients(
-                self.model, inputs, self._selected(scorer), blocks, kept
+                self.model, inputs, self._selected(scorer, inputs), blocks, kept
             )
             self.counts.update(("forward", "backward"))
         return found
@@ -286,7 +288,7 @@ class Passes:
     def guided(self, inputs: Tensor, score: Callable[[object], Tensor]) -> Tensor:
         """Guided backpropagation (3, H, W) of ``score(selected output)``."""
         with self.lock:
-            found = pixel.guided_backprop(self.model, inputs, self._selected(score))
+            found = pixel.guided_backprop(self.model, inputs, self._selected(score, inputs))
             self.counts.update(("forward", "backward"))
         return found
 
@@ -299,9 +301,14 @@ class Passes:
     ) -> Tensor:
         """LRP relevance (3, H, W) of ``score(selected output)`` under ``composite``."""
         with self.lock:
-            found = lrp.relevance(self.model, inputs, self._selected(score), composite, bounds)
+            found = lrp.relevance(
+                self.model, inputs, self._selected(score, inputs), composite, bounds
+            )
             self.counts.update(("forward", "backward"))
         return found
 
-    def _selected(self, score: Callable[[object], Tensor]) -> Callable[[object], Tensor]:
-        return lambda output: score(self.select(output))
+    def _selected(
+        self, score: Callable[[object], Tensor], inputs: Tensor
+    ) -> Callable[[object], Tensor]:
+        size = tuple(inputs.shape[-2:])
+        return lambda output: score(self.select(output, size))

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import images
+from . import framing, images
 from .errors import CamwidgetError
 from .explanation import PreparedImage
 from .inputs import ModelInput
@@ -34,6 +34,7 @@ class Preparation:
         self.model_input, self.preprocess, self.max_side = model_input, preprocess, max_side
         self.device, self.dtype = device, dtype
         self.worked_at: set[tuple[int, int]] = set()
+        self._probed: dict[tuple[int, int], framing.Probed] = {}
 
     def __call__(self, image: object) -> PreparedImage:
         """Read and preprocess ``image`` (path, bytes, PIL, HWC array, CHW tensor)."""
@@ -45,12 +46,15 @@ class Preparation:
             inputs = image.detach()
             if inputs.dim() == 3:
                 inputs = inputs[None]
-            source, notes = inputs, ()
+            source, notes, frame = inputs, (), None
             size = (inputs.shape[-2], inputs.shape[-1])
         else:
             source = images.to_rgb(image)
             fitted, note = images.fit(source, self.max_side)
-            notes = tuple(n for n in (note, self._resize_note(fitted)) if n)
+            probed = self._probe(fitted.shape[:2])
+            frame = probed.frame if probed else None
+            shown = (note, self._resize_note(fitted), probed and probed.say())
+            notes = tuple(n for n in shown if n)
             inputs = self._preprocess(fitted)
             size = source.shape[:2]
         if inputs.dim() != 4 or inputs.shape[:2] != (1, 3) or not inputs.is_floating_point():
@@ -59,7 +63,7 @@ class Preparation:
                 f"got {tuple(inputs.shape)} {inputs.dtype}"
             )
         inputs = inputs.to(self.device, self.dtype).contiguous()
-        return PreparedImage(inputs=inputs, size=size, notes=notes, source=source)
+        return PreparedImage(inputs, size, notes, source, frame)
 
     def probe(self) -> Tensor:
         """A random input at the model's size (224×224 where it takes any)."""
@@ -86,12 +90,29 @@ class Preparation:
 
     def input_bounds(self) -> tuple[Tensor, Tensor] | None:
         """The lowest and highest model input, per channel (1, 3, 1, 1), where the model's
-        normalisation is known (pixels 0 and 1 normalised), else None."""
-        if self.preprocess is not None:
+        normalisation is known (pixels 0 and 1 normalised: the model's own, or what the
+        preprocess gave black and white probes), else None."""
+        if self.preprocess is None:
+            mean = torch.tensor(self.model_input.mean, device=self.device).reshape(1, 3, 1, 1)
+            std = torch.tensor(self.model_input.std, device=self.device).reshape(1, 3, 1, 1)
+            return (0.0 - mean) / std, (1.0 - mean) / std
+        found = [p for p in self._probed.values() if p.low is not None]
+        if not found:
             return None
-        mean = torch.tensor(self.model_input.mean, device=self.device).reshape(1, 3, 1, 1)
-        std = torch.tensor(self.model_input.std, device=self.device).reshape(1, 3, 1, 1)
-        return (0.0 - mean) / std, (1.0 - mean) / std
+        low, high = (torch.tensor(v, dtype=torch.float32) for v in (found[-1].low, found[-1].high))
+        return low.reshape(1, 3, 1, 1).to(self.device), high.reshape(1, 3, 1, 1).to(self.device)
+
+    def _probe(self, size: tuple[int, int]) -> framing.Probed | None:
+        """Where the preprocess puts a photo of ``size`` (H, W), found once per size;
+        None without a preprocess (the model's own resizing stretches the photo)."""
+        if self.preprocess is None:
+            return None
+        if size not in self._probed:
+            try:
+                self._probed[size] = framing.probe(self._preprocess, size)
+            except (CamwidgetError, ValueError):  # the photo itself will say what failed
+                return None
+        return self._probed[size]
 
     def _resizes(self, image: PreparedImage) -> bool:
         """Whether ``image`` must be prepared again: the model's input size is now known

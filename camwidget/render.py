@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import CamwidgetError
+from .framing import Frame
 from .images import to_rgb
 
 #: Colormaps offered first in the panel; any name ``matplotlib.colormaps`` knows works.
@@ -20,32 +21,62 @@ from .images import to_rgb
 #: deficiencies (cividis is made for them); viridis is the default.
 COLORMAPS = ("viridis", "cividis", "magma", "inferno", "turbo", "jet", "gray")
 
+#: How bright the photo stays where the model did not see it (cropped away).
+VEIL = 0.35
+
 
 @lru_cache(maxsize=64)
-def _taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _taps(
+    size_in: int, size_out: int, start: float = 0.0, span: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """1-D linear interpolation with half-pixel centres: output sample i reads the input
     at x = (i + 0.5) * size_in / size_out - 0.5, clamped to [0, size_in - 1], as torch's
-    ``interpolate(mode="bilinear", align_corners=False)``. Returns (left, right, weight
-    of right), the weight in float32."""
+    ``interpolate(mode="bilinear", align_corners=False)``; where the input spans only
+    [start, start + span] of the output (fractions), at the position it has there.
+    Returns (left, right, weight of right), the weight in float32."""
     x = (np.arange(size_out, dtype=np.float64) + 0.5) * (size_in / size_out) - 0.5
+    if (start, span) != (0.0, 1.0):
+        x = ((x + 0.5) / size_in - start) / span * size_in - 0.5
     x = np.clip(x, 0.0, size_in - 1)
     left = np.floor(x).astype(np.intp)
     right = np.minimum(left + 1, size_in - 1)
     return left, right, (x - left).astype(np.float32)
 
 
-def upsample(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize a 2-D map to ``size`` = (H, W), bilinear with align_corners=False.
+def upsample(raw: np.ndarray, size: tuple[int, int], frame: Frame | None = None) -> np.ndarray:
+    """Resize a 2-D map to ``size`` = (H, W), bilinear with align_corners=False; with a
+    ``frame``, onto the part of (H, W) it names (beyond it, the nearest edge's values:
+    see :func:`inside`).
 
     Rows, then columns, each output value a blend of two neighbours: elementwise numpy
     in float32 (as torch computes it; float64 took 8x longer), no BLAS (a BLAS thread
     pool would compete with torch's threads on a small machine).
     """
     raw = np.asarray(raw, dtype=np.float32)
-    left, right, weight = _taps(raw.shape[0], size[0])
+    down, across = ((0.0, 1.0), (0.0, 1.0)) if frame is None else frame.lines
+    left, right, weight = _taps(raw.shape[0], size[0], *down)
     rows = raw[left] * (1.0 - weight)[:, None] + raw[right] * weight[:, None]
-    left, right, weight = _taps(raw.shape[1], size[1])
+    left, right, weight = _taps(raw.shape[1], size[1], *across)
     return rows[:, left] * (1.0 - weight) + rows[:, right] * weight
+
+
+def inside(size: tuple[int, int], frame: Frame) -> np.ndarray:
+    """bool (H, W): the pixels of ``size`` whose centres lie in ``frame``."""
+    (top, height), (left, width) = frame.lines
+    rows = np.abs((np.arange(size[0]) + 0.5) / size[0] - top - height / 2) <= height / 2
+    cols = np.abs((np.arange(size[1]) + 0.5) / size[1] - left - width / 2) <= width / 2
+    return rows[:, None] & cols[None, :]
+
+
+def veiled(rgb: np.ndarray, frame: Frame | None) -> np.ndarray:
+    """``rgb`` darkened outside ``frame`` (what the model did not see); unchanged
+    without one."""
+    if frame is None:
+        return rgb
+    out = rgb.copy()
+    outside = ~inside(rgb.shape[:2], frame)
+    out[outside] = (out[outside] * VEIL).astype(np.uint8)
+    return out
 
 
 def normalise(heat: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import ModelState
 
-from camwidget import CamwidgetError, Explainer, samples
+from camwidget import Explainer, samples
 from camwidget.targets import Region
 
 transformers = pytest.importorskip("transformers")
@@ -82,9 +82,9 @@ def strides(size: tuple[int, int], info) -> tuple[float, float]:
     return size[0] / info.shape[1], size[1] / info.shape[2]
 
 
-def reference_gradcam(model, module, layout, inputs, target, dense: bool) -> np.ndarray:
+def reference_gradcam(model, module, layout, inputs, score) -> np.ndarray:
     """Grad-CAM from a plain forward hook on ``module``: its output and the gradient of
-    the target's logit (summed over the pixels for a segmentation), read as (C, h, w)."""
+    ``score(model output)``, read as (C, h, w)."""
     kept = {}
 
     def hook(_, __, output):
@@ -93,11 +93,10 @@ def reference_gradcam(model, module, layout, inputs, target, dense: bool) -> np.
     handle = module.register_forward_hook(hook)
     try:
         inputs = inputs.clone().requires_grad_(True)  # autograd through the frozen model
-        logits = model(pixel_values=inputs).logits
+        output = model(pixel_values=inputs)
     finally:
         handle.remove()
-    score = logits[0, target].sum() if dense else logits[0, target]
-    (gradient,) = torch.autograd.grad(score, kept["output"])  # no parameter's .grad
+    (gradient,) = torch.autograd.grad(score(output), kept["output"])  # no parameter's .grad
     activation, gradient = kept["output"][0].detach(), gradient[0]
     channels, height, width = layout.shape
     if layout.layout == "nhwc":
@@ -152,14 +151,26 @@ def test_hugging_face_model(name):
         e = ex.explain(photo, target=Region(1, np.ones(ex.prepare(photo).size, bool)))
     module = model.get_submodule(default.name)
     inputs = ex.prepare(photo).inputs
-    expected = reference_gradcam(model, module, default, inputs, target, dense)
+    expected = reference_gradcam(
+        model, module, default, inputs, lambda out: out.logits[0, target].sum()
+    )
     np.testing.assert_allclose(e.raw, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
     before.assert_same(model)
 
 
-def test_detr_is_told_in_words():
-    """DETR's (N, queries, classes + 1) logits and pred_boxes: not yet mapped onto the
-    box targets; the message says what camwidget explains and how to pick it."""
+def plain_forward(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` in eval mode, its convolutions at He's scale, after one plain forward."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight)
+    with torch.no_grad():
+        model.eval()(pixel_values=torch.zeros(1, 3, 64, 64))
+    return model
+
+
+@pytest.fixture(scope="module")
+def detr():
+    torch.manual_seed(0)
     config = transformers.DetrConfig(
         use_timm_backbone=False,
         use_pretrained_backbone=False,
@@ -170,6 +181,88 @@ def test_detr_is_told_in_words():
         decoder_attention_heads=2, encoder_ffn_dim=37, decoder_ffn_dim=37, num_queries=5,
         num_labels=5,
     )  # fmt: skip
-    model = transformers.DetrForObjectDetection(config).eval()
-    with pytest.raises(CamwidgetError, match="give Explainer\\(model, output=fn\\)"):
-        Explainer(model).explain(samples.load("chelsea"))
+    model = transformers.DetrForObjectDetection(config)
+    torch.nn.init.normal_(model.model.query_position_embeddings.weight)  # distinct queries
+    return plain_forward(model)
+
+
+def test_detr_detections_are_its_own_post_processings(detr):
+    """Each query a detection (its best class but "no object", that probability, its
+    box), as DetrImageProcessor's post-processing reads them; the default target its
+    best one; Grad-CAM equal to a hook's, the target written by hand (pytorch-grad-cam's
+    box score: the class probability plus the IoU with the box)."""
+    import torchvision
+
+    before = ModelState.of(detr)
+    ex, photo = Explainer(detr), samples.load("chelsea")
+    found = ex.detections(photo)
+    inputs = ex.prepare(photo).inputs
+    with torch.no_grad():
+        out = detr(pixel_values=inputs)
+    processor = transformers.DetrImageProcessor()
+    expected = processor.post_process_object_detection(out, 0.0, target_sizes=[(300, 451)])[0]
+    order = expected["scores"].argsort(descending=True)
+    np.testing.assert_allclose([d.score for d in found], expected["scores"][order], rtol=1e-6)
+    assert [d.label for d in found] == expected["labels"][order].tolist()
+    np.testing.assert_allclose([d.box for d in found], expected["boxes"][order], rtol=1e-5)
+    assert len({d.box for d in found}) == 5  # five distinct queries
+    e = ex.explain(photo)
+    assert ex.output_kind == "detections" and e.box == found[0].box
+    query = int(out.logits.softmax(-1)[0, :, :-1].max(-1).values.argmax())
+    label, box = e.target.label, torch.tensor([e.target.box])  # the box in input pixels
+
+    def score(output):
+        probability = output.logits.softmax(-1)[0, query, label]
+        x, y, w, h = output.pred_boxes[0, query]
+        height, width = inputs.shape[-2:]
+        corners = torch.stack([(x - w / 2) * width, (y - h / 2) * height,
+                               (x + w / 2) * width, (y + h / 2) * height])  # fmt: skip
+        return probability + torchvision.ops.box_iou(box, corners[None])[0, 0]
+
+    info = {i.name: i for i in ex.layers}[e.layer]
+    reference = reference_gradcam(detr, detr.get_submodule(e.layer), info, inputs, score)
+    np.testing.assert_allclose(e.raw, reference, rtol=1e-4, atol=1e-6 * np.abs(reference).max())
+    assert np.abs(reference).max() > 0
+    before.assert_same(detr)
+
+
+def test_mask2former_queries_are_dense_class_scores():
+    """Mask2Former's class and mask queries read as its semantic post-processing reads
+    them (softmax without "no object" times the masks' sigmoid, summed over queries):
+    dense scores explained with Region targets, equal to a hook's Grad-CAM."""
+    torch.manual_seed(0)
+    backbone = transformers.SwinConfig(
+        image_size=64, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )  # fmt: skip
+    config = transformers.Mask2FormerConfig(
+        backbone_config=backbone, use_pretrained_backbone=False, use_timm_backbone=False,
+        feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=64,
+        dim_feedforward=64, encoder_layers=1, decoder_layers=2, num_attention_heads=2,
+        num_queries=6, num_labels=4,
+    )  # fmt: skip
+    model = plain_forward(transformers.Mask2FormerForUniversalSegmentation(config))
+    before = ModelState.of(model)
+    ex, photo = Explainer(model), samples.load("chelsea")
+    whole = Region(1, np.ones((300, 451), bool))
+    e = ex.explain(photo, target=whole)
+    assert ex.output_kind == "dense" and ex.num_classes == 4
+
+    def score(output):
+        classes = output.class_queries_logits.softmax(-1)[0, :, :-1]
+        return torch.einsum(
+            "q,qhw->hw", classes[:, 1], output.masks_queries_logits[0].sigmoid()
+        ).sum()
+
+    inputs = ex.prepare(photo).inputs
+    info = {i.name: i for i in ex.layers}[e.layer]
+    reference = reference_gradcam(model, model.get_submodule(e.layer), info, inputs, score)
+    np.testing.assert_allclose(e.raw, reference, rtol=1e-4, atol=1e-6 * np.abs(reference).max())
+    assert np.abs(reference).max() > 0
+    with torch.no_grad():
+        out = model(pixel_values=inputs)
+    processor = transformers.Mask2FormerImageProcessor()
+    labels = processor.post_process_semantic_segmentation(out, target_sizes=[(75, 113)])[0]
+    top = ex.explain(photo)  # the class with the most predicted pixels
+    assert top.target.index == int(torch.bincount(labels.flatten()).argmax())
+    before.assert_same(model)

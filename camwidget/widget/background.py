@@ -74,7 +74,7 @@ class Background:
             if generation != self._generation:
                 return
             done = f"{title} at {layer} · partial: {fraction * 100:.0f} % of the channels scored"
-            view.show_partial(raw.cpu().numpy(), self._frame_rgb, done)
+            view.show_partial(raw.cpu().numpy(), self._frame_rgb, done, self._image.frame)
             view.paint(self.colormap, self.alpha, self.threshold)
             self._write_status(running=title)
 

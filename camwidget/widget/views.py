@@ -15,6 +15,7 @@ from traitlets import Any, HasTraits, Unicode
 from .. import methods, render
 from ..errors import CamwidgetError
 from ..explainer import Explainer, Explanation, PreparedImage, Progress
+from ..framing import Frame
 from .styles import filter_holder, look_filters, look_rule, unique_class
 
 
@@ -74,6 +75,8 @@ class View(HasTraits):
         self._grey: tuple[np.ndarray, np.ndarray] | None = None  # (photo, its grey)
         self._levels: np.ndarray | None = None  # the map in 256 levels
         self._drawn: np.ndarray | None = None  # where the marks are (outline, box)
+        self._veil: np.ndarray | None = None  # the photo the model did not see (cropped)
+        self._veils: tuple[np.ndarray, Frame, np.ndarray] | None = None  # (rgb, frame, veil)
         self._look: tuple[str, float, float] | None = None  # (colormap, alpha, threshold)
         self._sent: dict[str, tuple] = {}  # what each image (by model id) and the filter hold
         self._frame: tuple[tuple, np.ndarray] | None = None
@@ -120,16 +123,23 @@ class View(HasTraits):
         self.region = None
         if e.region is not None:
             self.region = render.upsample(e.region.astype(np.float32), rgb.shape[:2]) >= 0.5
+        self._veil = self._veil_of(rgb, e.frame)
         self.caption.value = f"{caption(e)} · {e.title} at <code>{html.escape(e.layer)}</code>"
         self.zero, self.meaning = e.legend(self.signed)
         self.bar_text.value = f"<small>{html.escape(self.meaning)}</small>"
         self._layers(e.box)
 
-    def show_partial(self, raw: np.ndarray, rgb: np.ndarray, text: str) -> None:
+    def show_partial(
+        self, raw: np.ndarray, rgb: np.ndarray, text: str, frame: Frame | None = None
+    ) -> None:
         """Show a map still being made (``raw``, rectified, at feature resolution) over
-        ``rgb``, with ``text`` as its caption (e.g. "Score-CAM · partial: 35 %")."""
+        ``rgb`` (where the model saw its ``frame``), with ``text`` as its caption (e.g.
+        "Score-CAM · partial: 35 %")."""
         self.rgb, self.signed, self.zero, self.partial = rgb, False, None, text
-        self.heat = render.normalise(render.upsample(raw, rgb.shape[:2]))
+        self.heat = render.normalise(render.upsample(raw, rgb.shape[:2], frame))
+        self._veil = self._veil_of(rgb, frame)
+        if self._veil is not None:
+            self.heat[self._veil] = 0.0
         self.region = None
         self.caption.value = f"<i>{html.escape(text)}</i>"
         self.meaning = "0 (no evidence) → high evidence (so far)"
@@ -165,10 +175,12 @@ class View(HasTraits):
         if self._look is None or self._base is None:
             return None
         _, alpha, threshold = self._look
-        key = (self._base, self._levels, self._drawn, self.colormap, alpha, threshold)
+        key = (self._base, self._levels, self._drawn, self._veil, self.colormap, alpha, threshold)
         if self._frame is None or not _same(self._frame[0], key):
             colours = render.palette(self.colormap, threshold, self.signed)
             frame = render.compose(self._base, self._levels, colours, alpha)
+            if self._veil is not None:
+                frame[self._veil] = (frame[self._veil] * render.VEIL).astype(np.uint8)
             if self._drawn is not None:
                 frame[self._drawn] = 255
             self._frame = (key, frame)
@@ -196,15 +208,35 @@ class View(HasTraits):
         threshold = self._look[2]
         self._send(self.photo, (self._base,), lambda: render.encode(self._base, "jpeg"))
         self._send(self.map, (self._levels,), lambda: render.encode(self._levels, "png"))
-        self.marks.layout.display = "none" if self._drawn is None else None
-        if self._drawn is not None:
-            marks = np.zeros((*self._drawn.shape, 4), dtype=np.uint8)
-            marks[self._drawn] = 255
-            self._send(self.marks, (self._drawn,), lambda: render.encode(marks, "png"))
+        marked = self._drawn is not None or self._veil is not None
+        self.marks.layout.display = None if marked else "none"
+        if marked:
+            key = (self._drawn, self._veil)
+            self._send(self.marks, key, lambda: render.encode(self._marks(), "png"))
         look = (self.colormap, threshold, self.signed)
         if self._sent.get("colours") != look:  # the filters' tables: a few kilobytes
             self._sent["colours"] = look
             self.colours.value = look_filters(self.name, *look)
+
+    def _veil_of(self, rgb: np.ndarray, frame: Frame | None) -> np.ndarray | None:
+        """bool (H, W): the part of ``rgb`` outside ``frame``; the same array while both
+        stay (its marks are sent once)."""
+        if frame is None:
+            return None
+        if self._veils is None or self._veils[0] is not rgb or self._veils[1] != frame:
+            self._veils = (rgb, frame, ~render.inside(rgb.shape[:2], frame))
+        return self._veils[2]
+
+    def _marks(self) -> np.ndarray:
+        """RGBA (H, W, 4), the layer over the map: the marks in white, the photo the
+        model did not see veiled in black."""
+        shape = (self._drawn if self._drawn is not None else self._veil).shape
+        marks = np.zeros((*shape, 4), dtype=np.uint8)
+        if self._veil is not None:
+            marks[self._veil, 3] = round(255 * (1.0 - render.VEIL))
+        if self._drawn is not None:
+            marks[self._drawn] = 255
+        return marks
 
     def _send(self, image: widgets.Image, key: tuple, encoded: Callable[[], bytes]) -> None:
         """Give ``image`` new bytes, made by ``encoded``, only when ``key`` changed (its
