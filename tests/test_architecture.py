@@ -11,7 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "camwidget"
 ENGINE = {"errors", "images", "render", "labels", "layers", "methods", "capture", "explainer"}
 #: The package's tiers, bottom first: a module imports only from its own tier or below.
 TIERS = (
-    {"errors", "inputs", "layouts", "memory", "cache", "worker", "images", "labels", "targets"},
+    {"errors", "inputs", "layouts", "memory", "cache", "worker", "images", "labels", "targets"}
+    | {"framing"},
     {"samples", "outputs", "render", "capture", "pixel", "deeplift", "lrp", "layers", "scoring"}
     | {"fullgrad", "legrad", "zero_shot", "proof"},
     {"method_context", "cams", "methods", "perturbation", "attributions", "components"}
