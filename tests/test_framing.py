@@ -8,13 +8,12 @@ import io
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from torchvision import transforms as T
 
 from camwidget import Explainer, framing, metrics, render, zoo
-from camwidget.framing import Frame
 from camwidget.explanation import to_image
+from camwidget.framing import Frame
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CROP = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(MEAN, STD)])
@@ -29,7 +28,7 @@ def centre_crop(size: tuple[int, int], short: int = 256, crop: int = 224) -> Fra
     height, width = size
     resized = (short, int(short * width / height)) if height <= width else (
         int(short * height / width), short)  # fmt: skip
-    top, left = (int(round((side - crop) / 2.0)) for side in resized)
+    top, left = (round((side - crop) / 2.0) for side in resized)
     return Frame(top / resized[0], left / resized[1], crop / resized[0], crop / resized[1])
 
 
@@ -104,7 +103,7 @@ def test_the_map_lies_on_the_photos_own_pixels(cropped, photo):
 
 
 def test_a_box_and_a_heatmap_map_between_input_and_photo(cropped, photo):
-    ex, e = cropped
+    ex, _ = cropped
     prepared = ex.prepare(photo)
     whole = to_image((0, 0, 224, 224), prepared)  # a detector's box, input -> photo
     height, width = prepared.size
