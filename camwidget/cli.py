@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import methods, samples, zoo
+from . import methods, samples, sources, zoo
 from .errors import CamwidgetError
 
 DEFAULT_SAMPLE = "grace_hopper"
@@ -54,20 +54,53 @@ def _parser() -> argparse.ArgumentParser:
         "--dir", default="camwidget-demo", help="folder for the notebook (default: camwidget-demo)"
     )
     demo.set_defaults(run=_demo)
+    _app_parser(commands)
+    return parser
+
+
+def _app_parser(commands: argparse._SubParsersAction) -> None:
     app = commands.add_parser(
         "app",
-        help="serve the panel as a code-free page (Voila), e.g. for a class",
-        description="Serve the panel alone on a page with Voila: upload a photo, change the "
-        "layer, the class, the method and the colours; no code. Needs camwidget[app].",
+        help="serve the panel as a code-free page, e.g. for a class",
+        description="Serve the panel alone on a page: upload a photo, change the layer, the "
+        "class, the method and the colours; no code. With Solara (the default) one process "
+        "serves every student, each with a panel of their own, over one copy of the model; "
+        "with Voila each student gets a kernel. Needs camwidget[app].",
     )
-    app.add_argument("--model", default="efficientnet_lite0", choices=zoo.names())
+    app.add_argument(
+        "--model",
+        default="efficientnet_lite0",
+        metavar="SPEC",
+        help=f"the model: {sources.FORMS} (default: efficientnet_lite0)",
+    )
+    app.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="torchvision's and timm's models untrained (nothing downloads)",
+    )
+    app.add_argument("--sample", default="chelsea", help="the first photo (a sample name)")
+    app.add_argument("--images", metavar="DIR", help="a folder of photos to offer in a list")
     app.add_argument("--port", type=int, default=8866, help="port (default: 8866)")
     app.add_argument(
         "--ip", default="127.0.0.1", help="address to serve on; 0.0.0.0 for a classroom network"
     )
+    app.add_argument("--server", choices=("solara", "voila"), default="solara")
+    app.add_argument(
+        "--idle",
+        type=float,
+        default=10.0,
+        metavar="MINUTES",
+        help="a student's panel is closed this long after their page (Solara; default: 10)",
+    )
+    app.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload (20)")
+    app.add_argument(
+        "--slow-jobs",
+        type=int,
+        default=2,
+        help="perturbation methods and metrics running at once; 0: no cap (default: 2)",
+    )
     app.add_argument("--no-browser", action="store_true", help="do not open a browser")
     app.set_defaults(run=_app)
-    return parser
 
 
 def _render_parser(commands: argparse._SubParsersAction) -> None:
@@ -166,19 +199,33 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _app(args: argparse.Namespace) -> int:
-    _require("voila", "the app needs Voila: pip install 'camwidget[app]'")
-    command = [
-        sys.executable,
-        "-m",
-        "voila",
-        str(NOTEBOOKS / "app.ipynb"),
-        f"--port={args.port}",
-        f"--Voila.ip={args.ip}",
-        "--theme=light",
-    ]
-    if args.no_browser:
-        command.append("--no-browser")
-    env = {**os.environ, "CAMWIDGET_MODEL": args.model}
+    from .widget.classroom import Settings
+
+    _require(args.server, f"the app needs {args.server}: pip install 'camwidget[app]'")
+    sources.check(args.model)
+    settings = Settings(
+        model=args.model,
+        pretrained=not args.random_weights,
+        sample=args.sample,
+        images=args.images,
+        max_upload_mb=args.max_upload_mb,
+        slow_jobs=args.slow_jobs or None,
+    )
+    settings.photos()  # a missing folder is told now
+    if args.sample not in samples.names():
+        raise CamwidgetError(
+            f"no sample {args.sample!r}: choose one of {', '.join(samples.names())}"
+        )
+    env = {**os.environ, **settings.environment()}
+    if args.server == "solara":
+        command = [sys.executable, "-m", "solara", "run", "camwidget.widget.solara_page"]
+        command += ["--port", str(args.port), "--host", args.ip, "--production"]
+        command += ["--no-open"] if args.no_browser else []
+        env["SOLARA_KERNEL_CULL_TIMEOUT"] = f"{max(1, round(args.idle * 60))}s"
+    else:
+        command = [sys.executable, "-m", "voila", str(NOTEBOOKS / "app.ipynb")]
+        command += [f"--port={args.port}", f"--Voila.ip={args.ip}", "--theme=light"]
+        command += ["--no-browser"] if args.no_browser else []
     print(f"camwidget app: http://{args.ip}:{args.port} (Ctrl-C stops it)")
     return _serve(command, env=env)
 

@@ -14,6 +14,7 @@ and on other platforms or allocators.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import platform
 import sys
@@ -47,3 +48,19 @@ def _set(limit: int) -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) and mallopt(M_TRIM_THRESHOLD, limit))
+
+
+def give_back() -> bool:
+    """After a collection of garbage, hand the freed memory the process keeps back to the
+    system (glibc's ``malloc_trim``): for a server whose sessions end, as a classroom's
+    students leave. Returns whether it could (False off glibc)."""
+    gc.collect()
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True

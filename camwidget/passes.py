@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
+from contextlib import AbstractContextManager
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +21,7 @@ from . import deeplift, fullgrad, legrad, lrp, outputs, pixel, proof
 from .capture import Capture
 from .errors import CamwidgetError
 from .layouts import Layout, Reshape
+from .worker import BATCHED_WORK
 
 Progress = Callable[[int, int], None]
 Scorer = Callable[[object], Tensor]
@@ -140,7 +142,7 @@ class Passes:
         :func:`batch_size`)."""
         step = batch_size(size, inputs.device)
         batches = (inputs[start : start + step] for start in range(0, len(inputs), step))
-        with self.lock:
+        with self._slot(progress, len(inputs)), self.lock:
             return capture_.score_inputs(
                 self.model, batches, scorer, len(inputs), self._counted(progress), self.select
             )
@@ -157,7 +159,7 @@ class Passes:
         """``scorer`` on ``inputs`` (1, 3, H, W) under each mask (M, 1, H, W), ``size``
         at a time; ``scored(scores so far)`` after each batch."""
         step = batch_size(size, inputs.device)
-        with self.lock:
+        with self._slot(progress, len(masks)), self.lock:
             return capture_.score_masked(
                 self.model, inputs, masks, scorer, step,
                 self._counted(progress), self.select, scored,
@@ -177,11 +179,16 @@ class Passes:
         """``scorer`` with each of ``channels`` of ``layer`` set to zero in turn, ``size``
         at a time; ``scored(scores so far)`` after each batch."""
         step = batch_size(size, inputs.device)
-        with self.lock:
+        with self._slot(progress, len(channels)), self.lock:
             return capture_.score_ablated(
                 self.model, inputs, layer, layout, channels, scorer, step,
                 self._counted(progress), self.select, scored,
             )  # fmt: skip
+
+    def _slot(self, progress: Progress | None, total: int) -> AbstractContextManager[None]:
+        """A slot of the process's batched work (:data:`camwidget.worker.BATCHED_WORK`),
+        waited for at 0 % (a cancelled wait raises through ``progress``)."""
+        return BATCHED_WORK.taken(None if progress is None else lambda: progress(0, total))
 
     def _counted(self, progress: Progress | None) -> Progress:
         """``progress`` that first counts each batch's inputs as ``"scored"`` (also the
@@ -207,7 +214,7 @@ class Passes:
         time (see :func:`batch_size`): one forward and one backward per batch."""
         step = batch_size(size, points.device)
         batches = (points[start : start + step] for start in range(0, len(points), step))
-        with self.lock:
+        with self._slot(progress, len(points)), self.lock:
             found = capture_.input_gradients(
                 self.model, batches, scorer, len(points), self._batches(progress), self.select
             )
@@ -225,7 +232,7 @@ class Passes:
         ``points`` (M, 3, H, W), ``size`` at a time: a forward recorded from the layer
         and a backward per batch."""
         step, found = batch_size(size, points.device), []
-        with self.lock:
+        with self._slot(progress, len(points)), self.lock:
             for start in range(0, len(points), step):
                 capture = self.forward(points[start : start + step], {layer}, graph_from=layer)
                 if layer not in capture.activations:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 class Cancelled(Exception):
@@ -142,3 +143,43 @@ class Worker:
             job._execute()
             with self._lock:
                 self._pending = [j for j in self._pending if not j.done.is_set()]
+
+
+class Slots:
+    """A cap on the batched work (perturbation methods, metrics) that runs at once in
+    this process, e.g. on a classroom's server; ``limit`` None: no cap. A thread that
+    holds a slot takes no second one."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self._running = 0
+        self._free = threading.Condition()
+        self._held = threading.local()
+
+    @contextmanager
+    def taken(self, waiting: Callable[[], None] | None = None) -> Iterator[None]:
+        """Hold a slot while the block runs; until one is free, ``waiting()`` is called
+        about every 0.2 s (it may raise :class:`Cancelled`)."""
+        if getattr(self._held, "slot", False):
+            yield
+            return
+        while True:
+            with self._free:
+                if self.limit is None or self._running < self.limit:
+                    self._running += 1
+                    break
+                self._free.wait(0.2)
+            if waiting is not None:
+                waiting()
+        self._held.slot = True
+        try:
+            yield
+        finally:
+            self._held.slot = False
+            with self._free:
+                self._running -= 1
+                self._free.notify()
+
+
+#: The process's cap on batched work (none unless set: ``camwidget app --slow-jobs``).
+BATCHED_WORK = Slots()

@@ -163,7 +163,7 @@ def test_demo_opens_jupyterlab_on_a_copy_of_the_shipped_quickstart(monkeypatch, 
     assert (folder / "quickstart.ipynb").read_text() == "{}"
 
 
-def test_app_serves_the_shipped_notebook_with_voila(monkeypatch):
+def _launched(monkeypatch, *args: str) -> dict:
     launched = {}
 
     def fake_serve(command, env):
@@ -171,7 +171,42 @@ def test_app_serves_the_shipped_notebook_with_voila(monkeypatch):
         return 0
 
     monkeypatch.setattr(cli, "_serve", fake_serve)
-    assert cli.main(["app", "--port", "9001", "--ip", "0.0.0.0", "--no-browser"]) == 0
+    assert cli.main(["app", *args]) == 0
+    return launched
+
+
+def test_app_serves_every_student_from_one_solara_process(monkeypatch):
+    launched = _launched(
+        monkeypatch, "--port", "9001", "--ip", "0.0.0.0", "--no-browser", "--idle", "2",
+        "--model", "torchvision:resnet18", "--random-weights", "--slow-jobs", "3",
+    )  # fmt: skip
+    command, env = launched["command"], launched["env"]
+    assert command[:5] == [sys.executable, "-m", "solara", "run", "camwidget.widget.solara_page"]
+    assert {"9001", "0.0.0.0", "--no-open", "--production"} <= set(command)
+    assert env["SOLARA_KERNEL_CULL_TIMEOUT"] == "120s"
+    assert env["CAMWIDGET_MODEL"] == "torchvision:resnet18"
+    assert env["CAMWIDGET_RANDOM_WEIGHTS"] == "1" and env["CAMWIDGET_SLOW_JOBS"] == "3"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "resnet50"], "unknown model 'resnet50': give efficientnet_lite0"),
+        (["--model", "torchvision:resnet5"], "torchvision has no model 'resnet5'"),
+        (["--images", "/no/such/folder"], "--images /no/such/folder: no such folder"),
+        (["--sample", "nothing"], "no sample 'nothing'"),
+    ],
+)
+def test_app_refuses_what_it_cannot_serve(args, message, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_serve", lambda command, env: pytest.fail("served"))
+    assert cli.main(["app", *args]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_app_serves_the_shipped_notebook_with_voila(monkeypatch):
+    launched = _launched(
+        monkeypatch, "--server", "voila", "--port", "9001", "--ip", "0.0.0.0", "--no-browser"
+    )
     command = launched["command"]
     assert command[:3] == [sys.executable, "-m", "voila"]
     assert (
@@ -202,9 +237,12 @@ def _answered(url: str, log: Path, process: subprocess.Popen, timeout: float = 1
     pytest.fail(f"{url} did not answer: {log.read_text()}")
 
 
-def _stopped_leaves_nothing(command: list[str], start_kernel, stop: int, tmp_path) -> None:
+def _stopped_leaves_nothing(
+    command: list[str], start_kernel, stop: int, tmp_path, kernels: bool = True
+) -> None:
     """Start ``command``, have a kernel started (``start_kernel(port, log)``), send
-    ``stop`` to the command's process: it, its server and the kernel are gone in 10 s."""
+    ``stop`` to the command's process: it, its server and the kernel are gone in 10 s
+    (``kernels=False``: a server that runs no kernel processes)."""
     psutil = pytest.importorskip("psutil")
     port, log = _free_port(), tmp_path / "server.log"
     env = {**os.environ, "BROWSER": "true"}  # no browser is opened
@@ -216,8 +254,8 @@ def _stopped_leaves_nothing(command: list[str], start_kernel, stop: int, tmp_pat
     try:
         start_kernel(port, log, process)
         family += family[0].children(recursive=True)
-        kernels = [p for p in family if "ipykernel" in " ".join(p.cmdline())]
-        assert kernels, "no kernel was started"
+        started = [p for p in family if "ipykernel" in " ".join(p.cmdline())]
+        assert bool(started) == kernels, f"kernel processes: {started}"
         process.send_signal(stop)
         _, alive = psutil.wait_procs(family, timeout=10)
         assert not alive, f"still running: {[' '.join(p.cmdline())[:80] for p in alive]}"
@@ -230,13 +268,14 @@ def _stopped_leaves_nothing(command: list[str], start_kernel, stop: int, tmp_pat
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_stopped_app_takes_its_server_and_kernels_along(stop, tmp_path):
-    command = [sys.executable, "-m", "camwidget.cli", "app", "--no-browser"]
+@pytest.mark.parametrize("server", ["voila", "solara"])
+def test_a_stopped_app_takes_its_server_and_kernels_along(stop, server, tmp_path):
+    command = [sys.executable, "-m", "camwidget.cli", "app", "--no-browser", "--server", server]
 
     def served(port, log, process):  # Voila starts a kernel for the page and runs it
         _answered(f"http://127.0.0.1:{port}/", log, process)
 
-    _stopped_leaves_nothing(command, served, stop, tmp_path)
+    _stopped_leaves_nothing(command, served, stop, tmp_path, kernels=server == "voila")
 
 
 def test_a_stopped_demo_takes_its_server_and_kernels_along(tmp_path):

@@ -16,23 +16,23 @@ from .inspector import Inspector
 class Actions:
     """The panel's event handlers and messages (a part of :class:`CAMWidget`)."""
 
+    #: The largest upload the panel reads, in bytes (None: any); a larger one is refused
+    #: in words (a classroom's server sets it: ``camwidget app --max-upload-mb``).
+    max_upload_bytes: int | None = None
+
     def _reference_uploaded(self, change: Mapping) -> None:
-        files = change["new"]
-        if not files:
+        upload = self._upload(change, "reference")
+        if upload is None:
             return
-        upload = files[0]
-        self._controls["reference"].value = ()
         try:
             self.set_reference(bytes(upload["content"]))
         except CamwidgetError as error:
             self._say_error(f"{upload.get('name', 'the reference')}: {error}")
 
     def _uploaded(self, change: Mapping) -> None:
-        files = change["new"]
-        if not files:
+        upload = self._upload(change, "upload")
+        if upload is None:
             return
-        upload = files[0]
-        self._controls["upload"].value = ()  # so that the same file can be uploaded again
         name = upload.get("name", "the upload")
 
         def load(progress: Progress | None, generation: int) -> None:
@@ -43,6 +43,23 @@ class Actions:
 
         with self._from_page():
             self._run(load, "new image")
+
+    def _upload(self, change: Mapping, control: str) -> Mapping | None:
+        """The file uploaded with ``control``, the control emptied (so that the same file
+        can come again); None where there is none, or it is over the size allowed."""
+        files = change["new"]
+        if not files:
+            return None
+        upload = files[0]
+        self._controls[control].value = ()
+        size, limit = len(upload["content"]), self.max_upload_bytes
+        if limit is not None and size > limit:
+            self._say_error(
+                f"{upload.get('name', 'the upload')} is {size / 2**20:.1f} MB: this server "
+                f"takes photos up to {limit / 2**20:.0f} MB; the panel keeps its photo"
+            )
+            return None
+        return upload
 
     def _save_clicked(self, button: widgets.Button) -> None:
         if self._image is None:

@@ -47,7 +47,7 @@ FLAGS = [
 #: change -> [(front end, ms from the event to the change on screen, ms from the event to
 #: the overlay's first change or None)]
 LATENCIES: dict[str, list[tuple[str, float, float | None]]] = {}
-FRONT_ENDS = ("JupyterLab", "Notebook 7", "Voilà")
+FRONT_ENDS = ("JupyterLab", "Notebook 7", "Voilà", "Solara")
 ERRORS: dict[str, tuple] = {}  # the page's error against the panel
 #: change -> [(bytes the page received over its websockets, whether an image was among
 #: them)], from the action to the status naming the change
@@ -309,6 +309,8 @@ def _changes(page, panel, action, expect, name: str, acts=ACTS) -> None:
 
 
 def _front_end(page) -> str:
+    if hasattr(page, "front_end"):  # the app's pages say which server they came from
+        return page.front_end
     path = urllib.parse.urlparse(page.url).path
     return (
         "JupyterLab"
@@ -657,28 +659,32 @@ def test_the_gallery_opens_a_thumbnail_in_a_panel(server, browser):
     page.close()
 
 
-@pytest.fixture(scope="module")
-def app(server):
-    """``camwidget app`` (Voila) on a free port."""
+@pytest.fixture(scope="module", params=["Solara", "Voilà"])
+def app(server, request):
+    """``camwidget app`` on a free port, served by Solara (one process for every
+    student) or by Voila (a kernel each)."""
     _, root = server
     port = _free_port()
-    log = open(root / "app.log", "w")  # noqa: SIM115 (closed below)
+    log = open(root / f"app-{request.param}.log", "w")  # noqa: SIM115 (closed below)
+    choice = "solara" if request.param == "Solara" else "voila"
+    command = [sys.executable, "-m", "camwidget.cli", "app", "--port", str(port)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "camwidget.cli", "app", "--port", str(port), "--no-browser"],
+        [*command, "--no-browser", "--server", choice],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=root,
     )
     url = f"http://127.0.0.1:{port}"
     with _serving(process, log, url, "the app"):
-        yield url, root
+        yield url, root, request.param
 
 
 def test_the_code_free_app(app, browser):
     """Students' page: the panel alone, no code; driven like the notebooks; the class
     search takes a name and Enter."""
-    url, root = app
+    url, root, front_end = app
     page = _new_page(browser)
+    page.front_end = front_end
     page.goto(url)
     panel = _panel_ready(page, done=None)
     assert page.locator(".jp-InputArea, .CodeMirror, .cm-editor").count() == 0  # no code
@@ -690,8 +696,44 @@ def test_the_code_free_app(app, browser):
         "tiger cat",
         "search",
     )
-    _drive(page, panel, root, "app")
+    _drive(page, panel, root, f"app-{front_end}")
     page.close()
+
+
+def test_four_students_each_with_a_panel_of_their_own(app, browser):
+    """Four students on one app: each gets a panel, and what one changes (a class, the
+    colormap) changes their page only."""
+    url, _, front_end = app
+    pages = []
+    for _ in range(4):
+        context = browser.new_context(viewport={"width": 1300, "height": 1000})
+        page = context.new_page()
+        page.goto(url)
+        pages.append(page)
+    panels = [_panel_ready(page, done=None) for page in pages]
+
+    def captions() -> list[str]:
+        return [panel.locator(".camwidget-caption").first.inner_text() for panel in panels]
+
+    before = captions()
+    assert len(set(before)) == 1, before  # the same photo and class for everyone
+    second = panels[0].locator(".camwidget-classes .widget-radio-box label").nth(1)
+    label = second.inner_text().split(" · ")[0]
+    second.click()
+    panels[0].locator(".camwidget-caption").filter(has_text=label).wait_for(timeout=60_000)
+    panels[2].locator(".camwidget-colormap select").select_option(value="magma")
+    pages[2].wait_for_function(
+        "() => getComputedStyle(document.querySelector('.camwidget-overlay img.camwidget-map'))"
+        ".filter.includes('magma')",
+        timeout=30_000,
+    )
+    pages[0].wait_for_timeout(1000)  # what would leak to the others has had time to
+    after = captions()
+    assert label in after[0] and after[1:] == before[1:], (before, after)
+    colormaps = [p.locator(".camwidget-colormap select").input_value() for p in panels]
+    assert colormaps == ["viridis", "viridis", "magma", "viridis"], (front_end, colormaps)
+    for page in pages:
+        page.context.close()
 
 
 #: A plain ipywidgets page as fast as the stack allows: a dropdown whose change puts
