@@ -12,7 +12,7 @@ ENGINE = {"errors", "images", "render", "labels", "layers", "methods", "capture"
 #: The package's tiers, bottom first: a module imports only from its own tier or below.
 TIERS = (
     {"errors", "inputs", "layouts", "memory", "cache", "worker", "images", "labels", "targets"}
-    | {"framing"},
+    | {"framing", "sharing"},
     {"samples", "outputs", "render", "capture", "pixel", "deeplift", "lrp", "layers", "scoring"}
     | {"fullgrad", "legrad", "zero_shot", "proof"},
     {"method_context", "cams", "methods", "perturbation", "attributions", "components"}
@@ -21,8 +21,9 @@ TIERS = (
     | {"preparation", "passes", "kept"},
     {"requests", "batch"},
     {"explainer"},
-    {"audit", "audit_ray", "audit_store", "sanity", "zoo", "zoo.efficientnet_lite", "cli"},
-    {"widget", "widget.*"},
+    {"audit", "audit_ray", "audit_store", "sanity", "zoo", "zoo.efficientnet_lite"}
+    | {"sources"},
+    {"widget", "widget.*", "cli"},  # the command serves the app's settings
     {""},  # the package's front door
 )
 MAX_LINES = {"function": 50, "class": 400, "module": 500}
