@@ -35,6 +35,7 @@ import psutil
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 MAP = ".camwidget-overlay img.camwidget-map[src]"
+VIEWPORT = {"width": 1300, "height": 1000}
 
 
 def main() -> None:
@@ -46,6 +47,14 @@ def main() -> None:
     parser.add_argument("--server", choices=("solara", "voila"), default="solara")
     parser.add_argument("--changes", type=int, default=3, help="class and colormap changes each")
     parser.add_argument("--idle", type=float, default=0.5, help="the app's --idle, minutes")
+    parser.add_argument(
+        "--slow", type=int, default=0, help="students who start Score-CAM while the others act"
+    )
+    parser.add_argument(
+        "--one-browser",
+        action="store_true",
+        help="every student a tab of one browser (its scripts compiled once), not a browser each",
+    )
     parser.add_argument(
         "--no-nice",
         dest="nice",
@@ -74,12 +83,13 @@ def main() -> None:
 async def _class(url: str, args: argparse.Namespace, server: subprocess.Popen) -> dict:
     from playwright.async_api import async_playwright
 
-    found: dict[str, list] = {"first": [], "class": [], "colormap": [], "missing": []}
+    found: dict[str, list] = {"first": [], "class": [], "colormap": [], "missing": [], "slow": []}
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         keep_nice = asyncio.create_task(_nice(server.pid)) if args.nice else None
         gap = args.arrival / max(1, args.students - 1)
-        students = [_student(browser, url, i * gap, found) for i in range(args.students)]
+        shared = await browser.new_context(viewport=VIEWPORT) if args.one_browser else None
+        students = [_student(shared or browser, url, i * gap, found) for i in range(args.students)]
         before = _cpu(server), _cpu(psutil.Process(), exclude=server.pid)
         pages = [page for page in await asyncio.gather(*students) if page is not None]
         after = _cpu(server), _cpu(psutil.Process(), exclude=server.pid)
@@ -87,10 +97,18 @@ async def _class(url: str, args: argparse.Namespace, server: subprocess.Popen) -
         found["memory_connected"] = _uss(server)
         found["threads_connected"] = psutil.Process(server.pid).num_threads()
         rng = random.Random(0)
-        await asyncio.gather(*(_use(page, args.changes, rng.random(), found) for page in pages))
+        for page in pages[: args.slow]:  # these start Score-CAM, the others go on
+            method = page.locator(".camwidget-method select")
+            value = await method.evaluate(_OPTION, "Score-CAM · slow")
+            await method.select_option(value=value)
+        others = pages[args.slow :]
+        await asyncio.gather(*(_use(page, args.changes, rng.random(), found) for page in others))
+        for page in pages[: args.slow]:
+            status = await page.locator(".camwidget-status").inner_text()
+            found["slow"].append(status.split(" · ")[0][:60])
         found["memory_used"] = _uss(server)
         for page in pages:
-            await page.context.close()
+            await (page.close() if args.one_browser else page.context.close())
         await browser.close()
         if keep_nice is not None:
             keep_nice.cancel()
@@ -112,8 +130,10 @@ async def _nice(server: int) -> None:
 
 
 async def _student(browser, url: str, arrival: float, found: dict):
+    """A student's page on ``browser`` (or in a context shared with the others)."""
     await asyncio.sleep(arrival)
-    context = await browser.new_context(viewport={"width": 1300, "height": 1000})
+    own = not hasattr(browser, "new_page") or hasattr(browser, "contexts")
+    context = await browser.new_context(viewport=VIEWPORT) if own else browser
     page = await context.new_page()
     start = time.perf_counter()
     try:
@@ -122,12 +142,13 @@ async def _student(browser, url: str, arrival: float, found: dict):
         await page.wait_for_function(_STATUS_HAS, arg="Grad-CAM", timeout=180_000)
     except Exception as error:
         found["missing"].append(f"{type(error).__name__}: {str(error)[:120]}")
-        await context.close()
+        await (context.close() if own else page.close())
         return None
     found["first"].append(time.perf_counter() - start)
     return page
 
 
+_OPTION = """(s, t) => [...s.options].find(o => o.text.replace(/\u00a0/g, ' ') === t).value"""
 _STATUS_HAS = """(text) => { const s = document.querySelector('.camwidget-status');
     return s && s.innerText.includes(text); }"""
 _MAP_SRC = "() => document.querySelector('.camwidget-overlay img.camwidget-map').src"
@@ -208,6 +229,8 @@ def _report(args: argparse.Namespace, found: dict, log: Path) -> None:
     print(f"the server's log: {log}")
     print(f"error lines in the server's log: {len(errors)} {errors[:3]}")
     print(f"changes measured: {len(found['class'])} class, {len(found['colormap'])} colormap")
+    if args.slow:
+        print(f"the {args.slow} students on Score-CAM, their status at the end: {found['slow']}")
 
 
 def _free_port() -> int:

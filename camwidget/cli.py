@@ -218,9 +218,9 @@ def _app(args: argparse.Namespace) -> int:
         )
     env = {**os.environ, **settings.environment()}
     if args.server == "solara":
-        command = [sys.executable, "-m", "solara", "run", "camwidget.widget.solara_page"]
-        command += ["--port", str(args.port), "--host", args.ip, "--production"]
-        command += ["--no-open"] if args.no_browser else []
+        command = [sys.executable, "-m", "camwidget.widget.solara_server"]
+        command += ["--port", str(args.port), "--host", args.ip]
+        command += [] if args.no_browser else ["--open"]
         env["SOLARA_KERNEL_CULL_TIMEOUT"] = f"{max(1, round(args.idle * 60))}s"
     else:
         command = [sys.executable, "-m", "voila", str(NOTEBOOKS / "app.ipynb")]

@@ -21,8 +21,7 @@ TIERS = (
     | {"preparation", "passes", "kept"},
     {"requests", "batch"},
     {"explainer"},
-    {"audit", "audit_ray", "audit_store", "sanity", "zoo", "zoo.efficientnet_lite"}
-    | {"sources"},
+    {"audit", "audit_ray", "audit_store", "sanity", "zoo", "zoo.efficientnet_lite"} | {"sources"},
     {"widget", "widget.*", "cli"},  # the command serves the app's settings
     {""},  # the package's front door
 )

@@ -1,7 +1,8 @@
-"""The classroom app as a Solara page (``camwidget app`` runs ``solara run`` on this
-module): Solara's virtual kernels serve every student from one process, each with a page
-of :func:`camwidget.widget.classroom.student_app`, closed when the student's kernel is
-(after the idle time-out, ``--idle``), its memory handed back."""
+"""The classroom app as a Solara page (``camwidget app`` serves it: see
+:mod:`camwidget.widget.solara_server`). Solara's virtual kernels serve every student
+from one process, each with a page of :func:`camwidget.widget.classroom.student_app`,
+closed when the student's kernel is (after the idle time-out, ``--idle``), its memory
+handed back."""
 
 from __future__ import annotations
 
