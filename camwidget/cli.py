@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import methods, samples, sources, zoo
 from .errors import CamwidgetError
+from .worker import SERVER_SLOTS
 
 DEFAULT_SAMPLE = "grace_hopper"
 #: The notebooks that ship inside the package: the quickstart and the app.
@@ -59,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _app_parser(commands: argparse._SubParsersAction) -> None:
+
     app = commands.add_parser(
         "app",
         help="serve the panel as a code-free page, e.g. for a class",
@@ -96,8 +98,9 @@ def _app_parser(commands: argparse._SubParsersAction) -> None:
     app.add_argument(
         "--slow-jobs",
         type=int,
-        default=2,
-        help="perturbation methods and metrics running at once; 0: no cap (default: 2)",
+        default=SERVER_SLOTS,
+        help="perturbation methods and metrics running at once; 0: no cap (default: one "
+        f"per two cores, here {SERVER_SLOTS})",
     )
     app.add_argument("--no-browser", action="store_true", help="do not open a browser")
     app.set_defaults(run=_app)

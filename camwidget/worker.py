@@ -10,6 +10,7 @@ model guard and leaves nothing cached.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -183,3 +184,6 @@ class Slots:
 
 #: The process's cap on batched work (none unless set: ``camwidget app --slow-jobs``).
 BATCHED_WORK = Slots()
+#: A server's cap by default: one job per two cores (each job's passes use the cores
+#: torch gives them).
+SERVER_SLOTS = max(1, (os.cpu_count() or 2) // 2)

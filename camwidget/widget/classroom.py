@@ -37,12 +37,12 @@ class Settings:
     sample: str = "chelsea"
     images: str | None = None
     max_upload_mb: float = 20.0
-    slow_jobs: int | None = 2
+    slow_jobs: int | None = worker.SERVER_SLOTS
 
     @classmethod
     def from_environment(cls) -> Settings:
         env = os.environ.get
-        slow = env("CAMWIDGET_SLOW_JOBS", "2")
+        slow = env("CAMWIDGET_SLOW_JOBS", str(worker.SERVER_SLOTS))
         return cls(
             model=env("CAMWIDGET_MODEL", cls.model),
             pretrained=env("CAMWIDGET_RANDOM_WEIGHTS", "") != "1",
@@ -92,8 +92,7 @@ def _loaded(model: str, pretrained: bool) -> sources.Source:
 
 def student_app(settings: Settings | None = None) -> tuple[widgets.Widget, CAMWidget]:
     """One student's page: a photo list (where there is more than one photo) over a
-    panel of their own, in a box; and the panel (:meth:`CAMWidget.close` it when the student
-    leaves)."""
+    panel of their own, in a box; and the panel (:func:`leave` when the student has left)."""
     settings = settings or Settings.from_environment()
     worker.BATCHED_WORK.limit = settings.slow_jobs
     source = _source(settings.model, settings.pretrained)
