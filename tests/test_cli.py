@@ -181,8 +181,8 @@ def test_app_serves_every_student_from_one_solara_process(monkeypatch):
         "--model", "torchvision:resnet18", "--random-weights", "--slow-jobs", "3",
     )  # fmt: skip
     command, env = launched["command"], launched["env"]
-    assert command[:5] == [sys.executable, "-m", "solara", "run", "camwidget.widget.solara_page"]
-    assert {"9001", "0.0.0.0", "--no-open", "--production"} <= set(command)
+    assert command[:3] == [sys.executable, "-m", "camwidget.widget.solara_server"]
+    assert {"9001", "0.0.0.0"} <= set(command) and "--open" not in command
     assert env["SOLARA_KERNEL_CULL_TIMEOUT"] == "120s"
     assert env["CAMWIDGET_MODEL"] == "torchvision:resnet18"
     assert env["CAMWIDGET_RANDOM_WEIGHTS"] == "1" and env["CAMWIDGET_SLOW_JOBS"] == "3"

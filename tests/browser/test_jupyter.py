@@ -732,6 +732,9 @@ def test_four_students_each_with_a_panel_of_their_own(app, browser):
     assert label in after[0] and after[1:] == before[1:], (before, after)
     colormaps = [p.locator(".camwidget-colormap select").input_value() for p in panels]
     assert colormaps == ["viridis", "viridis", "magma", "viridis"], (front_end, colormaps)
+    pages[3].reload()  # a reload: a working page, with a panel of its own
+    again = _panel_ready(pages[3], done=None)
+    assert label not in again.locator(".camwidget-caption").first.inner_text()
     for page in pages:
         page.context.close()
 
