@@ -239,12 +239,14 @@ STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 def _serve(command: list[str], **options: object) -> int:
     """Run the server ``command`` (``options`` go to :class:`subprocess.Popen`) in the
-    foreground of this process: a stopping signal sent to this process goes to the
-    server too, which ends its kernels, and this process waits for it to end."""
+    foreground of this process: a stopping signal sent to this process stops the server
+    too, by SIGTERM (every server's clean stop: Voila, given SIGINT, raises wherever its
+    loop happens to be and was seen, under load, still running 10 s later), which ends
+    its kernels; this process waits for it to end."""
     server = subprocess.Popen(command, **options)
 
     def forward(number: int, frame: object) -> None:
-        server.send_signal(number)
+        server.send_signal(signal.SIGTERM)
 
     previous = {number: signal.signal(number, forward) for number in STOPPING}
     try:
