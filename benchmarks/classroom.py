@@ -89,7 +89,7 @@ async def _class(url: str, args: argparse.Namespace, server: subprocess.Popen) -
         keep_nice = asyncio.create_task(_nice(server.pid)) if args.nice else None
         gap = args.arrival / max(1, args.students - 1)
         shared = await browser.new_context(viewport=VIEWPORT) if args.one_browser else None
-        students = [_student(shared or browser, url, i * gap, found) for i in range(args.students)]
+        students = [_student(browser, shared, url, i * gap, found) for i in range(args.students)]
         before = _cpu(server), _cpu(psutil.Process(), exclude=server.pid)
         pages = [page for page in await asyncio.gather(*students) if page is not None]
         after = _cpu(server), _cpu(psutil.Process(), exclude=server.pid)
@@ -129,11 +129,10 @@ async def _nice(server: int) -> None:
         await asyncio.sleep(1.0)
 
 
-async def _student(browser, url: str, arrival: float, found: dict):
-    """A student's page on ``browser`` (or in a context shared with the others)."""
+async def _student(browser, shared, url: str, arrival: float, found: dict):
+    """A student's page: in a context of its own on ``browser``, or in ``shared``."""
     await asyncio.sleep(arrival)
-    own = not hasattr(browser, "new_page") or hasattr(browser, "contexts")
-    context = await browser.new_context(viewport=VIEWPORT) if own else browser
+    context = shared or await browser.new_context(viewport=VIEWPORT)
     page = await context.new_page()
     start = time.perf_counter()
     try:
@@ -142,7 +141,7 @@ async def _student(browser, url: str, arrival: float, found: dict):
         await page.wait_for_function(_STATUS_HAS, arg="Grad-CAM", timeout=180_000)
     except Exception as error:
         found["missing"].append(f"{type(error).__name__}: {str(error)[:120]}")
-        await (context.close() if own else page.close())
+        await (page.close() if shared else context.close())
         return None
     found["first"].append(time.perf_counter() - start)
     return page

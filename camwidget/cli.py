@@ -154,8 +154,9 @@ def _render(args: argparse.Namespace) -> int:
     explainer = Explainer(model, preprocess=preprocess, labels=labels)
     prepared = explainer.prepare(image)
     explanation = explainer.explain(prepared, args.layer, args.target, args.method)
-    blended = render.blend(prepared.rgb, explanation.heatmap, args.colormap, args.alpha)
-    rgb = render.veiled(blended, explanation.frame)
+    rgb = render.blend(prepared.rgb, explanation.heatmap, args.colormap, args.alpha)
+    if explanation.frame is not None:
+        rgb = render.veiled(rgb, ~render.inside(rgb.shape[:2], explanation.frame))
     info = explainer.layer(explanation.layer)
     lines = [
         f"{explanation.label} · p = {explanation.probability:.2f} · class {explanation.target}",

@@ -68,13 +68,12 @@ def inside(size: tuple[int, int], frame: Frame) -> np.ndarray:
     return rows[:, None] & cols[None, :]
 
 
-def veiled(rgb: np.ndarray, frame: Frame | None) -> np.ndarray:
-    """``rgb`` darkened outside ``frame`` (what the model did not see); unchanged
-    without one."""
-    if frame is None:
+def veiled(rgb: np.ndarray, outside: np.ndarray | None) -> np.ndarray:
+    """``rgb`` darkened where ``outside`` (bool (H, W): what the model did not see, e.g.
+    ``~inside(size, frame)``); unchanged without it."""
+    if outside is None:
         return rgb
     out = rgb.copy()
-    outside = ~inside(rgb.shape[:2], frame)
     out[outside] = (out[outside] * VEIL).astype(np.uint8)
     return out
 

@@ -178,9 +178,9 @@ class View(HasTraits):
         key = (self._base, self._levels, self._drawn, self._veil, self.colormap, alpha, threshold)
         if self._frame is None or not _same(self._frame[0], key):
             colours = render.palette(self.colormap, threshold, self.signed)
-            frame = render.compose(self._base, self._levels, colours, alpha)
-            if self._veil is not None:
-                frame[self._veil] = (frame[self._veil] * render.VEIL).astype(np.uint8)
+            frame = render.veiled(
+                render.compose(self._base, self._levels, colours, alpha), self._veil
+            )
             if self._drawn is not None:
                 frame[self._drawn] = 255
             self._frame = (key, frame)
