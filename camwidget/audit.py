@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -320,7 +321,7 @@ def explain_dataset(
     method: str = "gradcam",
     targets: str | Callable[[int], object] = "predicted",
     batch_size: int = 32,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     device: str | torch.device | None = None,
     store: str | Path | Store | None = None,
     engine: str | RayEngine = "local",
@@ -332,7 +333,8 @@ def explain_dataset(
     ``targets``: ``"predicted"`` (the top class), ``"true"`` (the label; the top class
     where there is none) or a function label -> target. ``store``: None (in memory), a
     ``.parquet`` path or a :class:`Store`. ``engine``: ``"local"`` (a DataLoader with
-    ``num_workers``), ``"ray"`` or a :class:`~camwidget.audit_ray.RayEngine` (Ray Data
+    ``num_workers`` processes; None: none on a CPU, whose cores the model takes, half
+    the cores up to 4 for a GPU), ``"ray"`` or a :class:`~camwidget.audit_ray.RayEngine` (Ray Data
     actors, each with one copy of the model). ``device``: where the model runs when
     given a bare model. An interrupt (Ctrl-C, the stop button) keeps what is done; an
     error keeps it too (in the store, marked incomplete) and says so in its notes.
@@ -360,7 +362,7 @@ def _run(
     data: Images,
     settings: tuple,
     batch_size: int,
-    num_workers: int,
+    num_workers: int | None,
     sink: Store,
     progress: bool,
 ) -> None:
@@ -405,12 +407,15 @@ def _run_local(
     data: Images,
     settings: tuple,
     batch_size: int,
-    num_workers: int,
+    num_workers: int | None,
     sink: Store,
     bar: _Progress,
 ) -> None:
     """The local engine: a DataLoader (``num_workers`` processes read and resize the
     images; pinned memory for a GPU) feeding :func:`explain_rows`."""
+    if num_workers is None:
+        cores = os.cpu_count() or 1
+        num_workers = 0 if explainer.device.type == "cpu" else min(4, cores // 2)
     loader = DataLoader(
         data,
         batch_size=max(1, batch_size),

@@ -11,14 +11,14 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from . import layouts, outputs
+from . import folding, layouts, outputs
 from .errors import CamwidgetError
 from .layouts import Layout, Reshape
 
@@ -257,12 +257,14 @@ def forward(
     the module inside it.
 
     ``graph_from``: a layer in ``layers``; autograd records the pass only from its
-    output on (the cheapest pass for gradients at that layer and later ones). ``select``
+    output on (the cheapest pass for gradients at that layer and later ones). With
+    ``layers``, the batch norms of other layers are folded (:mod:`folding`). ``select``
     picks the part of the model's output to explain; ``proof``: see :class:`_Recorder`.
     """
     recorder = _Recorder(inputs, copy, graph_from, reshape, proof)
     wanted = None if layers is None else set(layers)
-    with guarded(model) as handles, torch.set_grad_enabled(graph_from is None):
+    folds = nullcontext() if wanted is None else folding.folded(model, inputs, wanted)
+    with guarded(model) as handles, torch.set_grad_enabled(graph_from is None), folds:
         for name, module in model.named_modules():
             if name and (wanted is None or name in wanted or isinstance(module, nn.Linear)):
                 handles.append(module.register_forward_hook(recorder.hook(name, module)))
@@ -373,16 +375,22 @@ def score_inputs(
     progress: Callable[[int, int], None] | None = None,
     select: outputs.Select = outputs.select,
     scored: Callable[[Tensor], None] | None = None,
+    hooks: Mapping[str, Callable[[nn.Module, object, object], object]] | None = None,
 ) -> Tensor:
     """``score(output)`` (one number per input) of the model on each input of each of
     ``batches``, without autograd; ``output`` is the selected part of the model's output
     for a batch. Batches go in the memory layout that runs the model faster (see
-    :class:`FasterLayout`; the model untouched). After each batch, ``scored(scores so
-    far)`` and then ``progress(done, total)`` are called."""
-    scores, done, layouts = [], 0, FasterLayout()
-    with guarded(model):
+    :class:`FasterLayout`; the model untouched), with batch norms folded except into
+    the layers given forward ``hooks`` by name (:mod:`folding`). After each batch,
+    ``scored(scores so far)`` and then ``progress(done, total)`` are called."""
+    scores, done, layouts, hooks = [], 0, FasterLayout(), hooks or {}
+    with guarded(model) as handles:
         for batch in batches:
-            with layouts.timed(batch) as batch:
+            with layouts.timed(batch) as batch, folding.folded(model, batch, hooks):
+                if hooks and not handles:  # after the folding's first look at the model
+                    handles += [
+                        model.get_submodule(n).register_forward_hook(h) for n, h in hooks.items()
+                    ]
                 scores.append(score(select(model(batch), tuple(batch.shape[-2:]))).float())
             done += len(batch)
             if scored is not None:
@@ -472,7 +480,5 @@ def score_ablated(
             current[:] = [channels[start : start + step]]
             yield inputs.expand(len(current[0]), *inputs.shape[1:])
 
-    with guarded(model) as handles:
-        module = model.get_submodule(layer)
-        handles.append(module.register_forward_hook(zero_channels))
-        return score_inputs(model, batches(), score, len(channels), progress, select, scored)
+    hooks = {layer: zero_channels}
+    return score_inputs(model, batches(), score, len(channels), progress, select, scored, hooks)

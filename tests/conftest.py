@@ -112,6 +112,7 @@ class ModelState:
     requires_grad: dict[str, bool]
     hooks: dict[tuple[str, str], int]
     grads: dict[str, bool]
+    own_forwards: set[str]  # modules whose forward is an attribute of their own
 
     @classmethod
     def of(cls, model: torch.nn.Module) -> ModelState:
@@ -126,6 +127,7 @@ class ModelState:
                 if hasattr(m, d)
             },
             grads={n: p.grad is not None for n, p in model.named_parameters()},
+            own_forwards={n for n, m in model.named_modules() if "forward" in vars(m)},
         )
 
     def assert_same(self, model: torch.nn.Module) -> None:
@@ -137,6 +139,7 @@ class ModelState:
         assert now.requires_grad == self.requires_grad
         assert now.hooks == self.hooks
         assert now.grads == self.grads
+        assert now.own_forwards == self.own_forwards
 
 
 PHOTO_CLASSES = samples.FOLDER_CLASSES

@@ -333,7 +333,8 @@ def test_smoothgradcampp_without_noise_is_gradcampp(resnet18, photo_tensor):
     for layer in ("layer2", "layer4"):
         smooth = ex.explain(photo_tensor, layer, 3, "smoothgradcam++").raw
         plain = ex.explain(photo_tensor, layer, 3, "gradcam++").raw
-        np.testing.assert_allclose(smooth, plain, rtol=1e-5, atol=1e-6 * np.abs(plain).max())
+        # the noisy copies run as a batch, with batch norms folded: float rounding
+        np.testing.assert_allclose(smooth, plain, rtol=0, atol=1e-4 * np.abs(plain).max())
 
 
 def test_shapleycam_equals_the_peers():
