@@ -87,6 +87,9 @@ class Images(Dataset):
         return image, int(label)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
+        """(input, label, index): the input uint8 pixels where the explainer normalises
+        (a quarter of the bytes to the device, normalised there: :func:`explain_rows`),
+        else as the ``preprocess`` or a tensor source gives it."""
         image, label = self.read(index)
         if isinstance(image, Tensor):
             inputs = torch.nn.functional.interpolate(
@@ -96,8 +99,19 @@ class Images(Dataset):
             inputs = pixel_values(self.preprocess(Image.fromarray(images.to_rgb(image))))
             inputs = inputs[0] if inputs.dim() == 4 else inputs
         else:
-            inputs = self.model_input.at_size(self.size, "the audit")(images.to_rgb(image))[0]
+            inputs = self.model_input.at_size(self.size, "the audit").pixels(images.to_rgb(image))
         return inputs, label, index
+
+    def collate(self, items: Sequence[tuple[Tensor, int, int]]) -> tuple[Tensor, Tensor, Tensor]:
+        """Items as one batch (inputs, labels, indices); the inputs stay uint8 where all
+        are pixels, else the pixels are normalised here."""
+        inputs = [x for x, _, _ in items]
+        if len({x.dtype for x in inputs}) > 1:
+            inputs = [
+                self.model_input.normalise(x) if x.dtype == torch.uint8 else x for x in inputs
+            ]
+        labels, indices = ([item[k] for item in items] for k in (1, 2))
+        return torch.stack(inputs), torch.tensor(labels), torch.tensor(indices)
 
 
 def _items(source: object, explainer: Explainer) -> tuple[list[Item], Dataset | None, list]:
@@ -168,6 +182,8 @@ def explain_rows(
     """One batch of the audit, as columns: the engine-independent step (the local loop
     and each Ray actor run exactly this)."""
     chosen = [target_for(targets, int(label)) for label in labels]
+    if inputs.dtype == torch.uint8:  # pixels: normalised on the model's device
+        inputs = explainer.model_input.normalise(inputs.to(explainer.device))
     explained, output = explainer.explain_inputs(inputs, layer, chosen, method)
     if not isinstance(output, Tensor) or output.dim() != 2:
         raise CamwidgetError("an audit explains classifiers: the model's output must be logits")
@@ -385,8 +401,8 @@ def _run(
             raise
         bar.say(f"interrupted: {kept}")
     finally:
-        sink.close()
         bar.close()
+        sink.close()
 
 
 def _settings(explainer: Explainer, data: Images, layer: str, method: str, targets: object) -> dict:
@@ -421,6 +437,7 @@ def _run_local(
         batch_size=max(1, batch_size),
         num_workers=num_workers,
         pin_memory=explainer.device.type == "cuda",
+        collate_fn=data.collate,
     )
     for inputs, labels, indices in loader:
         rows = indices.tolist()

@@ -70,10 +70,8 @@ class _Actor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         indices = [int(i) for i in batch["index"]]
-        loaded = [self.data[i] for i in indices]
-        inputs = torch.stack([inputs for inputs, _, _ in loaded])
-        labels = [label for _, label, _ in loaded]
-        columns = self.step(self.explainer, inputs, labels, indices, *self.settings)
+        inputs, labels, _ = self.data.collate([self.data[i] for i in indices])
+        columns = self.step(self.explainer, inputs, labels.tolist(), indices, *self.settings)
         return columns | {"path": self.data.paths(indices)}
 
 

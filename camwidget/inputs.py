@@ -51,12 +51,22 @@ class ModelInput:
     def __call__(self, rgb: np.ndarray) -> Tensor:
         """uint8 (H, W, 3) -> float tensor (1, 3, h, w): resized to ``size`` if fixed,
         then normalised."""
+        return self.normalise(self.pixels(rgb))[None]
+
+    def pixels(self, rgb: np.ndarray) -> Tensor:
+        """uint8 (H, W, 3) -> uint8 tensor (3, h, w), resized to ``size`` if fixed."""
         if self.size is not None and rgb.shape[:2] != self.size:
             resized = Image.fromarray(rgb).resize(self.size[::-1], _RESAMPLING[self.resample])
             rgb = np.asarray(resized)
-        scaled = np.asarray(rgb, dtype=np.float32) / 255.0
-        normalised = (scaled - np.float32(self.mean)) / np.float32(self.std)
-        return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))[None]
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(rgb).transpose(2, 0, 1)))
+
+    def normalise(self, pixels: Tensor) -> Tensor:
+        """uint8 (..., 3, h, w) -> float32 in [0, 1], normalised by ``mean`` and ``std``,
+        on the pixels' device."""
+        mean, std = (
+            torch.tensor(v, device=pixels.device).view(3, 1, 1) for v in (self.mean, self.std)
+        )
+        return (pixels.float() / 255.0 - mean) / std
 
 
 def model_input(model: nn.Module) -> ModelInput:

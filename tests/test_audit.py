@@ -15,7 +15,7 @@ from conftest import PHOTO_CLASSES
 from PIL import Image
 
 from camwidget import Audit, CamwidgetError, Explainer, RayEngine, explain_dataset, samples, zoo
-from camwidget.audit import ParquetStore, Store, summary
+from camwidget.audit import Images, ParquetStore, Store, summary
 
 
 @pytest.fixture(scope="module")
@@ -278,3 +278,42 @@ def test_ray_fails_fast_on_a_cluster_that_does_not_answer(tmp_path):
         "CamwidgetError: could not reach the Ray cluster at 127.0.0.1:9 within 5 s" in done.stderr
     )
     assert "the audit stopped: 0 of 1 images explained and kept" in done.stderr
+
+
+def test_a_store_that_cannot_be_written_says_so(lite0, folder, tmp_path):
+    """The Parquet file is written in a thread of its own; its failure reaches the
+    audit's caller, in words."""
+    path = tmp_path / "no such folder" / "audit.parquet"
+    with pytest.raises(CamwidgetError, match="could not write .*audit.parquet"):
+        explain_dataset(lite0, folder, batch_size=4, store=path, progress=False)
+
+
+class ThreePhotos(torch.utils.data.Dataset):
+    """Three photos as PIL images; with ``tensor_first`` the first as an already
+    normalised tensor."""
+
+    def __init__(self, explainer: Explainer, tensor_first: bool) -> None:
+        self.photos = [samples.load(name) for name in ("chelsea", "coffee", "rocket")]
+        if tensor_first:
+            normalise = explainer.model_input.at_size((224, 224), "test")
+            self.photos[0] = normalise(np.asarray(self.photos[0]))[0]
+
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, i):
+        return self.photos[i], 0
+
+
+def test_pixels_travel_as_bytes_and_mix_with_tensors(lite0):
+    """Photos reach the batch as uint8 pixels, normalised on the model's device; a
+    source mixing tensors and photos gets the numbers of photos alone."""
+    data = Images(lite0, ThreePhotos(lite0, tensor_first=True))
+    assert data[1][0].dtype == torch.uint8 and data[0][0].dtype == torch.float32
+    runs = [
+        explain_dataset(lite0, ThreePhotos(lite0, first), layer="blocks.12", progress=False)
+        for first in (True, False)
+    ]
+    for a, b in zip(*runs, strict=True):
+        np.testing.assert_allclose(a.raw, b.raw, rtol=1e-5, atol=1e-5 * np.abs(b.raw).max())
+        assert a.probability == pytest.approx(b.probability, rel=1e-5)
