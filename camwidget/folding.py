@@ -1,5 +1,5 @@
 """Batch norms folded into the convolutions that feed them, for passes that keep few
-layers (batches, perturbations, input gradients).
+layers (batches of images, perturbations).
 
 In eval mode a batch norm is an affine map per channel, so a convolution followed by
 one is the same function as the convolution with scaled weights and a bias: one pass
@@ -7,8 +7,8 @@ over memory instead of two (ResNet-50 on a CPU: 17-21 % less time per forward). 
 is folded only where a pass watched once per model structure and input shape (on
 one input, without autograd) showed the norm reading the convolution's output and nothing
 else reading it. The model is restored on exit: its modules' own ``forward`` come
-back, its weights are never written (the folded weights are new tensors, kept per
-convolution until its weights or statistics change).
+back, its weights are never written (the folded weights are new tensors, made again
+when a weight or statistic changes, shared by views of the same weights).
 """
 
 from __future__ import annotations
@@ -31,9 +31,8 @@ Pair = tuple[str, str]
 
 _lock = threading.Lock()
 _plans: weakref.WeakKeyDictionary[nn.Module, dict[tuple, list[Pair]]] = weakref.WeakKeyDictionary()
-_weights: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Tensor, Tensor]] = (
-    weakref.WeakKeyDictionary()
-)
+_folded: weakref.WeakValueDictionary[tuple, _Folded] = weakref.WeakValueDictionary()
+_held: weakref.WeakKeyDictionary[nn.Module, _Folded] = weakref.WeakKeyDictionary()
 
 
 def _plain(module: nn.Module) -> bool:
@@ -135,30 +134,44 @@ def _watching(model: nn.Module) -> Iterator[list[Pair]]:
     ]
 
 
-def _folded_weights(conv: nn.Module, norm: _BatchNorm) -> tuple[Tensor, Tensor]:
+class _Folded:
+    """A convolution's weight and bias with its norm folded in."""
+
+    __slots__ = ("__weakref__", "bias", "weight")
+
+    def __init__(self, weight: Tensor, bias: Tensor) -> None:
+        self.weight, self.bias = weight, bias
+
+
+def _folded_weights(conv: nn.Module, norm: _BatchNorm) -> _Folded:
     """The weight and bias of ``conv`` followed by ``norm`` (eval mode) as one
-    convolution, computed in float32 at least; kept until any of them changes."""
+    convolution, computed in float32 at least. Found by the memory and version of the
+    tensors they come from, so that views of one model's weights (a class on one
+    server, :func:`camwidget.sharing.shared_view`) share them; each convolution holds
+    its latest."""
     tensors = (conv.weight, conv.bias, norm.weight, norm.bias)
     tensors += (norm.running_mean, norm.running_var)
-    key = (norm.eps, *((id(t), t._version, t.data_ptr()) for t in tensors if t is not None))
-    kept = _weights.get(conv)
-    if kept is not None and kept[0] == key:
-        return kept[1], kept[2]
-    with torch.no_grad():
-        dtype = torch.promote_types(conv.weight.dtype, torch.float32)
-        scale = torch.rsqrt(norm.running_var.to(dtype) + norm.eps)
-        shift = -norm.running_mean.to(dtype) * scale
-        if norm.weight is not None:
-            scale, shift = scale * norm.weight.to(dtype), shift * norm.weight.to(dtype)
-        if norm.bias is not None:
-            shift = shift + norm.bias.to(dtype)
-        if conv.bias is not None:
-            shift = shift + conv.bias.to(dtype) * scale
-        shape = (-1,) + (1,) * (conv.weight.dim() - 1)
-        weight = (conv.weight.to(dtype) * scale.reshape(shape)).to(conv.weight.dtype)
-        bias = shift.to(conv.weight.dtype)
-    _weights[conv] = (key, weight, bias)
-    return weight, bias
+    key = (norm.eps, *((t.data_ptr(), t._version) if t is not None else None for t in tensors))
+    with _lock:
+        found = _folded.get(key)
+    if found is None:
+        with torch.no_grad():
+            dtype = torch.promote_types(conv.weight.dtype, torch.float32)
+            scale = torch.rsqrt(norm.running_var.to(dtype) + norm.eps)
+            shift = -norm.running_mean.to(dtype) * scale
+            if norm.weight is not None:
+                scale, shift = scale * norm.weight.to(dtype), shift * norm.weight.to(dtype)
+            if norm.bias is not None:
+                shift = shift + norm.bias.to(dtype)
+            if conv.bias is not None:
+                shift = shift + conv.bias.to(dtype) * scale
+            shape = (-1,) + (1,) * (conv.weight.dim() - 1)
+            weight = (conv.weight.to(dtype) * scale.reshape(shape)).to(conv.weight.dtype)
+            found = _Folded(weight, shift.to(conv.weight.dtype))
+        with _lock:
+            found = _folded.setdefault(key, found)
+    _held[conv] = found
+    return found
 
 
 def _look(model: nn.Module, probe: Tensor) -> list[Pair]:
@@ -208,8 +221,7 @@ def folded(model: nn.Module, inputs: Tensor, keep: Collection[str] = ()) -> Iter
             conv, norm = modules[conv_name], modules[norm_name]
             if conv_name in keep or norm_name in keep or not _foldable(conv, norm):
                 continue
-            weight, bias = _folded_weights(conv, norm)
-            conv.forward = _forward_with(conv, weight, bias)
+            conv.forward = _forward_with(conv, _folded_weights(conv, norm))
             norm.forward = _unchanged
             swapped += [conv, norm]
         yield
@@ -218,8 +230,8 @@ def folded(model: nn.Module, inputs: Tensor, keep: Collection[str] = ()) -> Iter
             del module.forward
 
 
-def _forward_with(conv: nn.Module, weight: Tensor, bias: Tensor) -> Callable[[Tensor], Tensor]:
+def _forward_with(conv: nn.Module, folded: _Folded) -> Callable[[Tensor], Tensor]:
     def forward(inputs: Tensor) -> Tensor:
-        return conv._conv_forward(inputs, weight, bias)
+        return conv._conv_forward(inputs, folded.weight, folded.bias)
 
     return forward

@@ -204,3 +204,19 @@ def test_explain_batch_runs_no_norm_and_leaves_the_model(resnet, photo, layer, b
         single = ex.explain(image, layer=layer, target=e.target)
         scale = np.abs(single.raw).max()
         assert scale > 0 and np.abs(e.raw - single.raw).max() <= bound * scale
+
+
+def test_views_of_one_models_weights_share_the_folded_weights(resnet):
+    from camwidget.sharing import shared_view
+
+    x = torch.randn(2, 3, 64, 64)
+    view = shared_view(resnet)
+    run(resnet, x), run(resnet, x)
+    run(view, x), run(view, x)
+    assert folding._held[view.layer1[0].conv1] is folding._held[resnet.layer1[0].conv1]
+    with torch.no_grad():
+        resnet.layer1[0].bn1.running_var.mul_(4.0)  # seen by the view: the same memory
+        expected = view(x)
+    out, _ = run(view, x)
+    assert folding._held[view.layer1[0].conv1] is not folding._held[resnet.layer1[0].conv1]
+    assert float((out - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
