@@ -4,11 +4,12 @@ layers (batches of images, perturbations).
 In eval mode a batch norm is an affine map per channel, so a convolution followed by
 one is the same function as the convolution with scaled weights and a bias: one pass
 over memory instead of two (ResNet-50 on a CPU: 17-21 % less time per forward). A pair
-is folded only where a pass watched once per model structure and input shape (on
-one input, without autograd) showed the norm reading the convolution's output and nothing
-else reading it. The model is restored on exit: its modules' own ``forward`` come
-back, its weights are never written (the folded weights are new tensors, made again
-when a weight or statistic changes, shared by views of the same weights).
+is folded only where a pass watched once per model structure and input shape (on two
+inputs, without autograd) showed the norm reading the convolution's output and nothing
+else reading or returning it. The model is restored on exit: its modules' own
+``forward`` come back, its weights are never written (the folded weights are new
+tensors, made again when a weight or statistic changes, shared by views of the same
+weights).
 """
 
 from __future__ import annotations
@@ -97,10 +98,21 @@ class _Reads(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def _tensors_in(output: object) -> Iterator[Tensor]:
+    """The tensors of a model's output: itself, or in its tuples, lists and dicts."""
+    if isinstance(output, Tensor):
+        yield output
+    elif isinstance(output, list | tuple | dict):
+        for item in output.values() if isinstance(output, dict) else output:
+            yield from _tensors_in(item)
+
+
 @contextmanager
-def _watching(model: nn.Module) -> Iterator[list[Pair]]:
-    """Watch one pass of ``model``; the list yielded is filled, on a clean exit, with
-    the (convolution, norm) pairs that can be folded."""
+def _watching(model: nn.Module) -> Iterator[tuple[list[Pair], list[object]]]:
+    """Watch one pass of ``model``. Yields a list to fill with the pass's output and
+    a list that is filled, on a clean exit, with the (convolution, norm) pairs that can
+    be folded: the norm reads the convolution's output, and no other call reads it nor
+    does the model return it."""
     reads, calls, feeds = _Reads(), Counter(), {}
     names = {module: name for name, module in model.named_modules() if name}
     found: list[Pair] = []
@@ -117,12 +129,16 @@ def _watching(model: nn.Module) -> Iterator[list[Pair]]:
     handles = [
         module.register_forward_hook(produced) for module in names if _convolution(module)
     ] + [module.register_forward_pre_hook(normalises) for module in names if _norm(module)]
+    returned: list[object] = []
     try:
         with reads:
-            yield found
+            yield found, returned
     finally:
         for handle in handles:
             handle.remove()
+    for tensor in _tensors_in(returned):
+        if (name := reads.owner(tensor)) is not None:
+            reads.reads[name] += 1
     modules = dict(model.named_modules())
     found += [
         (conv, norm)
@@ -178,8 +194,8 @@ def _look(model: nn.Module, probe: Tensor) -> list[Pair]:
     """The foldable pairs seen in one pass of ``model`` on ``probe``, without autograd;
     none where the pass fails (the caller's own pass tells why)."""
     try:
-        with _watching(model) as found, torch.no_grad():
-            model(probe)
+        with _watching(model) as (found, returned), torch.no_grad():
+            returned.append(model(probe))
     except Exception:
         return []
     return found
@@ -194,7 +210,7 @@ def folded(model: nn.Module, inputs: Tensor, keep: Collection[str] = ()) -> Iter
     """Within: ``model``'s foldable batch norms (see the module's docstring) folded into
     their convolutions, except pairs with a module named in ``keep`` (layers whose own
     output is wanted). The pairs are found once per model structure and input shape,
-    by watching a pass on the first input, where no module has a hook or a forward of
+    by watching a pass on the first two inputs, where no module has a hook or a forward of
     its own (else nothing is folded). Use inside :func:`capture.guarded` (eval mode),
     before adding hooks; a pass with global module hooks is left as it is."""
     hooks = nn.modules.module
@@ -209,7 +225,7 @@ def folded(model: nn.Module, inputs: Tensor, keep: Collection[str] = ()) -> Iter
         yield  # the look would call someone's hooks, or their own forward
         return
     if pairs is None:
-        pairs = _look(model, inputs[:1])
+        pairs = _look(model, inputs[:2])
         with _lock:
             if len(plans) >= 8:
                 plans.clear()
