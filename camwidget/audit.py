@@ -350,8 +350,8 @@ def explain_dataset(
     where there is none) or a function label -> target. ``store``: None (in memory), a
     ``.parquet`` path or a :class:`Store`. ``engine``: ``"local"`` (a DataLoader with
     ``num_workers`` processes; None: none on a CPU, whose cores the model takes, half
-    the cores up to 4 for a GPU), ``"ray"`` or a :class:`~camwidget.audit_ray.RayEngine` (Ray Data
-    actors, each with one copy of the model). ``device``: where the model runs when
+    the cores up to 4 for a GPU), ``"ray"`` or a :class:`~camwidget.audit_ray.RayEngine`
+    (Ray Data actors, each with one copy of the model). ``device``: where the model runs when
     given a bare model. An interrupt (Ctrl-C, the stop button) keeps what is done; an
     error keeps it too (in the store, marked incomplete) and says so in its notes.
     """
