@@ -13,7 +13,7 @@ from .capture import Capture
 from .errors import CamwidgetError
 from .explanation import Explanation, PreparedImage, explained
 from .outputs import one
-from .requests import MapRequest, raw_map
+from .requests import MapRequest, raw_maps
 from .targets import Target
 
 Group = list[tuple[PreparedImage, object]]
@@ -115,16 +115,11 @@ class Batches:
             grads = self.runner.backward(capture, torch.stack(scores).sum(), {layer}, retain)
             grads = grads[layer]
         cam, services = self.layer(layer).cam, self.services
-        rows = [image.inputs for image, _ in group]  # as one image's own passes see it
-        raws = [
-            raw_map(
-                MapRequest(spec, capture, layer, target, rows[row], row, options, cam),
-                grads,
-                services,
-            )
-            for row, target in enumerate(chosen)
-        ]
-        raws = torch.stack(raws).cpu().numpy()  # one copy for the batch
+        requests = [
+            MapRequest(spec, capture, layer, target, image.inputs, row, options, cam)
+            for row, ((image, _), target) in enumerate(zip(group, chosen, strict=True))
+        ]  # each row's input as one image's own passes see it
+        raws = raw_maps(requests, grads, services).cpu().numpy()  # one copy for the batch
         found = [
             explained(raw, image, host.output, row, (layer, method), target, number, self.label)
             for row, (raw, (image, _), target, number) in enumerate(

@@ -6,6 +6,8 @@ g = dy_c/dA (C, h, w) of the target's logit y_c, and a :class:`MethodContext`, a
 returns the method's raw map (h, w) at feature resolution, exactly as its paper defines
 it (including the ReLU where the paper has one), before upsampling and normalisation;
 pixel-level methods return an attribution (3, H, W) at the model input's size.
+The methods registered as ``batched`` also take a batch: A and g (N, C, h, w) and a
+context whose per-image fields are stacked, giving (N, h, w).
 Nothing here knows about hooks, caches or widgets.
 """
 
@@ -21,11 +23,6 @@ from .errors import CamwidgetError
 from .method_context import MethodContext
 
 
-def _weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
-    """sum_k weights_k * A^k for weights (C,) and activations (C, h, w)."""
-    return torch.einsum("k,khw->hw", weights, activations)
-
-
 def cam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
     """CAM (Zhou et al., CVPR 2016): M = sum_k W[c, k] A^k, with no ReLU.
 
@@ -37,7 +34,8 @@ def cam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tenso
             "CAM explains one class of a classifier with the final layer's weights for that "
             "class; for this target use Grad-CAM"
         )
-    return _weighted_sum(context.class_weights.to(activations.dtype), activations)
+    weights = context.class_weights.to(activations.dtype)
+    return torch.einsum("...k,...khw->...hw", weights, activations)
 
 
 def gradcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
@@ -46,7 +44,7 @@ def gradcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> T
     w_k = (1 / hw) sum_ij g^k_ij, the spatial mean of the gradient of the logit y_c.
     At a GAP -> FC layer w_k = W[c, k] / hw, so M = ReLU(CAM) / hw.
     """
-    weights = gradients.mean(dim=(1, 2))
+    weights = gradients.mean(dim=(-2, -1))
     return weighted(weights, activations, context)
 
 
@@ -65,10 +63,10 @@ def gradcam_plus_plus(activations: Tensor, gradients: Tensor, context: MethodCon
 def _plus_plus(a: Tensor, g: Tensor, g2: Tensor, g3: Tensor) -> Tensor:
     """Grad-CAM++'s weights w_k = sum_ij alpha ReLU(g), alpha = g2 / (2 g2 + (sum_ab A^k)
     g3), 0 where g2 or the denominator is 0, for the derivatives given."""
-    denominator = 2.0 * g2 + a.sum(dim=(1, 2), keepdim=True) * g3
+    denominator = 2.0 * g2 + a.sum(dim=(-2, -1), keepdim=True) * g3
     safe = torch.where(denominator == 0, torch.ones_like(denominator), denominator)
     alpha = torch.where((g2 != 0) & (denominator != 0), g2 / safe, torch.zeros_like(g2))
-    return (alpha * torch.relu(g)).sum(dim=(1, 2))
+    return (alpha * torch.relu(g)).sum(dim=(-2, -1))
 
 
 def smoothgradcam_plus_plus(
@@ -98,8 +96,8 @@ def xgradcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> 
 
     w_k = sum_ij g^k_ij A^k_ij / sum_ij A^k_ij, and w_k = 0 where sum_ij A^k_ij = 0.
     """
-    total = activations.sum(dim=(1, 2))
-    numerator = (gradients * activations).sum(dim=(1, 2))
+    total = activations.sum(dim=(-2, -1))
+    numerator = (gradients * activations).sum(dim=(-2, -1))
     safe = torch.where(total == 0, torch.ones_like(total), total)
     weights = torch.where(total == 0, torch.zeros_like(total), numerator / safe)
     return weighted(weights, activations, context)
@@ -117,7 +115,7 @@ def shapleycam(activations: Tensor, gradients: Tensor, context: MethodContext) -
     linear in A (ReLUs, pooling, linear layers) H A = 0 and it is Grad-CAM."""
     if context.hessian is None:
         raise ValueError("ShapleyCAM needs the Hessian-vector product")
-    weights = (gradients - 0.5 * context.hessian().to(gradients)).mean(dim=(1, 2))
+    weights = (gradients - 0.5 * context.hessian().to(gradients)).mean(dim=(-2, -1))
     return weighted(weights, activations, context)
 
 
@@ -128,9 +126,10 @@ def gradcam_elementwise(activations: Tensor, gradients: Tensor, context: MethodC
 
 def randomcam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
     """Random-CAM, the baseline for the metrics: M = ReLU(sum_k w_k A^k), w_k drawn
-    uniformly from [-1, 1) by a generator seeded with the option ``seed``."""
+    uniformly from [-1, 1) by a generator seeded with the option ``seed`` (the same
+    weights for every image of a batch)."""
     generator = torch.Generator().manual_seed(int(context.options["seed"]))
-    weights = torch.rand(activations.shape[0], generator=generator, dtype=torch.float64)
+    weights = torch.rand(activations.shape[-3], generator=generator, dtype=torch.float64)
     return weighted((2 * weights - 1).to(activations), activations, context)
 
 
@@ -140,10 +139,10 @@ def fem(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tenso
     mean(A^k) + k std(A^k) (the option ``k``; the standard deviation over the cells,
     uncorrected). Class-agnostic."""
     a = activations.double()
-    cut = a.mean(dim=(1, 2), keepdim=True) + float(context.options["k"]) * a.std(
-        dim=(1, 2), keepdim=True, correction=0
+    cut = a.mean(dim=(-2, -1), keepdim=True) + float(context.options["k"]) * a.std(
+        dim=(-2, -1), keepdim=True, correction=0
     )
-    weights = (a > cut).double().mean(dim=(1, 2))
+    weights = (a > cut).double().mean(dim=(-2, -1))
     return weighted(weights, a, context).to(activations.dtype)
 
 

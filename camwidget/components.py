@@ -1,6 +1,9 @@
 """Methods that take the first principal component of a layer's maps: Eigen-CAM,
 Eigen-Grad-CAM and KPCA-CAM. Each map's sign, which a decomposition leaves open, is
 chosen so that the map correlates positively with the mean of the maps it decomposes.
+
+Eigen-CAM, Eigen-Grad-CAM, :func:`summed` and :func:`weighted` take one image's maps
+(C, h, w) or a batch's (N, C, h, w) (one batched SVD); KPCA-CAM takes one image's.
 """
 
 from __future__ import annotations
@@ -86,41 +89,45 @@ def _leading_eigenpair(matrix: Tensor) -> tuple[float, Tensor]:
 
 
 def _signed(projection: Tensor, mean_map: Tensor) -> Tensor:
-    """``projection`` or its negative: the one that correlates positively with
-    ``mean_map`` (on a tie, the one with the larger sum)."""
-    correlation = ((projection - projection.mean()) * (mean_map - mean_map.mean())).sum()
-    if correlation < 0 or (correlation == 0 and projection.sum() < 0):
-        return -projection
-    return projection
+    """``projection`` (..., n) or its negative, each row the one that correlates
+    positively with its row of ``mean_map`` (on a tie, the one with the larger sum)."""
+    centred = projection - projection.mean(dim=-1, keepdim=True)
+    correlation = (centred * (mean_map - mean_map.mean(dim=-1, keepdim=True))).sum(dim=-1)
+    flip = (correlation < 0) | ((correlation == 0) & (projection.sum(dim=-1) < 0))
+    return torch.where(flip[..., None], -projection, projection)
 
 
 def summed(contributions: Tensor, context: MethodContext) -> Tensor:
-    """ReLU of sum_k contributions^k (C, h, w), or, with the option ``eigen_smooth``, of
-    their first principal component (pytorch-grad-cam's eigen_smooth: the (hw, C)
-    matrix centred on its column means; the sign fixed as Eigen-Grad-CAM's)."""
+    """ReLU of sum_k contributions^k (..., C, h, w), or, with the option
+    ``eigen_smooth``, of their first principal component (pytorch-grad-cam's
+    eigen_smooth: the (hw, C) matrix centred on its column means; the sign fixed as
+    Eigen-Grad-CAM's)."""
     if context.options.get("eigen_smooth"):
         return torch.relu(_first_component(contributions, centre=True))
-    return torch.relu(contributions.sum(dim=0))
+    return torch.relu(contributions.sum(dim=-3))
 
 
 def weighted(weights: Tensor, activations: Tensor, context: MethodContext) -> Tensor:
-    """ReLU of sum_k w_k A^k (one contraction, as before the option existed), or with
-    ``eigen_smooth`` :func:`summed`'s component of the maps w_k A^k."""
+    """ReLU of sum_k w_k A^k for weights (..., C) and A (..., C, h, w) (one
+    contraction), or with ``eigen_smooth`` :func:`summed`'s component of the maps
+    w_k A^k."""
     if context.options.get("eigen_smooth"):
-        return summed(weights[:, None, None] * activations, context)
-    return torch.relu(torch.einsum("k,khw->hw", weights, activations))
+        return summed(weights[..., None, None] * activations, context)
+    return torch.relu(torch.einsum("...k,...khw->...hw", weights, activations))
 
 
 def _first_component(maps: Tensor, centre: bool) -> Tensor:
-    """maps (C, h, w) as an (hw, C) matrix X (centred on its column means if
-    ``centre``) projected on its first right singular vector: X v_1 (h, w), the sign
-    chosen so that it correlates positively with the mean map (1/C) sum_k X^k."""
-    channels, height, width = maps.shape
-    matrix = maps.double().reshape(channels, -1).T
+    """maps (..., C, h, w), each image's as an (hw, C) matrix X (centred on its column
+    means if ``centre``), projected on its first right singular vector: X v_1 (..., h,
+    w), the sign chosen so that it correlates positively with the mean map (1/C) sum_k
+    X^k. An image whose X is all zero or not finite gets zeros."""
+    *batch, channels, height, width = maps.shape
+    matrix = maps.double().reshape(*batch, channels, -1).transpose(-1, -2)
     if centre:
-        matrix = matrix - matrix.mean(dim=0)
-    if not torch.isfinite(matrix).all() or not matrix.any():
-        return torch.zeros(height, width, dtype=maps.dtype, device=maps.device)
+        matrix = matrix - matrix.mean(dim=-2, keepdim=True)
+    usable = torch.isfinite(matrix).all(dim=(-2, -1)) & matrix.any(dim=-1).any(dim=-1)
+    matrix = torch.where(usable[..., None, None], matrix, torch.zeros_like(matrix))
     _, _, vh = torch.linalg.svd(matrix, full_matrices=False)
-    projection = _signed(matrix @ vh[0], matrix.mean(dim=1))
-    return projection.reshape(height, width).to(maps.dtype)
+    projection = _signed((matrix @ vh[..., 0, :, None])[..., 0], matrix.mean(dim=-1))
+    projection = torch.where(usable[..., None], projection, torch.zeros_like(projection))
+    return projection.reshape(*batch, height, width).to(maps.dtype)

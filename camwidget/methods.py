@@ -36,6 +36,8 @@ NEEDS = (
 #: The needs that run many model passes: such a method reports progress and can be
 #: cancelled between batches.
 PERTURBING = ("score", "ablate", "masked")
+#: What a ``batched`` method may need: each image's share of these stacks into a batch.
+BATCHABLE = ("gradients", "class_weights", "hessian")
 #: The method list's groups, in the order the panel offers them.
 GROUPS = ("class activation maps", "attributions at the pixels", "perturbation (slow)")
 
@@ -102,7 +104,10 @@ class Method:
     name without punctuation); ``retarget(target, output, options)``: the target the
     method explains instead of the one asked for (``output``: the image's own);
     ``about``: one sentence on what it computes (by default the first of ``fn``'s
-    docstring).
+    docstring); ``batched``: ``fn`` also takes a batch of images, A and g (N, C, h, w)
+    with the context's ``class_weights`` (N, C), ``target_score`` (N,), ``inputs`` (N,
+    3, H, W) and ``hessian()`` (N, C, h, w), and returns (N, h, w) (it may need only
+    :data:`BATCHABLE`).
     """
 
     name: str
@@ -121,12 +126,18 @@ class Method:
     prefix: str = ""
     retarget: Callable[[Target, Tensor, Mapping[str, object]], Target] | None = None
     about: str = ""
+    batched: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.needs) - set(NEEDS)
         if unknown:
             raise CamwidgetError(
                 f"method {self.name!r} needs {sorted(unknown)}; a method may need {NEEDS}"
+            )
+        if self.batched and not set(self.needs) <= set(BATCHABLE):
+            raise CamwidgetError(
+                f"method {self.name!r} is batched but needs {self.needs}; a batched method "
+                f"may need only {BATCHABLE}"
             )
         if not self.prefix:
             object.__setattr__(self, "prefix", re.sub(r"\W", "", self.name))
@@ -174,6 +185,8 @@ class Method:
 GRADIENTS = ("gradients",)
 AT_PIXELS = {"rectified": False, "pixel_level": True, "needs_layer": False}
 AT_INPUTS = {"needs": ("input_gradients",), **AT_PIXELS}
+#: A method on a layer's gradients and maps that also takes a batch.
+ON_GRADIENTS = {"needs": GRADIENTS, "batched": True}
 BATCH = Option(None, "inputs per forward and backward (None: 8 on CPU, 32 on GPU)")
 SEED = Option(0, "the seed of the noise")
 #: The option of the methods whose map is ReLU of a sum of per-channel maps.
@@ -192,8 +205,8 @@ MASKED = {
 }
 
 _BUILT_IN = (
-    Method("gradcam", "Grad-CAM", cams.gradcam, needs=GRADIENTS, options=SUMS),
-    Method("gradcam++", "Grad-CAM++", cams.gradcam_plus_plus, needs=GRADIENTS, options=SUMS),
+    Method("gradcam", "Grad-CAM", cams.gradcam, options=SUMS, **ON_GRADIENTS),
+    Method("gradcam++", "Grad-CAM++", cams.gradcam_plus_plus, options=SUMS, **ON_GRADIENTS),
     Method(
         "smoothgradcam++",
         "Smooth Grad-CAM++",
@@ -208,25 +221,29 @@ _BUILT_IN = (
         },
         prefix="smoothgradcampp",
     ),
-    Method("hirescam", "HiResCAM", cams.hirescam, needs=GRADIENTS, options=SUMS),
-    Method("xgradcam", "XGrad-CAM", cams.xgradcam, needs=GRADIENTS, options=SUMS),
-    Method("layercam", "LayerCAM", cams.layercam, needs=GRADIENTS, options=SUMS),
+    Method("hirescam", "HiResCAM", cams.hirescam, options=SUMS, **ON_GRADIENTS),
+    Method("xgradcam", "XGrad-CAM", cams.xgradcam, options=SUMS, **ON_GRADIENTS),
+    Method("layercam", "LayerCAM", cams.layercam, options=SUMS, **ON_GRADIENTS),
     Method(
         "gradcam-elementwise",
         "Grad-CAM element-wise",
         cams.gradcam_elementwise,
-        needs=GRADIENTS,
         options=SUMS,
+        **ON_GRADIENTS,
     ),
-    Method("eigengradcam", "Eigen-Grad-CAM", eigengradcam, needs=GRADIENTS),
+    Method("eigengradcam", "Eigen-Grad-CAM", eigengradcam, **ON_GRADIENTS),
     Method(
-        "shapleycam", "ShapleyCAM", cams.shapleycam, needs=(*GRADIENTS, "hessian"), options=SUMS
+        "shapleycam",
+        "ShapleyCAM",
+        cams.shapleycam,
+        needs=(*GRADIENTS, "hessian"),
+        options=SUMS,
+        batched=True,
     ),
     Method(
         "finercam",
         "Finer-CAM",
         cams.gradcam,
-        needs=GRADIENTS,
         options={
             "alpha": Option(1.0, "how much of the other classes' logits is taken away"),
             "against": Option(
@@ -235,6 +252,7 @@ _BUILT_IN = (
             **SUMS,
         },
         retarget=finer_target,
+        **ON_GRADIENTS,
         about="Finer-CAM (Zhang et al., CVPR 2025): Grad-CAM of the class against the "
         "classes most like it, what sets it apart.",
     ),
@@ -275,7 +293,7 @@ _BUILT_IN = (
         needs=("masked",),
         options={"samples": Option(10, "rounds along the path"), **MASKED},
     ),
-    Method("eigencam", "Eigen-CAM", eigencam, rectified=False, class_agnostic=True),
+    Method("eigencam", "Eigen-CAM", eigencam, rectified=False, class_agnostic=True, batched=True),
     Method(
         "kpcacam",
         "KPCA-CAM",
@@ -295,6 +313,7 @@ _BUILT_IN = (
             "k": Option(2.0, "a cell counts where it exceeds its channel's mean by k std"),
             **SUMS,
         },
+        batched=True,
     ),
     Method(
         "randomcam",
@@ -302,6 +321,7 @@ _BUILT_IN = (
         cams.randomcam,
         class_agnostic=True,
         options={"seed": Option(0, "the seed of the random channel weights"), **SUMS},
+        batched=True,
     ),
     Method(
         "ablationcam",
@@ -411,6 +431,7 @@ _BUILT_IN = (
         needs=("class_weights",),
         rectified=False,
         applies=_where_cam_applies,
+        batched=True,
         requirement="CAM needs the layer to feed global average pooling and then the final "
         "fully connected layer, and the model's logits are not fc(GAP({layer}))",
         fallback="gradcam",

@@ -3,12 +3,13 @@
 A :class:`MapRequest` names the method, the pass, the layer, the image's row and the
 target; :func:`raw_map` hands the method its activations, gradients and the
 :class:`~camwidget.methods.MethodContext` holding what its descriptor ``needs``, each
-made only when needed.
+made only when needed. :func:`raw_maps` makes the maps of many rows of one pass, in one
+call of a ``batched`` method (one image is the batch of one).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -63,13 +64,9 @@ class Services:
 def raw_map(request: MapRequest, gradients: Tensor | None, services: Services) -> Tensor:
     """The method's raw map for the request, float32 on the model's device;
     ``gradients`` of the whole batch in the layer's own layout (None: not needed)."""
-    capture, row = request.capture, request.row
-    layout = capture.layouts[request.layer]
-    activations = layout.to_nchw(capture.activations[request.layer].detach())[row].float()
-    if gradients is None:
-        gradients = torch.zeros_like(activations)
-    else:
-        gradients = layout.to_nchw(gradients)[row].float()
+    if request.spec.batched:
+        return raw_maps([request], gradients, services)[0]
+    activations, gradients = _layer_maps(request, request.row, gradients)
     if request.spec.needs_layer or request.image_key is None:
         return _made(request, activations, gradients, services)
     # the same attribution at every layer: made once per image, target and options
@@ -79,6 +76,53 @@ def raw_map(request: MapRequest, gradients: Tensor | None, services: Services) -
     if found is None:
         found = services.pixels.put(key, _made(request, activations, gradients, services))
     return found
+
+
+def raw_maps(
+    requests: Sequence[MapRequest], gradients: Tensor | None, services: Services
+) -> Tensor:
+    """The raw maps (N, ...) of ``requests``, rows of one capture for one method at one
+    layer: one call of a ``batched`` method, else one :func:`raw_map` per row."""
+    first = requests[0]
+    if not first.spec.batched:
+        return torch.stack([raw_map(request, gradients, services) for request in requests])
+    rows = [request.row for request in requests]
+    activations, gradients = _layer_maps(first, rows, gradients)
+    context = _batch_context(requests, services)
+    return first.spec.fn(activations, gradients, context).detach().float()
+
+
+def _layer_maps(
+    request: MapRequest, rows: int | list[int], gradients: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """The request's layer's activations and gradients (zero: None) at ``rows``,
+    (C, h, w) or (N, C, h, w) in float32."""
+    capture = request.capture
+    layout = capture.layouts[request.layer]
+    activations = layout.to_nchw(capture.activations[request.layer].detach())[rows].float()
+    if gradients is None:
+        return activations, torch.zeros_like(activations)
+    return activations, layout.to_nchw(gradients)[rows].float()
+
+
+def _batch_context(requests: Sequence[MapRequest], services: Services) -> methods.MethodContext:
+    """A batched method's context: each row's share stacked (see ``Method.batched``)."""
+    first = requests[0]
+    lent: dict[str, object] = {}
+    if "class_weights" in first.spec.needs:
+        weights = [_class_weights(request, services) for request in requests]
+        found = None if any(w is None for w in weights) else torch.stack(weights)
+        lent["class_weights"] = found
+    if "hessian" in first.spec.needs:
+        lent["hessian"] = _hessian(requests, services)
+    scores = [scoring.score(first.capture.output, r.target, r.row) for r in requests]
+    return methods.MethodContext(
+        target_score=torch.stack(scores).detach().float(),
+        inputs=torch.cat([request.inputs for request in requests]),
+        input_size=(first.inputs.shape[-2], first.inputs.shape[-1]),
+        options=first.options,
+        **lent,
+    )
 
 
 def _made(
@@ -129,12 +173,15 @@ def _ablate(request: MapRequest, services: Services) -> Callable[[Tensor], Tenso
     )
 
 
-def _hessian(request: MapRequest, services: Services) -> Callable[[], Tensor]:
+def _hessian(requests: Sequence[MapRequest], services: Services) -> Callable[[], Tensor]:
+    """H A (N, C, h, w) at the requests' rows: one double backward of the sum of their
+    scores (the images of a batch do not meet, so each row's is its own)."""
+
     def product() -> Tensor:
-        capture, layer, row = request.capture, request.layer, request.row
-        score = scoring.score(capture.output, request.target, row)
-        found = services.passes.hessian_product(capture, layer, score)
-        return capture.layouts[layer].to_nchw(found)[row].float()
+        capture, layer = requests[0].capture, requests[0].layer
+        scores = [scoring.score(capture.output, r.target, r.row) for r in requests]
+        found = services.passes.hessian_product(capture, layer, torch.stack(scores).sum())
+        return capture.layouts[layer].to_nchw(found)[[r.row for r in requests]].float()
 
     return product
 
@@ -217,6 +264,10 @@ def _pixels(kind: str, request: MapRequest, services: Services) -> Callable[[], 
     return attribution
 
 
+def _single(many: Callable[[], Tensor]) -> Callable[[], Tensor]:
+    return lambda: many()[0]
+
+
 def _row_score(target: Target, output: object) -> Tensor:
     return scoring.score(output, target, 0)
 
@@ -228,7 +279,7 @@ _LENDERS: dict[str, Callable[[MapRequest, Services], object]] = {
     "ablate": _ablate,
     "guided": partial(_pixels, "guided"),
     "relevance": partial(_pixels, "relevance"),
-    "hessian": _hessian,
+    "hessian": lambda request, services: _single(_hessian([request], services)),
     "layer_gradients": _layer_gradients,
     "input_gradients": _input_gradients,
     "masked": _masked,

@@ -337,15 +337,20 @@ def test_smoothgradcampp_without_noise_is_gradcampp(resnet18, photo_tensor):
         np.testing.assert_allclose(smooth, plain, rtol=0, atol=1e-4 * np.abs(plain).max())
 
 
-def test_shapleycam_equals_the_peers():
-    """ShapleyCAM's weights: mean(g - H A / 2). On a network with smooth activations H A
-    is not 0 and the map differs from Grad-CAM; it equals pytorch-grad-cam's."""
+def smooth_net():
+    """A small classifier with smooth activations: its Hessians are not zero."""
     torch.manual_seed(0)
-    model = nn.Sequential(
+    return nn.Sequential(
         nn.Conv2d(3, 8, 3), nn.GELU(), nn.Conv2d(8, 16, 3, stride=2), nn.SiLU(),
         nn.Conv2d(16, 16, 3), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         nn.Linear(16, 10),
     ).eval()  # fmt: skip
+
+
+def test_shapleycam_equals_the_peers():
+    """ShapleyCAM's weights: mean(g - H A / 2). On a network with smooth activations H A
+    is not 0 and the map differs from Grad-CAM; it equals pytorch-grad-cam's."""
+    model = smooth_net()
     x = torch.randn(3, 64, 64)
     ex = Explainer(model)
     for layer in ("1", "3"):
@@ -358,6 +363,44 @@ def test_shapleycam_equals_the_peers():
         np.testing.assert_allclose(batch[0].raw, ours.raw, rtol=1e-5, atol=1e-7)
         single = ex.explain(x.flip(2), layer, 5, "shapleycam").raw
         np.testing.assert_allclose(batch[1].raw, single, rtol=1e-5, atol=1e-7)
+
+
+def test_a_batch_takes_one_hessian_product():
+    """ShapleyCAM over a batch: one backward for the gradients and one double backward
+    (two passes) for every image's H A, not two per image."""
+    ex = Explainer(smooth_net())
+    images = [torch.randn(3, 64, 64) for _ in range(3)]
+    ex.explain_batch(images, "3", [3, 5, 7], "shapleycam")
+    assert ex.passes["backward"] == 3
+
+
+def test_batched_methods_equal_their_rows():
+    """Every method registered as batched gives, over a batch (N, C, h, w), each image's
+    map as it gives it alone: with eigen_smooth, and for an image with no activation."""
+    torch.manual_seed(0)
+    a, g = torch.randn(4, 6, 5, 7).relu(), torch.randn(4, 6, 5, 7)
+    a[2] = 0
+    weights, hessian = torch.randn(4, 6), torch.randn(4, 6, 5, 7)
+    inputs, scores = torch.randn(4, 3, 20, 28), torch.randn(4)
+    batched = [spec for spec in camwidget.methods.REGISTRY.values() if spec.batched]
+    assert {"gradcam", "gradcam++", "eigencam", "shapleycam", "cam"} <= {s.name for s in batched}
+    for spec in batched:
+        defaults = {name: option.default for name, option in spec.options.items()}
+        smoothed = [{**defaults, "eigen_smooth": True}] if "eigen_smooth" in defaults else []
+        for options in [defaults, *smoothed]:
+
+            def context(rows, options=options):
+                return MethodContext(
+                    class_weights=weights[rows], hessian=lambda: hessian[rows],
+                    target_score=scores[rows], inputs=inputs[rows], input_size=(20, 28),
+                    options=options,
+                )  # fmt: skip
+
+            together = spec.fn(a, g, context(slice(None)))
+            alone = torch.stack([spec.fn(a[i], g[i], context(i)) for i in range(4)])
+            assert together.shape == (4, 5, 7) and alone.abs().max() > 0, spec.name
+            bound = 1e-6 * float(alone.abs().max())
+            torch.testing.assert_close(together, alone, rtol=0, atol=bound, msg=spec.name)
 
 
 def test_shapleycam_is_gradcam_where_the_score_is_piecewise_linear(resnet18, photo_tensor):

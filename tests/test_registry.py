@@ -140,6 +140,10 @@ def test_a_new_method_is_one_function_and_one_entry(resnet18, image, monkeypatch
     expected = torch.rand((12, 12), generator=torch.Generator().manual_seed(0)).numpy()
     np.testing.assert_array_equal(e.raw, expected)
     assert e.title == "Random" and ex.passes["backward"] == 0
+    batch = ex.explain_batch([image, image], "layer2", method="random")  # one row at a time
+    assert [b.raw.shape for b in batch] == [(12, 12)] * 2
+    with pytest.raises(CamwidgetError, match="a batched method may need only"):
+        Method("batch", "Batch", random_map, needs=("score",), batched=True)
     assert ex.random_seed == 0 and ex.options("random") == {"seed": 0}
     ex.random_seed = 1  # part of the cache key: the map is made again, with seed 1
     again = ex.explain(image, "layer2", method="random").raw
