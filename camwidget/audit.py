@@ -24,9 +24,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from . import images, render
+from . import images
 from .audit_ray import RayEngine
 from .audit_ray import run as run_on_ray
 from .audit_store import ParquetStore, Store, optional
@@ -196,6 +197,7 @@ def explain_rows(
         losses[rows] = torch.nn.functional.cross_entropy(
             output.float()[rows], known[rows], reduction="none"
         )
+    raws = np.stack([e.raw for e in explained])
     columns = {
         "index": np.asarray(indices, dtype=np.int64),
         "label": known.numpy().astype(np.int32),
@@ -204,10 +206,11 @@ def explain_rows(
         "loss": losses.numpy().astype(np.float32),
         "target": np.asarray([_target_index(e.target) for e in explained], dtype=np.int32),
         "score": np.asarray([e.score for e in explained], dtype=np.float32),
-        "map": np.stack([e.raw for e in explained]).astype(np.float16),
+        "map": raws.astype(np.float16),
     }
-    triage = np.asarray([summary(e.raw, tuple(inputs.shape[-2:])) for e in explained])
-    columns.update({name: triage[:, k].astype(np.float32) for k, name in enumerate(_TRIAGE)})
+    triage = summaries(torch.from_numpy(raws).to(explainer.device), tuple(inputs.shape[-2:]))
+    triage = triage.float().cpu().numpy()
+    columns.update({name: triage[:, k] for k, name in enumerate(_TRIAGE)})
     return columns
 
 
@@ -215,29 +218,35 @@ def _target_index(target: object) -> int:
     return target if isinstance(target, int) else -1
 
 
-def summary(raw: np.ndarray, size: tuple[int, int]) -> tuple[float, float, float, float]:
-    """Triage numbers of a map: its centroid (y, x) as shares of the image's height and
-    width, the share of its mass in the outer ``BORDER`` of each side, and its entropy
-    as a share of the largest possible (1: spread evenly, 0: one pixel). Computed on the
-    positive part, upsampled to ``size`` capped at ``TRIAGE_SIDE`` pixels on the long
-    side (against the full size: the same to ~2e-3, a quarter of the time); a map with
-    no positive mass gives NaN."""
+def summaries(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Triage numbers of maps (N, h, w), on their device, as (N, 4) float64: each map's
+    centroid (y, x) as shares of the image's height and width, the share of its mass in
+    the outer ``BORDER`` of each side, and its entropy as a share of the largest
+    possible (1: spread evenly, 0: one pixel). Computed on the positive part, upsampled
+    (bilinear) to ``size`` capped at ``TRIAGE_SIDE`` pixels on the long side (against
+    the full size: the same to ~2e-3, a quarter of the time); a map with no positive
+    mass gives NaN."""
     scale = min(1.0, TRIAGE_SIDE / max(size))
-    size = (max(8, round(size[0] * scale)), max(8, round(size[1] * scale)))
-    heat = np.maximum(render.upsample(np.asarray(raw, dtype=np.float32), size), 0.0)
-    total = float(heat.sum())
-    if not np.isfinite(total) or total <= 0:
-        return (math.nan,) * 4
-    share = heat / total
-    height, width = size
-    ys, xs = (np.arange(n, dtype=np.float64) + 0.5 for n in size)
-    centroid_y = float((share.sum(axis=1) * ys).sum() / height)
-    centroid_x = float((share.sum(axis=0) * xs).sum() / width)
+    height, width = max(8, round(size[0] * scale)), max(8, round(size[1] * scale))
+    heat = F.interpolate(
+        maps.float()[:, None], size=(height, width), mode="bilinear", align_corners=False
+    )[:, 0]
+    heat = heat.clamp(min=0).double()
+    total = heat.sum(dim=(1, 2))
+    usable = torch.isfinite(total) & (total > 0)
+    share = heat / torch.where(usable, total, torch.ones_like(total))[:, None, None]
+    ys, xs = (torch.arange(n, dtype=heat.dtype, device=heat.device) + 0.5 for n in (height, width))
     top, left = max(1, round(BORDER * height)), max(1, round(BORDER * width))
-    inner = share[top : height - top, left : width - left].sum()
-    nonzero = share[share > 0]
-    entropy = float(-(nonzero * np.log(nonzero)).sum() / math.log(share.size))
-    return centroid_y, centroid_x, float(1.0 - inner), entropy
+    found = torch.stack(
+        [
+            (share.sum(dim=2) * ys).sum(dim=1) / height,
+            (share.sum(dim=1) * xs).sum(dim=1) / width,
+            1.0 - share[:, top : height - top, left : width - left].sum(dim=(1, 2)),
+            -torch.special.xlogy(share, share).sum(dim=(1, 2)) / math.log(height * width),
+        ],
+        dim=1,
+    )
+    return torch.where(usable[:, None], found, torch.full_like(found, math.nan))
 
 
 # ----------------------------------------------------------------------- the audit

@@ -14,8 +14,17 @@ import torch
 from conftest import PHOTO_CLASSES
 from PIL import Image
 
-from camwidget import Audit, CamwidgetError, Explainer, RayEngine, explain_dataset, samples, zoo
-from camwidget.audit import Images, ParquetStore, Store, summary
+from camwidget import (
+    Audit,
+    CamwidgetError,
+    Explainer,
+    RayEngine,
+    explain_dataset,
+    render,
+    samples,
+    zoo,
+)
+from camwidget.audit import Images, ParquetStore, Store, summaries
 
 
 @pytest.fixture(scope="module")
@@ -94,16 +103,39 @@ def test_the_parquet_store_round_trips(audit, lite0, folder, tmp_path):
 
 
 def test_triage_numbers_by_hand():
-    uniform = np.ones((4, 4))
-    centroid_y, centroid_x, border, entropy = summary(uniform, (8, 8))
+    uniform = torch.ones(4, 4)
+    corner = torch.zeros(8, 8)
+    corner[0, 0] = 1.0
+    upsampled = torch.nn.functional.interpolate(corner[None, None], size=(4, 4))[0, 0]
+    found = summaries(torch.stack([uniform, -uniform, upsampled]), (8, 8))
+    centroid_y, centroid_x, border, entropy = found[0].tolist()
     assert (centroid_y, centroid_x) == (0.5, 0.5)
     assert border == pytest.approx(1 - 0.75**2)  # the outer eighth of each side
     assert entropy == pytest.approx(1.0)
-    corner = np.zeros((8, 8))
-    corner[0, 0] = 1.0
-    centroid_y, centroid_x, border, entropy = summary(corner, (8, 8))
+    assert found[1].isnan().all()  # no positive mass
+    centroid_y, centroid_x, border, entropy = summaries(corner[None], (8, 8))[0].tolist()
     assert border == 1.0 and centroid_y == centroid_x == 0.0625 and entropy == 0.0
-    assert all(math.isnan(v) for v in summary(-uniform, (8, 8)))  # no positive mass
+    alone = summaries(upsampled[None], (8, 8))
+    assert torch.equal(found[2:], alone)  # each map's numbers are its own
+
+
+def test_triage_numbers_equal_a_direct_evaluation():
+    """At full size (no cap), on random maps: the numbers from their definitions in
+    float64 numpy, with the same bilinear upsampling."""
+    maps = torch.randn(3, 5, 7)
+    for row, numbers in enumerate(summaries(maps, (40, 56)).tolist()):
+        heat = np.maximum(render.upsample(maps[row].numpy(), (40, 56)), 0).astype(np.float64)
+        share = heat / heat.sum()
+        ys, xs = np.arange(40) + 0.5, np.arange(56) + 0.5
+        inner = share[5:35, 7:49].sum()  # the outer eighth of each side left out
+        logs = np.log(share, out=np.zeros_like(share), where=share > 0)
+        expected = [
+            (share.sum(axis=1) * ys).sum() / 40,
+            (share.sum(axis=0) * xs).sum() / 56,
+            1 - inner,
+            -(share * logs).sum() / math.log(40 * 56),
+        ]
+        np.testing.assert_allclose(numbers, expected, rtol=1e-6)
 
 
 class StopAfter(Store):

@@ -365,13 +365,20 @@ def test_shapleycam_equals_the_peers():
         np.testing.assert_allclose(batch[1].raw, single, rtol=1e-5, atol=1e-7)
 
 
-def test_a_batch_takes_one_hessian_product():
+def test_a_batch_takes_one_hessian_product(monkeypatch):
     """ShapleyCAM over a batch: one backward for the gradients and one double backward
-    (two passes) for every image's H A, not two per image."""
-    ex = Explainer(smooth_net())
+    (two passes) for every image's H A, not two per image; also where the method is
+    called on one image at a time (the maps unchanged)."""
     images = [torch.randn(3, 64, 64) for _ in range(3)]
-    ex.explain_batch(images, "3", [3, 5, 7], "shapleycam")
+    ex = Explainer(smooth_net())
+    whole = ex.explain_batch(images, "3", [3, 5, 7], "shapleycam")
     assert ex.passes["backward"] == 3
+    monkeypatch.setattr(camwidget.requests, "CHUNK", (1, 1))
+    ex = Explainer(smooth_net())
+    parts = ex.explain_batch(images, "3", [3, 5, 7], "shapleycam")
+    assert ex.passes["backward"] == 3
+    for one, other in zip(whole, parts, strict=True):
+        np.testing.assert_allclose(one.raw, other.raw, rtol=1e-6, atol=1e-9)
 
 
 def test_batched_methods_equal_their_rows():
