@@ -10,6 +10,7 @@ import torch
 import torchvision
 
 from camwidget import METHODS, CAMWidget, Explainer, methods
+from camwidget.audit import explain_rows
 
 pytestmark = [
     pytest.mark.gpu,
@@ -106,3 +107,28 @@ def test_the_panel_on_a_gpu_model(resnet18, photo):
     np.testing.assert_allclose(panel.heatmap, reference, atol=1e-3)
     assert next(model.parameters()).is_cuda  # never moved
     panel.close()
+
+
+@pytest.mark.parametrize("method", [n for n, spec in methods.REGISTRY.items() if spec.batched])
+def test_batched_methods_agree_with_the_cpu(pair, photo, method):
+    """The whole batch in one call on the GPU, a few images per call on the CPU."""
+    cpu, gpu = pair
+    images = [photo, photo.rotate(90), photo.transpose(0)]
+    for layer in ("layer3", "layer4") if method != "cam" else ("layer4",):
+        found = zip(
+            cpu.explain_batch(images, layer, [7] * 3, method),
+            gpu.explain_batch(images, layer, [7] * 3, method),
+            strict=True,
+        )
+        for a, b in found:
+            close(a.raw, b.raw, 1e-3 if method in ELEMENTWISE else 1e-4)
+
+
+def test_audit_rows_agree_with_the_cpu(pair, photo):
+    """A batch of the audit from uint8 pixels: normalised, explained and its triage
+    numbers computed on the GPU."""
+    photos = [photo.resize((224, 224)), photo.rotate(90).resize((224, 224))]
+    pixels = torch.stack([pair[0].model_input.pixels(np.asarray(p)) for p in photos])
+    a, b = (explain_rows(ex, pixels, [3, -1], [0, 1], "layer4", "gradcam", "true") for ex in pair)
+    for name in ("centroid_y", "centroid_x", "border", "entropy", "score"):
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=1e-5, err_msg=name)
