@@ -113,7 +113,15 @@ class Passes:
         """H A at ``layer``'s kept map A (its own layout): the product of the Hessian of
         ``score`` with respect to A with A itself, by double backward (two passes)."""
         with self.lock:
-            found = capture_.hessian_product(capture, score, layer)
+            try:
+                found = capture_.hessian_product(capture, score, layer)
+            except RuntimeError as error:  # an operation with no second derivative
+                if "not implemented" not in str(error):
+                    raise
+                raise CamwidgetError(
+                    "this method needs second derivatives, and PyTorch has none for an "
+                    f"operation of this model ({error}); use Grad-CAM"
+                ) from error
             self.counts["backward"] += 2
         return found
 

@@ -99,3 +99,15 @@ def test_legrad_on_a_blank_image_and_through_explain_batch(torchvision_vit):
     for image, target, e in zip(images, [3, 5], batch, strict=True):
         single = Explainer(torchvision_vit).explain(image, None, target, "legrad")
         np.testing.assert_allclose(e.raw, single.raw, atol=1e-5 * single.raw.max())
+
+
+def test_a_method_with_second_derivatives_on_a_vit_says_why_it_cannot(torchvision_vit):
+    """ShapleyCAM's Hessian product through PyTorch's fused attention on a CPU, which has
+    no second derivative: a message in words, the model untouched."""
+    before = ModelState.of(torchvision_vit)
+    ex = Explainer(torchvision_vit)
+    x = torch.randn(3, 48, 48, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(CamwidgetError, match="needs second derivatives.*use Grad-CAM"):
+        ex.explain(x, None, 3, "shapleycam")
+    before.assert_same(torchvision_vit)
+    assert ex.explain(x, None, 3, "gradcam").raw.max() > 0  # the explainer goes on
