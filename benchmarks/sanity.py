@@ -68,6 +68,7 @@ def digits_vit() -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
 def table(ex: Explainer, images: dict[str, object], chosen: list[str], pooled: bool) -> None:
     """One row per method that applies at the default layer: ρ for each image, or
     (``pooled``) their median and range, with the images whose map was constant."""
+    print(f"at {ex.default_layer}\n")
     columns = ["median ρ", "min", "max", "constant maps"] if pooled else [f"ρ, {n}" for n in images]
     print("| method | " + " | ".join(columns) + " |")
     print("|---|" + "---|" * len(columns))
