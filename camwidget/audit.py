@@ -184,7 +184,8 @@ def explain_rows(
     and each Ray actor run exactly this)."""
     chosen = [target_for(targets, int(label)) for label in labels]
     if inputs.dtype == torch.uint8:  # pixels: normalised on the model's device
-        inputs = explainer.model_input.normalise(inputs.to(explainer.device))
+        moved = inputs.to(explainer.device, non_blocking=inputs.is_pinned())
+        inputs = explainer.model_input.normalise(moved)
     explained, output = explainer.explain_inputs(inputs, layer, chosen, method)
     if not isinstance(output, Tensor) or output.dim() != 2:
         raise CamwidgetError("an audit explains classifiers: the model's output must be logits")
