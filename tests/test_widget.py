@@ -424,6 +424,21 @@ def test_unknown_class_in_the_search_box(panel):
     assert panel.target == target
 
 
+def test_a_class_searched_again_after_another_pick_is_shown_again(panel):
+    """The box empties when another class is picked, so typing the same name again
+    is a change the panel sees."""
+    picker = panel.controls["classes"]
+    picker.search.set_state({"value": "Espresso"})
+    assert (panel.target, picker.search.value) == (967, "Espresso")
+    picker.quick.set_state({"index": 1})
+    assert panel.target == picker.quick.options[1][1] != 967
+    assert picker.search.value == ""
+    picker.search.set_state({"value": "Espresso"})
+    assert panel.target == 967
+    panel.target = 1
+    assert picker.search.value == ""
+
+
 def test_invalid_values_are_refused_in_words(panel):
     with pytest.raises(TraitError, match="unknown layer 'layer4'"):
         panel.layer = "layer4"

@@ -37,6 +37,7 @@ class ClassPicker(widgets.VBox):
         self._resolve = resolve
         self._on_error = on_error
         self._offering = False
+        self._searching = False
         if quick == "radio":
             self.quick = widgets.RadioButtons(options=[], layout=widgets.Layout(width="auto"))
         else:
@@ -68,6 +69,8 @@ class ClassPicker(widgets.VBox):
     @observe("target")
     def _target_changed(self, change: Mapping) -> None:
         self._show(change["new"])
+        if not self._searching:  # the box names a class no longer shown: typed again, it works
+            self.search.value = ""
 
     def _show(self, target: object) -> None:
         values = [value for _, value in self.quick.options]
@@ -81,10 +84,13 @@ class ClassPicker(widgets.VBox):
         text = change["new"].strip()
         if not text:
             return
+        self._searching = True
         try:
             self.target = self._resolve(text)
         except CamwidgetError as error:
             self._on_error(str(error))
+        finally:
+            self._searching = False
 
 
 def build(
