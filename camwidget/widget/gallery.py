@@ -327,7 +327,8 @@ class Gallery(widgets.VBox):
             f"{html.escape(self._name(record['label']))} → "
             f"<b>{html.escape(self._name(record['predicted']))}</b><br>p = "
             f"{record['probability']:.2f} · loss {record['loss']:.2f} · border "
-            f"{record['border']:.2f}</div>"
+            f"{record['border']:.2f}</div>",
+            layout=widgets.Layout(flex="1 1 auto"),  # the buttons of a row line up below
         )
         button = widgets.Button(description="open", tooltip="explain it in a panel below")
         button.on_click(lambda _: self.open_image(row, background=True))
