@@ -31,6 +31,7 @@ def test_a_segmentation_panel(photo):
     options = panel.controls["classes"].quick.options
     assert [value for _, value in options] == [index for index, _, _ in top]
     assert options[0][0].endswith(" of pixels")
+    assert "classes present" in panel.controls["heading"].value
     assert panel.controls["region"].layout.display is None  # shown for a segmentation
     assert panel.target == top[0][0] and panel.layer == "backbone.layer4"
     expected = ex.explain(photo, "backbone.layer4", targets.Region(top[0][0]))
@@ -54,6 +55,12 @@ def test_a_detection_panel():
     found = Explainer(model).detections(x)
     options = panel.controls["classes"].quick.options
     assert [value for _, value in options] == [d.target for d in found[:5]]
+    x1, y1, x2, y2 = (round(v) for v in found[0].box)
+    assert options[0][0] == f"class {found[0].label} box ({x1}, {y1})–({x2}, {y2}) · " + (
+        f"{found[0].score:.2f}"
+    )
+    assert len({caption for caption, _ in options}) == len(options)  # told apart
+    assert "<b>detections</b>" in panel.controls["heading"].value
     assert panel.target == found[0].target and panel.layer == "backbone.body.16"
     assert panel.explanation.box == pytest.approx(found[0].box)
     assert "box" in panel.explanation.label and panel.explanation.probability is None
@@ -72,6 +79,7 @@ def test_a_similarity_panel(resnet18, photo):
     reference = photo.rotate(20)
     panel = CAMWidget(model, photo, reference=reference, layer="layer3")
     assert panel.controls["classes"].layout.display == "none"
+    assert "reference image" in panel.controls["heading"].value
     assert panel.controls["reference_image"].value  # the thumbnail
     ex = Explainer(model)
     expected = ex.explain(photo, "layer3", targets.Similarity(ex.embedding(reference)))
@@ -88,6 +96,7 @@ def test_multi_label_probabilities_in_the_panel():
     panel = CAMWidget(multi.eval(), x, activation="sigmoid", top_k=1)
     options = panel.controls["classes"].quick.options
     assert sorted(value for _, value in options) == [0, 2, 4]  # every class above 0.5
+    assert "top predictions" in panel.controls["heading"].value
     assert panel.target == 4 and panel.explanation.probability > 0.99
     panel.close()
 

@@ -16,11 +16,12 @@ REGIONS = (("predicted pixels", "predicted"), ("whole image", "image"))
 
 def offer(explainer: Explainer, image: PreparedImage, k: int) -> list[tuple[str, object]]:
     """(caption, pick) for the picker: the top classes with their probability, the
-    classes present with their share of pixels, or the detections with their score."""
+    classes present with their share of pixels, or the detections with their box (told
+    apart where several have one class) and score."""
     kind = explainer.output_kind
     if kind == "detections":
         return [
-            (f"{explainer.label(d.label)} · {d.score:.2f}", d.target)
+            (f"{d.target.describe(explainer.label)} · {d.score:.2f}", d.target)
             for d in explainer.detections(image)[:k]
         ]
     suffix = " of pixels" if kind == "dense" else ""
@@ -28,6 +29,15 @@ def offer(explainer: Explainer, image: PreparedImage, k: int) -> list[tuple[str,
         (f"{label} · {value:.1%}{suffix}", index)
         for index, label, value in explainer.predict(image, k)[:MAX_PICKS]
     ]
+
+
+def heading(kind: str, similarity: bool) -> str:
+    """The title over the picks (HTML) for a model whose output is of ``kind`` (see
+    :attr:`Explainer.output_kind`), or for a similarity to a reference image."""
+    if similarity:
+        return "<b>reference image</b> (the map shows what makes this one look like it)"
+    found = {"detections": "detections", "dense": "classes present"}.get(kind, "top predictions")
+    return f"<b>{found}</b> (click to explain)"
 
 
 def explained(pick: object, kind: str, region: str, size: tuple[int, int]) -> object:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import ipywidgets as widgets
 
+from . import choices
 from . import controls as controls_
 from .faithfulness import FaithfulnessView
 from .styles import look_follower
@@ -28,10 +29,10 @@ def arrange(
         [*_view(second), c["compare_classes"], c["compare_layer"], c["compare_method"]],
         layout=widgets.Layout(display="none"),
     )
-    heading = widgets.HTML("<b>top predictions</b> (click to explain)")
+    c["heading"] = widgets.HTML(choices.heading("logits", similarity=False))
     predictions = widgets.VBox(
         [
-            heading,
+            c["heading"],
             *(c[name] for name in ("classes", "prompts", "use_prompts", "region")),
             *(c[name] for name in ("reference", "reference_image")),
         ]

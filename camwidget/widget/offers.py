@@ -78,10 +78,13 @@ class Offers:
         return (self.views if resolved.note else ()), resolved.note
 
     def _show_mode(self) -> None:
-        """Show the controls this kind of model needs: the region toggle for a
-        segmentation model; the reference instead of the class list for a similarity."""
+        """Show the controls this kind of model needs, under a title that names them:
+        the region toggle for a segmentation model; the reference instead of the class
+        list for a similarity."""
+        kind = self.explainer.output_kind
+        self._controls["heading"].value = choices.heading(kind, self._reference is not None)
         shown = {
-            "region": self.explainer.output_kind == "dense" and self._reference is None,
+            "region": kind == "dense" and self._reference is None,
             "classes": self._reference is None,
             "compare_classes": self._reference is None,
             "reference": self._reference is not None,
