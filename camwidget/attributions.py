@@ -155,7 +155,7 @@ def occlusion(activations: Tensor, gradients: Tensor, context: MethodContext) ->
     """Occlusion (Zeiler & Fergus, ECCV 2014; Captum's ``Occlusion``): a ``window`` ×
     ``window`` square of the input set to zero, moved by ``stride`` pixels (at most the
     window); each pixel's attribution is the mean of y_c(x) - y_c(x occluded) over the
-    windows that cover it, the same in the three channels."""
+    windows that cover it, the same in every channel."""
     if context.masked is None or context.inputs is None or context.target_score is None:
         raise ValueError("occlusion needs the scores of masked inputs")
     height, width = context.inputs.shape[-2:]
@@ -164,7 +164,7 @@ def occlusion(activations: Tensor, gradients: Tensor, context: MethodContext) ->
     windows = Windows(height, width, window, stride)
     drops = context.target_score.double().cpu() - context.masked(windows).double().cpu()
     spread = windows.spread(drops).to(context.inputs)
-    return spread.expand(3, height, width).clone()
+    return spread.expand(context.inputs.shape[-3], height, width).clone()
 
 
 def fullgrad(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:

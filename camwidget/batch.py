@@ -67,11 +67,13 @@ class Batches:
         targets: Targets = None,
         method: str = "gradcam",
     ) -> tuple[list[Explanation], Tensor | list[dict]]:
-        """Explain a batch of model inputs (N, 3, H, W), already preprocessed, as
+        """Explain a batch of model inputs (N, C, H, W), already preprocessed, as
         :meth:`explain_batch` does; also return the model's output for the batch (the
         part explained, on the CPU), e.g. for predictions and losses."""
-        if inputs.dim() != 4 or inputs.shape[1] != 3:
-            raise CamwidgetError(f"inputs must be (N, 3, H, W); got {tuple(inputs.shape)}")
+        if inputs.dim() != 4 or inputs.shape[1] not in (1, 3):
+            raise CamwidgetError(
+                f"inputs must be (N, C, H, W) with C = 3 or 1; got {tuple(inputs.shape)}"
+            )
         inputs = inputs.to(self.device, self.dtype)
         targets = [None] * len(inputs) if targets is None else list(targets)
         if len(targets) != len(inputs):

@@ -8,8 +8,11 @@ Eigen-CAM, Eigen-Grad-CAM, :func:`summed` and :func:`weighted` take one image's 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.sparse.linalg import eigsh
 from torch import Tensor
 
@@ -19,6 +22,9 @@ from .method_context import MethodContext
 KERNELS = ("sigmoid", "rbf", "poly", "linear", "cosine")
 #: Above this many cells the leading eigenvector is found by Lanczos iteration (ARPACK).
 DENSE_CELLS = 200
+#: KPCA-CAM's kernel matrix has a row per cell: a layer with more cells (64 × 64; its
+#: float64 matrix 134 MB) is averaged over blocks of cells to at most this many first.
+KPCA_CELLS = 4096
 
 
 def eigencam(activations: Tensor, gradients: Tensor, context: MethodContext) -> Tensor:
@@ -46,8 +52,19 @@ def kpcacam(activations: Tensor, gradients: Tensor, context: MethodContext) -> T
     """KPCA-CAM (Karmani et al., 2024; pytorch-grad-cam's ``KPCA_CAM``): M = ReLU(√λ₁ v₁),
     v₁ the leading eigenvector of the centred kernel matrix K_ij = k(x_i, x_j) over the
     cells' activation vectors x_i (C,), themselves centred; ``kernel`` and ``gamma``
-    (None: 1 / C) as scikit-learn's KernelPCA. Class-agnostic, no backward."""
+    (None: 1 / C) as scikit-learn's KernelPCA. Class-agnostic, no backward. A layer of
+    more than :data:`KPCA_CELLS` cells (an early layer of a large image: the peer's
+    kernel matrix would not fit in memory) is average-pooled to at most that many, and
+    the map upsampled back (bilinear)."""
     channels, height, width = activations.shape
+    factor = math.ceil(math.sqrt(height * width / KPCA_CELLS))
+    if factor > 1:
+        grid = (math.ceil(height / factor), math.ceil(width / factor))
+        pooled = F.adaptive_avg_pool2d(activations[None].double(), grid)[0]
+        coarse = kpcacam(pooled, gradients, context)
+        return F.interpolate(coarse[None, None], (height, width), mode="bilinear")[0, 0].to(
+            activations.dtype
+        )
     x = activations.double().reshape(channels, -1).T
     x = x - x.mean(dim=0)
     kernel = _kernel(x, str(context.options["kernel"]), context.options["gamma"])

@@ -56,7 +56,7 @@ class Frame:
 class Probed:
     """What the probes found: the ``frame`` (None: the whole photo, or none could be
     found, said in ``note``), and the lowest and highest model input per channel
-    (``low``, ``high``: (3,)), None where they are not one number per channel."""
+    (``low``, ``high``: (C,)), None where they are not one number per channel."""
 
     frame: Frame | None
     low: np.ndarray | None
@@ -76,13 +76,17 @@ _TOLERANCE = 0.01
 
 
 def probe(preprocess: Callable[[np.ndarray], Tensor], size: tuple[int, int]) -> Probed:
-    """Run ``preprocess`` (uint8 (H, W, 3) -> (1, 3, h, w) tensor) on the probes at
-    ``size`` (H, W) and read its frame and normalisation from what it returns."""
+    """Run ``preprocess`` (uint8 (H, W, 3) -> (1, C, h, w) tensor, C = 3 or 1) on the
+    probes at ``size`` (H, W) and read its frame and normalisation from what it returns.
+    One ramp in three channels tells both directions; a preprocess to one channel gets
+    each ramp as a gray photo of its own."""
     height, width = size
     black = _values(preprocess(np.zeros((height, width, 3), np.uint8)))
     white = _values(preprocess(np.full((height, width, 3), 255, np.uint8)))
-    ramp = _values(preprocess(_ramp(height, width)))
-    if not black.shape == white.shape == ramp.shape:
+    ramp = _ramp(height, width)
+    ramps = [ramp] if black.shape[0] >= 3 else [ramp[..., [i] * 3] for i in (0, 1, 2)]
+    answers = [_values(preprocess(probe)) for probe in ramps]
+    if any(not black.shape == white.shape == answer.shape for answer in answers):
         return Probed(None, None, None, "the preprocess gives inputs of different sizes")
     spread = white - black
     photo = (np.abs(spread) > 1e-6).all(axis=0)  # padding stays the same under every probe
@@ -90,10 +94,11 @@ def probe(preprocess: Callable[[np.ndarray], Tensor], size: tuple[int, int]) -> 
         return Probed(None, None, None, "the preprocess ignores the photo")
     low = np.median(black[:, photo], axis=1)
     high = np.median(white[:, photo], axis=1)
-    shares = (ramp[:, photo] - black[:, photo]) / spread[:, photo]  # the probe's value / 255
+    # each probe's value / 255, by direction: across, down, flat
+    shares = np.concatenate([(a[:, photo] - black[:, photo]) / spread[:, photo] for a in answers])
     rows, cols = np.nonzero(photo)
-    across = _line(cols, shares[0], width, ramp.shape[2])
-    down = _line(rows, shares[1], height, ramp.shape[1])
+    across = _line(cols, shares[0], width, black.shape[2])
+    down = _line(rows, shares[1], height, black.shape[1])
     flat = np.abs(shares[2] - 128 / 255).max() <= _TOLERANCE
     if across is None or down is None or not flat:
         note = "the preprocess does more than resize, crop or pad the photo"
@@ -104,7 +109,7 @@ def probe(preprocess: Callable[[np.ndarray], Tensor], size: tuple[int, int]) -> 
 
 
 def _values(inputs: Tensor) -> np.ndarray:
-    """One model input (3, h, w) as float64."""
+    """One model input (C, h, w) as float64."""
     return inputs.detach().reshape(inputs.shape[-3:]).to("cpu").double().numpy()
 
 

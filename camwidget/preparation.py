@@ -12,7 +12,7 @@ from torch import Tensor
 from . import framing, images
 from .errors import CamwidgetError
 from .explanation import PreparedImage
-from .inputs import ModelInput
+from .inputs import COMMON_SIZES, ModelInput
 
 Preprocess = Callable[[object], Tensor | Mapping[str, object]]
 
@@ -53,34 +53,43 @@ class Preparation:
             fitted, note = images.fit(source, self.max_side)
             probed = self._probe(fitted.shape[:2])
             frame = probed.frame if probed else None
-            shown = (note, self._resize_note(fitted), probed and probed.say())
+            shown = (note, self._resize_note(fitted), self._gray_note(), probed and probed.say())
             notes = tuple(n for n in shown if n)
             inputs = self._preprocess(fitted)
             size = source.shape[:2]
-        if inputs.dim() != 4 or inputs.shape[:2] != (1, 3) or not inputs.is_floating_point():
+        if (
+            inputs.dim() != 4
+            or inputs.shape[0] != 1
+            or inputs.shape[1] not in (1, 3)
+            or not inputs.is_floating_point()
+        ):
             raise CamwidgetError(
-                f"a preprocessed image must be a float tensor (3, H, W) or (1, 3, H, W); "
-                f"got {tuple(inputs.shape)} {inputs.dtype}"
+                f"a preprocessed image must be a float tensor (C, H, W) or (1, C, H, W), "
+                f"C = 3 (RGB) or 1 (gray); got {tuple(inputs.shape)} {inputs.dtype}"
             )
         inputs = inputs.to(self.device, self.dtype).contiguous()
         return PreparedImage(inputs, size, notes, source, frame)
 
-    def probe(self) -> Tensor:
-        """A random input at the model's size (224×224 where it takes any)."""
-        size = self.model_input.size or self.model_input.preferred
-        probe = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
+    def probe(self, size: tuple[int, int] | None = None) -> Tensor:
+        """A random input at ``size`` (None: the model's size, 224×224 where it takes
+        any), with the model's channels."""
+        size = size or self.model_input.size or self.model_input.preferred
+        shape = (1, self.model_input.channels, *size)
+        probe = torch.randn(shape, generator=torch.Generator().manual_seed(0))
         return probe.to(self.device, self.dtype)
 
     def learn_input_size(self, image: PreparedImage, works: Callable[[Tensor], bool]) -> bool:
-        """After the model failed on ``image``: whether it takes the size it was made for
-        instead (``works(probe)`` tries it); then every image is resized to it."""
-        size = self.model_input.preferred
+        """After the model failed on ``image``: whether it takes the size it was made for,
+        or else one of :data:`~camwidget.inputs.COMMON_SIZES`, instead (``works(probe)``
+        tries each); then every image is resized to it."""
+        preferred = self.model_input.preferred
         if self.preprocess is not None or self.model_input.size is not None:
             return False
-        if not isinstance(image.source, np.ndarray) or self.worked_at - {size}:
+        if not isinstance(image.source, np.ndarray) or self.worked_at - {preferred}:
             return False  # the model has taken another size: it does not need one size
-        probe = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
-        if not works(probe.to(self.device, self.dtype)):
+        candidates = dict.fromkeys([preferred, *COMMON_SIZES])
+        size = next((size for size in candidates if works(self.probe(size))), None)
+        if size is None:
             return False
         height, width = image.inputs.shape[-2:]
         self.model_input = self.model_input.at_size(
@@ -93,14 +102,14 @@ class Preparation:
         normalisation is known (pixels 0 and 1 normalised: the model's own, or what the
         preprocess gave black and white probes), else None."""
         if self.preprocess is None:
-            mean = torch.tensor(self.model_input.mean, device=self.device).reshape(1, 3, 1, 1)
-            std = torch.tensor(self.model_input.std, device=self.device).reshape(1, 3, 1, 1)
+            mean = torch.tensor(self.model_input.mean, device=self.device).reshape(1, -1, 1, 1)
+            std = torch.tensor(self.model_input.std, device=self.device).reshape(1, -1, 1, 1)
             return (0.0 - mean) / std, (1.0 - mean) / std
         found = [p for p in self._probed.values() if p.low is not None]
         if not found:
             return None
         low, high = (torch.tensor(v, dtype=torch.float32) for v in (found[-1].low, found[-1].high))
-        return low.reshape(1, 3, 1, 1).to(self.device), high.reshape(1, 3, 1, 1).to(self.device)
+        return low.reshape(1, -1, 1, 1).to(self.device), high.reshape(1, -1, 1, 1).to(self.device)
 
     def _probe(self, size: tuple[int, int]) -> framing.Probed | None:
         """Where the preprocess puts a photo of ``size`` (H, W), found once per size;
@@ -130,6 +139,11 @@ class Preparation:
         if self.preprocess is not None or size is None or rgb.shape[:2] == size:
             return None
         return f"resized to {size[1]}×{size[0]} for the model ({self.model_input.source})"
+
+    def _gray_note(self) -> str | None:
+        if self.preprocess is not None or self.model_input.channels != 1:
+            return None
+        return "in gray for the model (its first convolution takes one channel)"
 
     def _preprocess(self, rgb: np.ndarray) -> Tensor:
         if self.preprocess is None:

@@ -47,6 +47,18 @@ def test_a_centre_crop_is_found_where_torchvision_puts_it(size):
     np.testing.assert_allclose(found.high, (1.0 - np.array(MEAN)) / STD, rtol=1e-5)
 
 
+@pytest.mark.parametrize("size", [(300, 451), (451, 300)])
+def test_a_centre_crop_to_one_gray_channel_is_found_as_in_colour(size):
+    """A preprocess for a one-channel model: each ramp is probed as a gray photo."""
+    gray = T.Compose([T.Grayscale(), T.Resize(256), T.CenterCrop(224), T.ToTensor()])
+    found, colour = framing.probe(tensors(gray), size), framing.probe(tensors(CROP), size)
+    assert found.frame is not None and found.note is None
+    for side in ("top", "left", "height", "width"):
+        got, want = getattr(found.frame, side), getattr(colour.frame, side)
+        assert got == pytest.approx(want, abs=1.0 / min(size)), (found.frame, colour.frame)
+    np.testing.assert_allclose((found.low, found.high), ([0.0], [1.0]), atol=1e-6)
+
+
 def test_a_plain_resize_has_no_frame_and_anything_else_is_said():
     whole = framing.probe(tensors(T.Compose([T.Resize((224, 224)), T.ToTensor()])), (300, 451))
     assert whole.frame is None and whole.note is None

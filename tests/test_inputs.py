@@ -102,3 +102,51 @@ def test_a_given_preprocess_is_used_as_it_is(wide_photo):
     with pytest.raises(CamwidgetError, match="the model failed on this input"):
         ex.explain(wide_photo)
     assert ex.model_input == ModelInput()
+
+
+def test_a_one_channel_model_is_given_the_luminance(wide_photo):
+    """An MNIST-style network (its first convolution takes one channel), no preprocess:
+    the photo's luminance (PIL's ``L``), normalised by ImageNet's mean and std averaged
+    over the channels; every method and the panel work on it."""
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()  # fmt: skip
+    spec = model_input(model)
+    mean, std = sum(IMAGENET_MEAN) / 3, sum(IMAGENET_STD) / 3
+    assert (spec.channels, spec.mean, spec.std) == (1, (mean,), (std,))
+    ex = Explainer(model)
+    prepared = ex.prepare(wide_photo)
+    luminance = np.asarray(wide_photo.convert("L"), dtype=np.float32) / 255.0
+    expected = torch.from_numpy((luminance - mean) / std)[None]
+    torch.testing.assert_close(prepared.inputs[0], expected, rtol=0, atol=1e-6)
+    assert any("in gray" in note for note in prepared.notes)
+    for method in ("gradcam", "saliency", "occlusion", "scorecam"):
+        explained = ex.explain(wide_photo, "0", 1, method)
+        assert explained.heatmap.shape == (300, 451) and np.isfinite(explained.heatmap).all()
+    panel = CAMWidget(model, wide_photo)
+    assert panel.heatmap.shape == (300, 451)
+    panel.close()
+
+
+@pytest.mark.parametrize("size", [(28, 28), (32, 32)])
+def test_a_model_made_for_a_small_dataset_is_given_its_size(wide_photo, size):
+    """MNIST's 28×28 (one channel) and CIFAR's 32×32: a network ending in a flatten
+    takes one size only, found by trying the sizes models are commonly made for."""
+    channels = 1 if size == (28, 28) else 3
+    model = nn.Sequential(
+        nn.Conv2d(channels, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+        nn.Linear(4 * size[0] * size[1], 10),
+    ).eval()  # fmt: skip
+    ex = Explainer(model)
+    explained = ex.explain(wide_photo, "0")
+    assert ex.model_input.size == size and ex.model_input.channels == channels
+    assert explained.heatmap.shape == (300, 451)
+    assert f"works at {size[1]}×{size[0]}" in ex.model_input.source
+
+
+def test_a_model_that_takes_no_size_says_what_failed(wide_photo):
+    """Every size tried fails (the model wants 5 channels): the first failure is told."""
+    model = nn.Sequential(nn.Conv2d(5, 4, 3), nn.Flatten(), nn.Linear(4, 3)).eval()
+    with pytest.raises(CamwidgetError, match=r"failed on this input of shape \(1, 3, 300, 451\)"):
+        Explainer(model).explain(wide_photo)

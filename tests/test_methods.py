@@ -33,7 +33,7 @@ from torchcam.methods import ISCAM, SSCAM, SmoothGradCAMpp
 from torchcam.methods import ScoreCAM as TorchCAMScoreCAM
 
 import camwidget
-from camwidget import METHODS, CamwidgetError, Explainer, render
+from camwidget import METHODS, CamwidgetError, Explainer, components, render
 from camwidget.cams import gradcam_plus_plus, randomcam, xgradcam
 from camwidget.components import eigencam
 from camwidget.methods import MethodContext
@@ -255,6 +255,23 @@ def test_kpcacam_is_scikit_learns_kernel_pca_with_the_sign_fixed(resnet18, photo
         ours = ex.explain(photo_tensor, layer, 3, "kpcacam")
         assert np.abs(ours.heatmap - signs[sign]).max() <= 1e-3, layer
         np.testing.assert_array_equal(ex.explain(photo_tensor, layer, 281, "kpcacam").raw, ours.raw)
+
+
+def test_kpcacam_of_a_layer_with_many_cells_is_that_of_its_pooled_grid(resnet18, photo):
+    """ResNet-18's conv1 on the 512×600 photo has 300 × 256 cells (a 47 GB kernel
+    matrix): KPCA-CAM there is KPCA-CAM of the maps averaged over 5 × 5 blocks (60 × 52
+    cells: adaptive average pooling, the last column of blocks one cell narrower),
+    upsampled back."""
+    ex = Explainer(resnet18)
+    explained = ex.explain(photo, "conv1", 3, "kpcacam")
+    inputs = ex.prepare(photo).inputs
+    activations = camwidget.capture.forward(resnet18, inputs).activations["conv1"][0].detach()
+    assert activations.shape[-2:] == (300, 256) and components.KPCA_CELLS < 300 * 256
+    pooled = F.adaptive_avg_pool2d(activations.double()[None], (60, 52))[0]
+    context = SimpleNamespace(options={"kernel": "sigmoid", "gamma": None})
+    coarse = components.kpcacam(pooled, None, context)
+    expected = F.interpolate(coarse[None, None].float(), (300, 256), mode="bilinear")[0, 0]
+    torch.testing.assert_close(torch.as_tensor(explained.raw), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_finercam_equals_the_peers(resnet18, photo_tensor):
