@@ -29,10 +29,17 @@ def guarded(model: nn.Module) -> Iterator[list[RemovableHandle]]:
 
     Yields a list to which the caller appends hook handles; they are removed on exit,
     and every module's ``training`` flag and every parameter's ``requires_grad`` are
-    restored, also when the body raises.
+    restored, also when the body raises. A model with lazy parameters not yet made is
+    refused in words: a pass would make them, changing the model.
     """
+    params = list(model.parameters())
+    if any(isinstance(param, nn.parameter.UninitializedParameter) for param in params):
+        raise CamwidgetError(
+            "the model has lazy layers (e.g. nn.LazyLinear) whose weights are not made "
+            "yet: run it once on an input of its own first"
+        )
     training = [module for module in model.modules() if module.training]
-    trainable = [param for param in model.parameters() if param.requires_grad]
+    trainable = [param for param in params if param.requires_grad]
     handles: list[RemovableHandle] = []
     try:
         for module in training:

@@ -16,12 +16,15 @@ from . import images, methods, outputs, render
 from .framing import Frame
 from .targets import Box, Class, Region, Target, describe
 
+#: Methods whose channel weights are the gradient averaged over the grid.
+AVERAGING = ("gradcam", "xgradcam")
+
 
 @dataclass(frozen=True)
 class PreparedImage:
     """An image made ready for the model.
 
-    ``inputs``: the model input (1, 3, h, w); ``size``: (H, W) of the image, the size
+    ``inputs``: the model input (1, C, h, w); ``size``: (H, W) of the image, the size
     of every heatmap; ``notes``: what was done to the image on the way, in words;
     ``source``: the RGB array, or the input tensor itself; ``frame``: the part of the
     image the input covers, where a preprocess crops or pads it (None: all of it).
@@ -140,9 +143,16 @@ class Explanation:
         if not np.isfinite(raw).all():
             return f"the map at {self.layer} is not finite: the model produced NaN or inf"
         if method.rectified and raw.max() <= 0:
-            return (
+            said = (
                 f"no positive evidence for {self.label!r} at {self.layer}: the "
                 f"{method.title} map is zero everywhere"
+            )
+            if self.method not in AVERAGING:
+                return said
+            return (
+                f"{said}. Its channel weights average the gradient over the grid, as "
+                "for a global-average-pooling head; HiResCAM keeps each cell's own "
+                "gradient (a network that flattens its maps is the usual case)"
             )
         if raw.max() - raw.min() <= 1e-12 * max(abs(float(raw.max())), 1e-30):
             return (

@@ -99,4 +99,4 @@ def test_no_positive_evidence_gives_zeros_and_a_message():
     # class 1 weighs channel 0 by -1: every Grad-CAM weight is negative, the map is 0.
     e = ex.explain(x, layer="relu", target=1, method="gradcam")
     assert not e.heatmap.any() and np.isfinite(e.heatmap).all()
-    assert "no positive evidence" in e.message
+    assert "no positive evidence" in e.message and "HiResCAM keeps each cell's" in e.message

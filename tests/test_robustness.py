@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import ModelState
 from PIL import Image
+from torch import nn
 
 from camwidget import CAMWidget, CamwidgetError, Explainer
 
@@ -115,3 +116,10 @@ def test_a_model_that_accepts_one_input_size_only():
     panel.close()
     with pytest.raises(CamwidgetError, match="224×224 probe.*explain an image"):
         Explainer(Cifar()).layers  # noqa: B018
+
+
+def test_a_model_with_lazy_layers_not_yet_made_is_refused_untouched(photo):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2)).eval()
+    with pytest.raises(CamwidgetError, match="lazy layers"):
+        Explainer(model).explain(photo)
+    assert isinstance(model[2].weight, nn.parameter.UninitializedParameter)
