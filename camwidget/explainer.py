@@ -200,15 +200,18 @@ class Explainer(MethodOptions, Batches):
 
     @_locked
     def _probe(self) -> Listing:
-        """Catalogue the layers from a random input at the model's size."""
+        """Catalogue the layers from a random input at the model's size (learnt here
+        where the model takes one small size only, see :meth:`learn_input_size`)."""
         try:
             capture = self.forward(self.preparation.probe())
         except CamwidgetError as error:
-            height, width = self.preparation.probe().shape[-2:]
-            raise CamwidgetError(
-                f"could not list the layers with a {height}×{width} probe input "
-                f"({error}); explain an image of a size the model accepts first"
-            ) from None
+            if not self.learn_input_size(None):
+                height, width = self.preparation.probe().shape[-2:]
+                raise CamwidgetError(
+                    f"could not list the layers with a {height}×{width} probe input "
+                    f"({error}); explain an image of a size the model accepts first"
+                ) from None
+            capture = self.forward(self.preparation.probe())
         self._current = Listing(self._lists.of(capture), capture)
         return self._current
 
@@ -283,18 +286,11 @@ class Explainer(MethodOptions, Batches):
         self.preparation.worked_at.add(tuple(inputs.shape[-2:]))
         return capture
 
-    def learn_input_size(self, image: PreparedImage) -> bool:
-        """After the model failed on ``image``: whether it takes the size it was made for
-        instead (then every image is resized to it)."""
-
-        def works(probe: Tensor) -> bool:
-            try:
-                self.forward(probe)
-            except CamwidgetError:
-                return False
-            return True
-
-        return self.preparation.learn_input_size(image, works)
+    def learn_input_size(self, image: PreparedImage | None) -> bool:
+        """After the model failed on ``image`` (None: on the probe input): whether it
+        takes the size it was made for, or a common small one, instead (then every image
+        is resized to it)."""
+        return self.preparation.learn_input_size(image, self.forward)
 
     def _prepared_capture(
         self, image: object, timings: dict[str, float]

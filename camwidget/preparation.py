@@ -78,22 +78,36 @@ class Preparation:
         probe = torch.randn(shape, generator=torch.Generator().manual_seed(0))
         return probe.to(self.device, self.dtype)
 
-    def learn_input_size(self, image: PreparedImage, works: Callable[[Tensor], bool]) -> bool:
-        """After the model failed on ``image``: whether it takes the size it was made for,
-        or else one of :data:`~camwidget.inputs.COMMON_SIZES`, instead (``works(probe)``
-        tries each); then every image is resized to it."""
+    def learn_input_size(
+        self, image: PreparedImage | None, forward: Callable[[Tensor], object]
+    ) -> bool:
+        """After the model failed on ``image`` (None: on :meth:`probe`): whether it takes
+        the size it was made for, or else one of :data:`~camwidget.inputs.COMMON_SIZES`,
+        instead (``forward(probe)`` tries each: it raises a CamwidgetError where the
+        model fails); then every image is resized to it."""
+
+        def works(probe: Tensor) -> bool:
+            try:
+                forward(probe)
+            except CamwidgetError:
+                return False
+            return True
+
         preferred = self.model_input.preferred
         if self.preprocess is not None or self.model_input.size is not None:
             return False
-        if not isinstance(image.source, np.ndarray) or self.worked_at - {preferred}:
+        if image is not None and not isinstance(image.source, np.ndarray):
+            return False  # a tensor: the user's own input, at the size they chose
+        if self.worked_at - {preferred}:
             return False  # the model has taken another size: it does not need one size
-        candidates = dict.fromkeys([preferred, *COMMON_SIZES])
-        size = next((size for size in candidates if works(self.probe(size))), None)
+        failed = tuple((self.probe() if image is None else image.inputs).shape[-2:])
+        candidates = dict.fromkeys([preferred, *COMMON_SIZES]).keys() - {failed}
+        ordered = sorted(candidates, key=[preferred, *COMMON_SIZES].index)
+        size = next((size for size in ordered if works(self.probe(size))), None)
         if size is None:
             return False
-        height, width = image.inputs.shape[-2:]
         self.model_input = self.model_input.at_size(
-            size, f"it failed at {width}×{height} and works at {size[1]}×{size[0]}"
+            size, f"it failed at {failed[1]}×{failed[0]} and works at {size[1]}×{size[0]}"
         )
         return True
 
@@ -143,7 +157,7 @@ class Preparation:
     def _gray_note(self) -> str | None:
         if self.preprocess is not None or self.model_input.channels != 1:
             return None
-        return "in gray for the model (its first convolution takes one channel)"
+        return "in gray for the model: its first convolution takes one channel"
 
     def _preprocess(self, rgb: np.ndarray) -> Tensor:
         if self.preprocess is None:

@@ -143,6 +143,12 @@ def test_a_model_made_for_a_small_dataset_is_given_its_size(wide_photo, size):
     assert ex.model_input.size == size and ex.model_input.channels == channels
     assert explained.heatmap.shape == (300, 451)
     assert f"works at {size[1]}×{size[0]}" in ex.model_input.source
+    panel = CAMWidget(model)  # no image yet: the layer list is made at the size found
+    assert panel.explainer.model_input.size == size
+    assert "0" in [layer.name for layer in panel.explainer.layers]
+    panel.set_image(wide_photo)
+    assert panel.heatmap.shape == (300, 451)
+    panel.close()
 
 
 def test_a_model_that_takes_no_size_says_what_failed(wide_photo):

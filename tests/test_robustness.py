@@ -114,8 +114,11 @@ def test_a_model_that_accepts_one_input_size_only():
     assert panel.layer == "pool" and panel.heatmap.shape == (32, 32)
     panel.layer = "conv"
     panel.close()
+    ex = Explainer(Cifar())  # no image yet: the layer list is made at the size found
+    assert "pool" in [layer.name for layer in ex.layers] and ex.model_input.size == (32, 32)
+    awkward = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 5 * 7, 2))
     with pytest.raises(CamwidgetError, match="224×224 probe.*explain an image"):
-        Explainer(Cifar()).layers  # noqa: B018
+        Explainer(awkward.eval()).layers  # noqa: B018  (7×9 fits no size tried)
 
 
 def test_a_model_with_lazy_layers_not_yet_made_is_refused_untouched(photo):
