@@ -1,14 +1,19 @@
 """A model named on the command line: ``efficientnet_lite0`` (embedded, offline),
 ``torchvision:resnet50``, ``timm:convnext_tiny`` (weights as those libraries load them:
-from their cache, or downloaded once), or ``package.module:function`` (the user's own
-function, returning a model or ``(model, preprocess, labels)``)."""
+from their cache, or downloaded once), ``package.module:function`` (the user's own
+function, returning a model or ``(model, preprocess, labels)``), or the path of a file
+holding a whole model saved by ``torch.save(model, path)`` (read with pickle, as
+``torch.load`` does: open only files you trust; the model's classes must be importable).
+"""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NamedTuple
 
+import torch
 from torch import nn
 
 from . import zoo
@@ -16,8 +21,8 @@ from .errors import CamwidgetError
 
 FORMS = (
     "efficientnet_lite0 (embedded), torchvision:NAME (e.g. torchvision:resnet50), "
-    "timm:NAME (e.g. timm:convnext_tiny), or package.module:function returning a model "
-    "or (model, preprocess, labels)"
+    "timm:NAME (e.g. timm:convnext_tiny), package.module:function returning a model "
+    "or (model, preprocess, labels), or a file saved by torch.save(model, path)"
 )
 
 
@@ -33,6 +38,8 @@ class Source(NamedTuple):
 
 def check(spec: str) -> None:
     """Refuse, in words, a ``spec`` that names no model (without building one)."""
+    if Path(spec).is_file():
+        return
     library, _, name = spec.partition(":")
     if not name:
         if spec not in zoo.names():
@@ -46,6 +53,8 @@ def check(spec: str) -> None:
 def load(spec: str, pretrained: bool = True) -> Source:
     """The model ``spec`` names (see the module's docstring); ``pretrained=False`` builds
     torchvision's and timm's models with random weights (nothing downloads)."""
+    if Path(spec).is_file():
+        return Source(_saved(Path(spec)).eval(), None, None, Path(spec).name)
     library, _, name = spec.partition(":")
     if not name:
         if spec in zoo.names():
@@ -116,6 +125,25 @@ def _function(module: str, function: str) -> tuple:
         f"{module}:{function}() returned a {type(found).__name__}: it must return a model "
         "or (model, preprocess, labels)"
     )
+
+
+def _saved(path: Path) -> nn.Module:
+    """The whole model saved in the file at ``path``."""
+    try:
+        found = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise CamwidgetError(
+            f"cannot read a model from {str(path)!r}: {type(error).__name__}: {error}"
+        ) from error
+    if isinstance(found, nn.Module):
+        return found
+    if isinstance(found, dict):
+        raise CamwidgetError(
+            f"{str(path)!r} holds weights only (a state dict): load them into your model "
+            "in a function of your own and give package.module:function, or save the "
+            "whole model with torch.save(model, path)"
+        )
+    raise CamwidgetError(f"{str(path)!r} holds a {type(found).__name__}, not a model: give {FORMS}")
 
 
 def _hint(library: str, pretrained: bool) -> str:

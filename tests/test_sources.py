@@ -46,6 +46,27 @@ def test_the_users_own_function(tmp_path, monkeypatch):
     sys.modules.pop("lesson_models", None)
 
 
+def test_a_model_saved_whole_in_a_file(tmp_path):
+    """``torch.save(model, path)``: the model itself; weights alone are told apart."""
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
+    torch.save(model.train(), tmp_path / "digits.pt")
+    sources.check(str(tmp_path / "digits.pt"))
+    found = sources.load(str(tmp_path / "digits.pt"))
+    assert found.name == "digits.pt" and not found.model.training and found.labels is None
+    saved = model.state_dict()
+    assert all(torch.equal(value, saved[key]) for key, value in found.model.state_dict().items())
+    e = Explainer(found.model).explain(samples.load("chelsea"))  # one channel at 28×28
+    assert e.raw.shape == (26, 26)
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    with pytest.raises(CamwidgetError, match="holds weights only"):
+        sources.load(str(tmp_path / "weights.pt"))
+    (tmp_path / "broken.pt").write_bytes(b"not a model")
+    with pytest.raises(CamwidgetError, match="cannot read a model from"):
+        sources.load(str(tmp_path / "broken.pt"))
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
