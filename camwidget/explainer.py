@@ -62,12 +62,13 @@ class Explainer(MethodOptions, Batches):
     segmentation or detection model, or an embedding (see :mod:`camwidget.outputs` and
     :mod:`camwidget.targets`).
 
-    ``preprocess`` maps a PIL RGB image to a float tensor (3, H, W) or (1, 3, H, W),
+    ``preprocess`` maps a PIL RGB image to a float tensor (C, H, W) or (1, C, H, W),
     or to a mapping with ``pixel_values`` (a Hugging Face image processor). By default:
     the model's declared normalisation, timm's ``pretrained_cfg``, else ImageNet's mean
-    and std, at the image's own size, resized only for a model that takes one input
-    size: declared, or learned when it fails at the image's size and works at its
-    ``input_size`` or 224×224. ``labels``: class names, a sequence or a
+    and std (see :mod:`camwidget.inputs`), at the image's own size, resized only for a
+    model that takes one input size: declared, or learned by trying sizes when it fails
+    at the image's size. A ``torch.compile``d model is explained through the model it
+    wraps (the same weights, no compiling). ``labels``: class names, a sequence or a
     mapping index -> name. ``device``: where inputs go; by default the model's own (the
     model is never moved). ``reshape``: layer name -> a function that turns that
     layer's output into (N, C, h, w), for layouts camwidget does not find itself. Images
@@ -99,6 +100,7 @@ class Explainer(MethodOptions, Batches):
     ) -> None:
         if not isinstance(model, nn.Module):
             raise CamwidgetError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+        model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: its model
         if activation not in ACTIVATIONS:
             raise CamwidgetError(
                 f"activation must be None, 'softmax' or 'sigmoid', not {activation!r}"
