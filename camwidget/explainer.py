@@ -67,8 +67,8 @@ class Explainer(MethodOptions, Batches):
     the model's declared normalisation, timm's ``pretrained_cfg``, else ImageNet's mean
     and std (see :mod:`camwidget.inputs`), at the image's own size, resized only for a
     model that takes one input size: declared, or learned by trying sizes when it fails
-    at the image's size. A ``torch.compile``d model is explained through the model it
-    wraps (the same weights, no compiling). ``labels``: class names, a sequence or a
+    at the image's size. A model wrapped by ``torch.compile`` or ``DataParallel`` is
+    explained through the model it wraps. ``labels``: class names, a sequence or a
     mapping index -> name. ``device``: where inputs go; by default the model's own (the
     model is never moved). ``reshape``: layer name -> a function that turns that
     layer's output into (N, C, h, w), for layouts camwidget does not find itself. Images
@@ -101,6 +101,8 @@ class Explainer(MethodOptions, Batches):
         if not isinstance(model, nn.Module):
             raise CamwidgetError(f"model must be a torch.nn.Module, not {type(model).__name__}")
         model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: its model
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module  # one pass on one device, the hooks in one thread
         if activation not in ACTIVATIONS:
             raise CamwidgetError(
                 f"activation must be None, 'softmax' or 'sigmoid', not {activation!r}"

@@ -128,11 +128,15 @@ def test_a_model_with_lazy_layers_not_yet_made_is_refused_untouched(photo):
     assert isinstance(model[2].weight, nn.parameter.UninitializedParameter)
 
 
-def test_a_compiled_model_is_explained_through_the_model_it_wraps(resnet18, photo):
-    """``torch.compile(model)``: the layers keep their own names and the maps are the
-    eager model's; nothing is compiled (the wrapper is never called)."""
+def test_a_wrapped_model_is_explained_through_the_model_it_wraps(resnet18, photo):
+    """``torch.compile(model)``, ``nn.DataParallel(model)``: the layers keep their own
+    names and the maps are the model's own; nothing is compiled (the wrapper is never
+    called)."""
     compiled = torch.compile(resnet18)
     ex = Explainer(compiled)
     assert ex.model is resnet18 and "layer4" in [layer.name for layer in ex.layers]
     expected = Explainer(resnet18).explain(photo, "layer4", 3).raw
     np.testing.assert_array_equal(ex.explain(photo, "layer4", 3).raw, expected)
+    parallel = Explainer(nn.DataParallel(resnet18))  # names without "module."
+    assert parallel.model is resnet18
+    np.testing.assert_array_equal(parallel.explain(photo, "layer4", 3).raw, expected)
