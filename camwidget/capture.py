@@ -22,6 +22,9 @@ from . import folding, layouts, outputs
 from .errors import CamwidgetError
 from .layouts import Layout, Reshape
 
+#: Why a map whose tensor autograd did not record (``torch.no_grad``, ``detach``) is left out.
+NO_GRAPH = "its output does not depend on the input through autograd"
+
 
 @contextmanager
 def guarded(model: nn.Module) -> Iterator[list[RemovableHandle]]:
@@ -203,7 +206,7 @@ class _Recorder:
                 "available as the outputs of the blocks that use it"
             )
         if not output.requires_grad:
-            return "its output does not depend on the input through autograd"
+            return NO_GRAPH
         return None
 
     def _keep(self, name: str, output: Tensor) -> Tensor | None:

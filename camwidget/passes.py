@@ -93,6 +93,12 @@ class Passes:
                     capture = run()
             self.counts["forward"] += 1
         if not capture.activations and layers is None:
+            if capture_.NO_GRAPH in capture.skipped.values():
+                raise CamwidgetError(
+                    "no feature map of this model depends on the input through autograd: "
+                    "does its forward run them under torch.no_grad() or detach them? "
+                    "Class activation maps need their gradients"
+                )
             raise CamwidgetError(
                 "this model has no layer whose output is a feature map: (N, C, H, W) "
                 "from a convolution, (N, H, W, C) channels-last or (N, T, C) tokens on a "

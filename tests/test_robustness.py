@@ -140,3 +140,21 @@ def test_a_wrapped_model_is_explained_through_the_model_it_wraps(resnet18, photo
     parallel = Explainer(nn.DataParallel(resnet18))  # names without "module."
     assert parallel.model is resnet18
     np.testing.assert_array_equal(parallel.explain(photo, "layer4", 3).raw, expected)
+
+
+def test_feature_maps_made_without_autograd_are_told_apart(photo):
+    """A forward that runs its convolutions under ``torch.no_grad()`` (a frozen backbone)
+    has feature maps, but none that a gradient reaches: the message says which."""
+
+    class Frozen(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone, self.head = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                features = self.backbone(x)
+            return self.head(features.mean(dim=(2, 3)))
+
+    with pytest.raises(CamwidgetError, match=r"under torch.no_grad\(\) or detach"):
+        Explainer(Frozen().eval()).explain(photo)
