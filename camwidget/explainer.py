@@ -98,11 +98,7 @@ class Explainer(MethodOptions, Batches):
         keep_freed_memory: bool = True,
         **options: object,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise CamwidgetError(f"model must be a torch.nn.Module, not {type(model).__name__}")
-        model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: its model
-        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module  # one pass on one device, the hooks in one thread
+        model = _unwrapped(model)
         if activation not in ACTIVATIONS:
             raise CamwidgetError(
                 f"activation must be None, 'softmax' or 'sigmoid', not {activation!r}"
@@ -456,6 +452,23 @@ class Explainer(MethodOptions, Batches):
         return explained(
             raw, image, host.output, 0, (layer, method), target, numbers, self.label, timings
         )
+
+
+def _unwrapped(model: object) -> nn.Module:
+    """The model to explain: the one inside torch.compile's and DataParallel's wrappers
+    (one pass on one device, its hooks in one thread); anything else refused in words."""
+    if not isinstance(model, nn.Module):
+        raise CamwidgetError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise CamwidgetError(
+            "a TorchScript model (torch.jit.script or trace) runs its layers outside "
+            "Python, where no hook can read their feature maps: explain the model it "
+            "was made from (the same weights, e.g. its state_dict loaded into it)"
+        )
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return model.module
+    return model
 
 
 def _placement(

@@ -131,7 +131,7 @@ def test_a_model_with_lazy_layers_not_yet_made_is_refused_untouched(photo):
 def test_a_wrapped_model_is_explained_through_the_model_it_wraps(resnet18, photo):
     """``torch.compile(model)``, ``nn.DataParallel(model)``: the layers keep their own
     names and the maps are the model's own; nothing is compiled (the wrapper is never
-    called)."""
+    called). A TorchScript model, whose layers no hook reaches, is refused in words."""
     compiled = torch.compile(resnet18)
     ex = Explainer(compiled)
     assert ex.model is resnet18 and "layer4" in [layer.name for layer in ex.layers]
@@ -140,6 +140,9 @@ def test_a_wrapped_model_is_explained_through_the_model_it_wraps(resnet18, photo
     parallel = Explainer(nn.DataParallel(resnet18))  # names without "module."
     assert parallel.model is resnet18
     np.testing.assert_array_equal(parallel.explain(photo, "layer4", 3).raw, expected)
+    traced = torch.jit.trace(nn.Sequential(nn.Conv2d(3, 2, 3)).eval(), torch.rand(1, 3, 8, 8))
+    with pytest.raises(CamwidgetError, match="TorchScript model .* explain the model it was"):
+        Explainer(traced)
 
 
 def test_feature_maps_made_without_autograd_are_told_apart(photo):
