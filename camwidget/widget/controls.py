@@ -69,7 +69,7 @@ class ClassPicker(widgets.VBox):
     @observe("target")
     def _target_changed(self, change: Mapping) -> None:
         self._show(change["new"])
-        if not self._searching:  # the box names a class no longer shown: typed again, it works
+        if not self._searching:  # another pick: the same name typed again is a change
             self.search.value = ""
 
     def _show(self, target: object) -> None:
