@@ -82,6 +82,9 @@ def _app_parser(commands: argparse._SubParsersAction) -> None:
     )
     app.add_argument("--sample", default="chelsea", help="the first photo (a sample name)")
     app.add_argument("--images", metavar="DIR", help="a folder of photos to offer in a list")
+    app.add_argument(
+        "--labels", metavar="FILE", help="class names, one a line (for a model without them)"
+    )
     app.add_argument("--port", type=int, default=8866, help="port (default: 8866)")
     app.add_argument(
         "--ip", default="127.0.0.1", help="address to serve on; 0.0.0.0 for a classroom network"
@@ -212,10 +215,11 @@ def _app(args: argparse.Namespace) -> int:
         pretrained=not args.random_weights,
         sample=args.sample,
         images=args.images,
+        labels=args.labels,
         max_upload_mb=args.max_upload_mb,
         slow_jobs=args.slow_jobs or None,
     )
-    settings.photos()  # a missing folder is told now
+    settings.photos(), settings.class_names()  # a missing folder or file is told now
     if args.sample not in samples.names():
         raise CamwidgetError(
             f"no sample {args.sample!r}: choose one of {', '.join(samples.names())}"

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from test_widget import upload
 
@@ -92,6 +93,27 @@ def test_a_students_page_offers_the_photos_and_caps_uploads(settings):
         assert panel.main_view.rgb is rocket  # kept
         said = panel.controls["messages"].value
         assert "big.png is 0.0 MB: this server takes photos up to 0 MB" in said
+    finally:
+        panel.close()
+
+
+def test_a_teachers_own_network_from_a_file_with_its_class_names(tmp_path):
+    """``--model digits.pt --labels digits.txt``: a one-channel network made for 28×28,
+    saved whole, named by the file of class names (one a line, blank lines left out)."""
+    nn = torch.nn
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
+    torch.save(net, tmp_path / "digits.pt")
+    (tmp_path / "digits.txt").write_text("\n".join(["zero", "one", "", *"23456789"]) + "\n")
+    settings = classroom.Settings(
+        model=str(tmp_path / "digits.pt"), labels=str(tmp_path / "digits.txt")
+    )
+    assert settings.environment()["CAMWIDGET_LABELS"] == str(tmp_path / "digits.txt")
+    _, panel = classroom.student_app(settings)
+    try:
+        assert panel.explainer.labels[:3] == ["zero", "one", "2"]
+        assert panel.explainer.model_input.size == (28, 28)
+        caption = panel.controls["classes"].quick.options[0][0]
+        assert caption.split(" · ")[0] in panel.explainer.labels
     finally:
         panel.close()
 

@@ -194,6 +194,7 @@ def test_app_serves_every_student_from_one_solara_process(monkeypatch):
         (["--model", "resnet50"], "unknown model 'resnet50': give efficientnet_lite0"),
         (["--model", "torchvision:resnet5"], "torchvision has no model 'resnet5'"),
         (["--images", "/no/such/folder"], "--images /no/such/folder: no such folder"),
+        (["--labels", "/no/such/labels.txt"], "--labels /no/such/labels.txt: cannot read it"),
         (["--sample", "nothing"], "no sample 'nothing'"),
     ],
 )

@@ -5,7 +5,8 @@ weights (:func:`camwidget.sharing.shared_view`).
 The app's settings come from the environment, as the command sets them:
 ``CAMWIDGET_MODEL`` (a spec, see :mod:`camwidget.sources`), ``CAMWIDGET_RANDOM_WEIGHTS``
 ("1": torchvision's and timm's models untrained), ``CAMWIDGET_SAMPLE`` (the first photo),
-``CAMWIDGET_IMAGES`` (a folder of photos on offer), ``CAMWIDGET_MAX_UPLOAD_MB`` and
+``CAMWIDGET_IMAGES`` (a folder of photos on offer), ``CAMWIDGET_LABELS`` (a text file of
+class names, one a line, for a model that carries none), ``CAMWIDGET_MAX_UPLOAD_MB`` and
 ``CAMWIDGET_SLOW_JOBS`` (batched work running at once in the process).
 """
 
@@ -36,6 +37,7 @@ class Settings:
     pretrained: bool = True
     sample: str = "chelsea"
     images: str | None = None
+    labels: str | None = None
     max_upload_mb: float = 20.0
     slow_jobs: int | None = worker.SERVER_SLOTS
 
@@ -48,6 +50,7 @@ class Settings:
             pretrained=env("CAMWIDGET_RANDOM_WEIGHTS", "") != "1",
             sample=env("CAMWIDGET_SAMPLE", cls.sample),
             images=env("CAMWIDGET_IMAGES") or None,
+            labels=env("CAMWIDGET_LABELS") or None,
             max_upload_mb=float(env("CAMWIDGET_MAX_UPLOAD_MB", cls.max_upload_mb)),
             slow_jobs=int(slow) if int(slow) > 0 else None,
         )
@@ -59,9 +62,20 @@ class Settings:
             "CAMWIDGET_RANDOM_WEIGHTS": "" if self.pretrained else "1",
             "CAMWIDGET_SAMPLE": self.sample,
             "CAMWIDGET_IMAGES": self.images or "",
+            "CAMWIDGET_LABELS": self.labels or "",
             "CAMWIDGET_MAX_UPLOAD_MB": str(self.max_upload_mb),
             "CAMWIDGET_SLOW_JOBS": str(self.slow_jobs or 0),
         }
+
+    def class_names(self) -> list[str] | None:
+        """The class names of ``--labels``, one a line (blank lines left out), or None."""
+        if not self.labels:
+            return None
+        try:
+            lines = Path(self.labels).expanduser().read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise CamwidgetError(f"--labels {self.labels}: cannot read it ({error})") from None
+        return [line.strip() for line in lines if line.strip()] or None
 
     def photos(self) -> dict[str, object]:
         """The photos on offer, by name: the sample, then the folder's image files."""
@@ -101,7 +115,7 @@ def student_app(settings: Settings | None = None) -> tuple[widgets.Widget, CAMWi
         shared_view(source.model),
         _photo(photos[settings.sample]),
         preprocess=source.preprocess,
-        labels=source.labels,
+        labels=settings.class_names() or source.labels,
     )
     panel.max_upload_bytes = round(settings.max_upload_mb * 2**20)
     if len(photos) == 1:
