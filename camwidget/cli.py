@@ -219,7 +219,8 @@ def _app(args: argparse.Namespace) -> int:
         max_upload_mb=args.max_upload_mb,
         slow_jobs=args.slow_jobs or None,
     )
-    settings.photos(), settings.class_names()  # a missing folder or file is told now
+    settings.photos()  # a missing folder is told now
+    settings.class_names()  # and a labels file that cannot be read
     if args.sample not in samples.names():
         raise CamwidgetError(
             f"no sample {args.sample!r}: choose one of {', '.join(samples.names())}"
