@@ -100,10 +100,9 @@ class Preparation:
             return False  # a tensor: the user's own input, at the size they chose
         if self.worked_at - {preferred}:
             return False  # the model has taken another size: it does not need one size
-        failed = tuple((self.probe() if image is None else image.inputs).shape[-2:])
-        candidates = dict.fromkeys([preferred, *COMMON_SIZES]).keys() - {failed}
-        ordered = sorted(candidates, key=[preferred, *COMMON_SIZES].index)
-        size = next((size for size in ordered if works(self.probe(size))), None)
+        failed = preferred if image is None else tuple(image.inputs.shape[-2:])
+        candidates = [size for size in dict.fromkeys([preferred, *COMMON_SIZES]) if size != failed]
+        size = next((size for size in candidates if works(self.probe(size))), None)
         if size is None:
             return False
         self.model_input = self.model_input.at_size(
