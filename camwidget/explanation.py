@@ -87,6 +87,14 @@ class Explanation:
     frame: Frame | None = None
 
     @property
+    def index(self) -> str:
+        """The class index to show beside ``label``, e.g. " (281)"; empty for a target
+        that is no class, and for a class the label names by its index alone."""
+        if not isinstance(self.target, int) or self.label == f"class {self.target}":
+            return ""
+        return f" ({self.target})"
+
+    @property
     def title(self) -> str:
         """The method as its paper writes it, e.g. ``Grad-CAM``."""
         return methods.get(self.method).title

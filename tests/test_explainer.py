@@ -341,6 +341,15 @@ def test_custom_preprocess_and_labels(resnet18, photo):
     assert ex.predict(photo, k=3)[0][1] == labels[e.target]
 
 
+def test_a_class_index_is_said_once(resnet18, photo):
+    from camwidget.widget.views import caption
+
+    unnamed = Explainer(resnet18, labels={}).explain(photo, layer="layer4", target=4)
+    assert (unnamed.label, caption(unnamed, detail=False)) == ("class 4", "class 4")
+    named = Explainer(resnet18, labels={4: "hammerhead"}).explain(photo, "layer4", 4)
+    assert caption(named, detail=False) == "hammerhead (4)"
+
+
 def test_bad_preprocess_is_explained(resnet18, photo):
     ex = Explainer(resnet18, preprocess=lambda image: np.zeros((3, 8, 8)))
     with pytest.raises(CamwidgetError, match="must return a torch tensor"):

@@ -819,3 +819,14 @@ def test_lrp_in_the_panel_with_its_rules(panel):
     assert panel.explainer.lrp_composite == "epsilon-alpha2-beta1"
     assert not np.array_equal(panel.main_view.explanation.attribution, first)
     assert panel.controls["layer"].disabled
+
+
+def test_a_tiny_image_is_enlarged_with_its_pixels_sharp():
+    from camwidget.widget.views import display_frame
+
+    digit = np.random.default_rng(0).integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    shown = display_frame(digit, 448)  # 16× larger: each pixel a 16×16 square
+    np.testing.assert_array_equal(shown, digit.repeat(16, axis=0).repeat(16, axis=1))
+    photo = np.random.default_rng(1).integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(photo).resize((299, 448), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(display_frame(photo, 448), smooth)

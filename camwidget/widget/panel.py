@@ -235,8 +235,7 @@ class CAMWidget(Actions, Background, Offers, Prompts, Checked, widgets.VBox):
         if self.main_view.partial is not None:
             return f"{width}×{height} image · {self.main_view.partial}"
         return (
-            f"{width}×{height} image · layer {e.layer} · {e.label}"
-            f"{f' ({e.target})' if isinstance(e.target, int) else ''} · {e.title}"
+            f"{width}×{height} image · layer {e.layer} · {e.label}{e.index} · {e.title}"
         )
 
     def _repr_mimebundle_(self, **kwargs: object) -> dict | None:

@@ -263,23 +263,28 @@ def caption(e: Explanation, detail: bool = True) -> str:
     and with ``detail`` its probability."""
     label = html.escape(e.label, quote=False)
     text = f"<b>{label}</b>" if detail else label
-    if isinstance(e.target, int):
-        text += f" ({e.target})"
+    text += e.index
     if detail and e.probability is not None:
         text += f" · p = {e.probability:.3f}"
     return text
 
 
+#: From this enlargement on, an image's pixels are shown as squares (a 28×28 digit).
+PIXELS_SHOWN = 4
+
+
 def display_frame(rgb: np.ndarray, display_size: int) -> np.ndarray:
-    """The image resized so that its long side is ``display_size`` pixels (Lanczos
-    when shrinking, bilinear when enlarging, as the heatmaps are)."""
+    """The image resized so that its long side is ``display_size`` pixels: Lanczos when
+    shrinking, bilinear when enlarging (as the heatmaps are), and nearest-neighbour when
+    enlarging :data:`PIXELS_SHOWN` times or more, so that a tiny image stays sharp."""
     height, width = rgb.shape[:2]
     scale = display_size / max(height, width)
     if scale == 1:
         return rgb
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     if scale > 1:
-        return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
+        kind = Image.Resampling.NEAREST if scale >= PIXELS_SHOWN else Image.Resampling.BILINEAR
+        return np.asarray(Image.fromarray(rgb).resize(size, kind))
     shrunk = Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     return np.asarray(shrunk)
 
