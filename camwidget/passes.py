@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from . import capture as capture_
 from . import deeplift, fullgrad, legrad, lrp, outputs, pixel, proof
+from . import scored as scored_
 from .capture import Capture
 from .errors import CamwidgetError
 from .layouts import Layout, Reshape
@@ -157,7 +158,7 @@ class Passes:
         step = batch_size(size, inputs.device)
         batches = (inputs[start : start + step] for start in range(0, len(inputs), step))
         with self._slot(progress, len(inputs)), self.lock:
-            return capture_.score_inputs(
+            return scored_.score_inputs(
                 self.model, batches, scorer, len(inputs), self._counted(progress), self.select
             )
 
@@ -174,7 +175,7 @@ class Passes:
         at a time; ``scored(scores so far)`` after each batch."""
         step = batch_size(size, inputs.device)
         with self._slot(progress, len(masks)), self.lock:
-            return capture_.score_masked(
+            return scored_.score_masked(
                 self.model, inputs, masks, scorer, step,
                 self._counted(progress), self.select, scored,
             )  # fmt: skip
@@ -194,7 +195,7 @@ class Passes:
         at a time; ``scored(scores so far)`` after each batch."""
         step = batch_size(size, inputs.device)
         with self._slot(progress, len(channels)), self.lock:
-            return capture_.score_ablated(
+            return scored_.score_ablated(
                 self.model, inputs, layer, layout, channels, scorer, step,
                 self._counted(progress), self.select, scored,
             )  # fmt: skip
@@ -229,7 +230,7 @@ class Passes:
         step = batch_size(size, points.device)
         batches = (points[start : start + step] for start in range(0, len(points), step))
         with self._slot(progress, len(points)), self.lock:
-            found = capture_.input_gradients(
+            found = scored_.input_gradients(
                 self.model, batches, scorer, len(points), self._batches(progress), self.select
             )
         return found

@@ -14,7 +14,7 @@ TIERS = (
     {"errors", "inputs", "layouts", "memory", "cache", "worker", "images", "labels", "targets"}
     | {"framing", "sharing", "folding"},
     {"samples", "outputs", "render", "capture", "pixel", "deeplift", "lrp", "layers", "scoring"}
-    | {"fullgrad", "legrad", "zero_shot", "proof"},
+    | {"fullgrad", "legrad", "zero_shot", "proof", "scored"},
     {"method_context", "cams", "methods", "perturbation", "attributions", "components"}
     | {"metrics"}
     | {"explanation", "options", "smoothing"}
