@@ -34,13 +34,16 @@ def guarded(model: nn.Module) -> Iterator[list[RemovableHandle]]:
     restored, also when the body raises. A model with lazy parameters not yet made is
     refused in words: a pass would make them, changing the model.
     """
-    params = list(model.parameters())
+    modules = list(model.modules())  # one walk of the tree: this runs before every pass
+    params = list(
+        dict.fromkeys(p for m in modules for p in m._parameters.values() if p is not None)
+    )
     if any(isinstance(param, nn.parameter.UninitializedParameter) for param in params):
         raise CamwidgetError(
             "the model has lazy layers (e.g. nn.LazyLinear) whose weights are not made "
             "yet: run it once on an input of its own first"
         )
-    training = [module for module in model.modules() if module.training]
+    training = [module for module in modules if module.training]
     trainable = [param for param in params if param.requires_grad]
     handles: list[RemovableHandle] = []
     try:

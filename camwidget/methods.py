@@ -10,6 +10,7 @@ import inspect
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import cache
 from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
@@ -463,8 +464,13 @@ METHODS: tuple[str, ...] = tuple(REGISTRY)
 def keywords() -> dict[str, tuple[Method, str]]:
     """Every method option as an explainer keyword -> (method, short name): the first
     registered method that declares a keyword owns it."""
+    return _keywords(tuple(REGISTRY))
+
+
+@cache  # read on every attribute an explainer sets
+def _keywords(names: tuple[str, ...]) -> dict[str, tuple[Method, str]]:
     found: dict[str, tuple[Method, str]] = {}
-    for spec in REGISTRY.values():
+    for spec in map(REGISTRY.get, names):
         for option in spec.options:
             found.setdefault(spec.keyword(option), (spec, option))
     return found
