@@ -1,6 +1,6 @@
 """Each method against the peer's implementation of the same method, one map each.
 
-    python benchmarks/methods_vs_peers.py [--runs 3] [--device cuda]
+    python benchmarks/methods_vs_peers.py [--runs 3] [--device cuda] [--methods fem,kpcacam]
 
 One map of class 1 for one 224×224 input on ResNet-18, from nothing kept: camwidget
 explains a photo it has not seen (the input with its first value nudged by 1e-4 times
@@ -155,9 +155,11 @@ def _nudged(x: torch.Tensor, k: int) -> torch.Tensor:
     return nudged
 
 
-def timings(runs: int, device: str) -> list[tuple[str, str, float, float | str, float]]:
+def timings(
+    runs: int, device: str, only: set[str] | None = None
+) -> list[tuple[str, str, float, float | str, float]]:
     """(method, peer, camwidget ms, peer ms or why the peer failed, camwidget ms with the
-    image's forward kept), medians of ``runs``."""
+    image's forward kept), medians of ``runs``; ``only``: these methods (None: all)."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     rows = []
     options = {"sscam_samples": 2, "iscam_samples": 2}
@@ -165,6 +167,8 @@ def timings(runs: int, device: str) -> list[tuple[str, str, float, float | str, 
         ex = camwidget.Explainer(model, **options)
         ex.explain(x, layer, TARGET)  # the catalogue is built once, outside the timing
         for method, peer in peers(model, x).items():
+            if only is not None and method not in only:
+                continue
             unseen = iter([_nudged(x, k) for k in range(1, runs + 1)])
 
             def ours(method: str = method, ex=ex, unseen=unseen, layer=layer) -> object:
@@ -217,8 +221,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--methods", help="comma-separated methods to time (default: all)")
     args = parser.parse_args()
-    print(table(timings(args.runs, args.device)))
+    only = set(args.methods.split(",")) if args.methods else None
+    print(table(timings(args.runs, args.device, only)))
 
 
 if __name__ == "__main__":

@@ -69,7 +69,8 @@ class Explanation:
     colour channels, (h, w) at the model input's size; ``attribution`` the full
     (3, h, w) (None for the other methods). ``frame``: the part of the image the model
     saw, where its preprocess cropped or padded it (None: all of it); the heatmaps are
-    0 beyond it.
+    0 beyond it. ``same_scores``: the number of classes where every class of the
+    classifier scored the same for this image (nothing tells them apart), else 0.
     """
 
     raw: np.ndarray
@@ -85,6 +86,7 @@ class Explanation:
     box: tuple[float, float, float, float] | None = None
     attribution: np.ndarray | None = field(default=None, compare=False, repr=False)
     frame: Frame | None = None
+    same_scores: int = 0
 
     @property
     def index(self) -> str:
@@ -150,6 +152,13 @@ class Explanation:
         raw, method = self.raw, methods.get(self.method)
         if not np.isfinite(raw).all():
             return f"the map at {self.layer} is not finite: the model produced NaN or inf"
+        empty = raw.max() <= 0 if method.rectified else raw.max() - raw.min() <= 0
+        if empty and self.same_scores:
+            return (
+                f"all {self.same_scores} classes score the same ({self.score:.4g}) for this "
+                "image, so no map can tell them apart: is the classifier trained? (a "
+                "torchvision ViT built without weights starts its head at zero)"
+            )
         if method.rectified and raw.max() <= 0:
             said = (
                 f"no positive evidence for {self.label!r} at {self.layer}: the "
@@ -218,6 +227,8 @@ def explained(
         if image.frame is not None:
             region &= render.inside(image.size, image.frame)
     box = to_image(target.box, image) if isinstance(target, Box) else None
+    scores = output[row] if isinstance(output, Tensor) and output.dim() == 2 else None
+    same = scores is not None and len(scores) > 1 and bool((scores == scores[0]).all())
     return Explanation(
         raw=raw,
         size=image.size,
@@ -232,6 +243,7 @@ def explained(
         box=box,
         attribution=attribution,
         frame=image.frame,
+        same_scores=len(scores) if same else 0,
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -100,3 +102,17 @@ def test_no_positive_evidence_gives_zeros_and_a_message():
     e = ex.explain(x, layer="relu", target=1, method="gradcam")
     assert not e.heatmap.any() and np.isfinite(e.heatmap).all()
     assert "no positive evidence" in e.message and "HiResCAM keeps each cell's" in e.message
+    assert e.same_scores == 0
+
+
+@pytest.mark.parametrize("method", ["gradcam", "hirescam", "saliency"])
+def test_a_head_at_zero_is_named_as_why_every_map_is_empty(method):
+    model = TinyNet()
+    with torch.no_grad():
+        model.fc.weight.zero_()  # as torchvision starts a ViT's head
+    before = copy.deepcopy(model.state_dict())
+    e = Explainer(model).explain(torch.rand(3, 4, 4), layer="relu", target=1, method=method)
+    assert not e.raw.any() and e.same_scores == 2
+    assert e.message.startswith("all 2 classes score the same (0)")
+    assert "is the classifier trained?" in e.message
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
