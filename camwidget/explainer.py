@@ -4,9 +4,10 @@ image -> prepare -> forward (cache: image) -> backward (cache: image, target)
       -> method (cache: image, target, layer, method, options) -> upsample + normalise
 
 The Explainer answers requests; the passes (:mod:`camwidget.passes`), image preparation
-(:mod:`camwidget.preparation`), scoring (:mod:`camwidget.scoring`), the inputs of a
-method (:mod:`camwidget.requests`), batches (:mod:`camwidget.batch`) and building an
-:class:`Explanation` (:mod:`camwidget.explanation`) each live in their own module.
+(:mod:`camwidget.preparation`), the model and its device (:mod:`camwidget.placement`),
+scoring (:mod:`camwidget.scoring`), the inputs of a method (:mod:`camwidget.requests`),
+batches (:mod:`camwidget.batch`) and building an :class:`Explanation`
+(:mod:`camwidget.explanation`) each live in their own module.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .layers import Catalogues, LayerInfo, Listing
 from .layouts import Reshape
 from .options import MethodOptions
 from .passes import Passes, Progress
+from .placement import placement, unwrapped
 from .preparation import Preparation, Preprocess
 from .requests import MapRequest, Services, raw_map
 from .targets import Target
@@ -98,7 +100,7 @@ class Explainer(MethodOptions, Batches):
         keep_freed_memory: bool = True,
         **options: object,
     ) -> None:
-        model = _unwrapped(model)
+        model = unwrapped(model)
         if activation not in ACTIVATIONS:
             raise CamwidgetError(
                 f"activation must be None, 'softmax' or 'sigmoid', not {activation!r}"
@@ -108,7 +110,7 @@ class Explainer(MethodOptions, Batches):
         super().__init__(options)
         self.model, self._labels, self.activation = model, labels, activation
         self.max_images, self.gradient_bytes = max(1, max_images), gradient_bytes
-        self.device, self.dtype = _placement(model, device)
+        self.device, self.dtype = placement(model, device)
         #: The model's passes; ``runner.lock`` is held around every pass and cache use.
         self.runner = Passes(model, output, reshape)
         #: Counts of model passes run so far: "forward", "backward", "scored".
@@ -452,40 +454,6 @@ class Explainer(MethodOptions, Batches):
         return explained(
             raw, image, host.output, 0, (layer, method), target, numbers, self.label, timings
         )
-
-
-def _unwrapped(model: object) -> nn.Module:
-    """The model to explain: the one inside torch.compile's and DataParallel's wrappers
-    (one pass on one device, its hooks in one thread); anything else refused in words."""
-    if not isinstance(model, nn.Module):
-        raise CamwidgetError(f"model must be a torch.nn.Module, not {type(model).__name__}")
-    if isinstance(model, torch.jit.ScriptModule):
-        raise CamwidgetError(
-            "a TorchScript model (torch.jit.script or trace) runs its layers outside "
-            "Python, where no hook can read their feature maps: explain the model it "
-            "was made from (the same weights, e.g. its state_dict loaded into it)"
-        )
-    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
-    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        return model.module
-    return model
-
-
-def _placement(
-    model: nn.Module, device: str | torch.device | None
-) -> tuple[torch.device, torch.dtype]:
-    tensors = list(model.parameters()) + list(model.buffers())
-    own = tensors[0].device if tensors else torch.device("cpu")
-    floats = [t.dtype for t in tensors if t.is_floating_point()]
-    dtype = floats[0] if floats else torch.float32
-    if device is not None and torch.device(device) != own:
-        wanted = torch.device(device)
-        if not (wanted.type == own.type and wanted.index is None):
-            raise CamwidgetError(
-                f"the model is on {own}, not {wanted}: move it first (model.to({str(wanted)!r})) "
-                "or leave device=None; camwidget never moves your model"
-            )
-    return own, dtype
 
 
 def _ms(start: float) -> float:

@@ -12,7 +12,7 @@ ENGINE = {"errors", "images", "render", "labels", "layers", "methods", "capture"
 #: The package's tiers, bottom first: a module imports only from its own tier or below.
 TIERS = (
     {"errors", "inputs", "layouts", "memory", "cache", "worker", "images", "labels", "targets"}
-    | {"framing", "sharing", "folding"},
+    | {"framing", "sharing", "folding", "placement"},
     {"samples", "outputs", "render", "capture", "pixel", "deeplift", "lrp", "layers", "scoring"}
     | {"fullgrad", "legrad", "zero_shot", "proof", "scored"},
     {"method_context", "cams", "methods", "perturbation", "attributions", "components"}
