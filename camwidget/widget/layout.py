@@ -41,15 +41,15 @@ def arrange(
         [c["progress_text"], c["progress"], c["cancel"]], layout=widgets.Layout(display="none")
     )
     c["work"].add_class("camwidget-work")
-    options = [c[keyword] for keyword in controls_.chosen_options()]
+    options = controls_.chosen_options()
     return [
         c["status"],
         widgets.HBox(
             [widgets.VBox(_view(main)), c["compare_panel"], predictions],
-            layout=widgets.Layout(align_items="flex-start"),
+            layout=widgets.Layout(align_items="flex-start", flex_flow="row wrap"),
         ),
-        widgets.HBox([c["layer"], c["method"], c["colormap"], c["positive_only"], *options]),
-        widgets.HBox([c["opacity"], c["threshold"]]),
+        _row(c, "layer", "method", "colormap", "positive_only", *options),
+        _row(c, "opacity", "threshold"),
         _row(c, "compare", "upload", "save", "inspect", "faithfulness"),
         c["work"],
         c["messages"],
@@ -64,4 +64,5 @@ def _view(view: View) -> list[widgets.Widget]:
 
 
 def _row(c: Mapping[str, widgets.Widget], *names: str) -> widgets.HBox:
-    return widgets.HBox([c[name] for name in names])
+    """A row of controls that wraps onto the next line where the page is too narrow."""
+    return widgets.HBox([c[name] for name in names], layout=widgets.Layout(flex_flow="row wrap"))

@@ -321,9 +321,21 @@ def _front_end(page) -> str:
     )
 
 
+#: The controls (their text) that stick out of the panel's place on the page, cut off.
+BEYOND_THE_PANEL = """(panel) => {
+    const within = panel.parentElement.getBoundingClientRect().right;
+    const right = Math.min(within, window.innerWidth) + 1;
+    return [...panel.querySelectorAll('.widget-inline-hbox, .widget-button, .widget-upload')]
+        .filter((control) => control.offsetParent !== null)
+        .filter((control) => control.getBoundingClientRect().right > right)
+        .map((control) => control.innerText.trim().slice(0, 30));
+}"""
+
+
 def _drive(page, panel, root: Path, tag: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{tag}-0-loaded.png"), full_page=False)
+    assert panel.evaluate(BEYOND_THE_PANEL) == []  # its rows wrap in a narrow page
 
     layer = panel.locator(".camwidget-layer select")
     for name in ("blocks.13", "head", "blocks.14", "blocks.12", "blocks.15"):
