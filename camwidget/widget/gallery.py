@@ -27,6 +27,7 @@ from .. import images, render
 from ..audit import Audit, explain_dataset
 from ..errors import CamwidgetError
 from ..explainer import Explainer
+from .layout import wrapping
 from .panel import CAMWidget
 from .styles import (
     OPACITY_STEP,
@@ -222,8 +223,8 @@ class Gallery(widgets.VBox):
         return [
             widgets.HTML("<b>confusion</b> (rows: true class, columns: predicted; click a cell)"),
             self.confusion,
-            widgets.HBox([c["order"], c["true_class"], c["predicted_class"], c["wrong_only"]]),
-            widgets.HBox([c["previous"], c["next"], c["page_size"], c["colormap"], c["alpha"]]),
+            wrapping([c["order"], c["true_class"], c["predicted_class"], c["wrong_only"]]),
+            wrapping([c["previous"], c["next"], c["page_size"], c["colormap"], c["alpha"]]),
             self.status,
             self.grid,
             c["export"],

@@ -64,5 +64,9 @@ def _view(view: View) -> list[widgets.Widget]:
 
 
 def _row(c: Mapping[str, widgets.Widget], *names: str) -> widgets.HBox:
+    return wrapping([c[name] for name in names])
+
+
+def wrapping(children: list[widgets.Widget]) -> widgets.HBox:
     """A row of controls that wraps onto the next line where the page is too narrow."""
-    return widgets.HBox([c[name] for name in names], layout=widgets.Layout(flex_flow="row wrap"))
+    return widgets.HBox(children, layout=widgets.Layout(flex_flow="row wrap"))

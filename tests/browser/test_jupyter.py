@@ -663,6 +663,7 @@ def test_the_gallery_opens_a_thumbnail_in_a_panel(server, browser):
         raise
     gallery = page.locator(".camwidget-gallery")
     assert "15 of 15 images" in gallery.inner_text()
+    assert gallery.evaluate(BEYOND_THE_PANEL) == []
     gallery.screenshot(path=str(ARTIFACTS / "lab-gallery-grid.png"))
     gallery.locator("button", has_text="open").first.click()
     panel = gallery.locator(".camwidget-overlay img.camwidget-map[src]")
