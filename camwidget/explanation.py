@@ -69,8 +69,8 @@ class Explanation:
     colour channels, (h, w) at the model input's size; ``attribution`` the full
     (3, h, w) (None for the other methods). ``frame``: the part of the image the model
     saw, where its preprocess cropped or padded it (None: all of it); the heatmaps are
-    0 beyond it. ``same_scores``: the number of classes where every class of the
-    classifier scored the same for this image (nothing tells them apart), else 0.
+    0 beyond it. ``same_scores``: where every class of a classifier scored the same
+    for this image (nothing tells them apart), the number of classes; else 0.
     """
 
     raw: np.ndarray
@@ -89,7 +89,7 @@ class Explanation:
     same_scores: int = 0
 
     @property
-    def index(self) -> str:
+    def index_text(self) -> str:
         """The class index to show beside ``label``, e.g. " (281)"; empty for a target
         that is no class, and for a class the label names by its index alone."""
         if not isinstance(self.target, int) or self.label == f"class {self.target}":

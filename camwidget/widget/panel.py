@@ -234,7 +234,7 @@ class CAMWidget(Actions, Background, Offers, Prompts, Checked, widgets.VBox):
         width, height = self._image.size[1], self._image.size[0]
         if self.main_view.partial is not None:
             return f"{width}×{height} image · {self.main_view.partial}"
-        return f"{width}×{height} image · layer {e.layer} · {e.label}{e.index} · {e.title}"
+        return f"{width}×{height} image · layer {e.layer} · {e.label}{e.index_text} · {e.title}"
 
     def _repr_mimebundle_(self, **kwargs: object) -> dict | None:
         """The live widget, with a static fallback for front ends without a kernel

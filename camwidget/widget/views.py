@@ -263,7 +263,7 @@ def caption(e: Explanation, detail: bool = True) -> str:
     and with ``detail`` its probability."""
     label = html.escape(e.label, quote=False)
     text = f"<b>{label}</b>" if detail else label
-    text += e.index
+    text += e.index_text
     if detail and e.probability is not None:
         text += f" · p = {e.probability:.3f}"
     return text
