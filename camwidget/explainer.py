@@ -27,7 +27,7 @@ from .errors import CamwidgetError
 from .explanation import Explanation, PreparedImage, Resolved, explained, to_image
 from .inputs import ModelInput, model_input
 from .kept import Kept
-from .labels import check_index, declared, resolve_target
+from .labels import check_index, declared, resolve_target, unnamed
 from .layers import Catalogues, LayerInfo, Listing
 from .layouts import Reshape
 from .options import MethodOptions
@@ -195,10 +195,10 @@ class Explainer(MethodOptions, Batches):
         """The name of class ``index`` (``"class 281"`` when no labels were given)."""
         labels = self.labels
         if isinstance(labels, Mapping):
-            return str(labels.get(index, f"class {index}"))
+            return str(labels.get(index, unnamed(index)))
         if labels is not None and 0 <= index < len(labels):
             return str(labels[index])
-        return f"class {index}"
+        return unnamed(index)
 
     @_locked
     def _probe(self) -> Listing:

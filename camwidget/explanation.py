@@ -14,6 +14,7 @@ from torch import Tensor
 
 from . import images, methods, outputs, render
 from .framing import Frame
+from .labels import unnamed
 from .targets import Box, Class, Region, Target, describe
 
 #: Methods whose channel weights are the gradient averaged over the grid.
@@ -92,7 +93,7 @@ class Explanation:
     def index_text(self) -> str:
         """The class index to show beside ``label``, e.g. " (281)"; empty for a target
         that is no class, and for a class the label names by its index alone."""
-        if not isinstance(self.target, int) or self.label == f"class {self.target}":
+        if not isinstance(self.target, int) or self.label == unnamed(self.target):
             return ""
         return f" ({self.target})"
 
@@ -152,14 +153,15 @@ class Explanation:
         raw, method = self.raw, methods.get(self.method)
         if not np.isfinite(raw).all():
             return f"the map at {self.layer} is not finite: the model produced NaN or inf"
-        empty = raw.max() <= 0 if method.rectified else raw.max() - raw.min() <= 0
-        if empty and self.same_scores:
+        empty = method.rectified and raw.max() <= 0
+        constant = raw.max() - raw.min() <= 1e-12 * max(abs(float(raw.max())), 1e-30)
+        if self.same_scores and (empty or constant):
             return (
                 f"all {self.same_scores} classes score the same ({self.score:.4g}) for this "
                 "image, so no map can tell them apart: is the classifier trained? (a "
                 "torchvision ViT built without weights starts its head at zero)"
             )
-        if method.rectified and raw.max() <= 0:
+        if empty:
             said = (
                 f"no positive evidence for {self.label!r} at {self.layer}: the "
                 f"{method.title} map is zero everywhere"
@@ -171,7 +173,7 @@ class Explanation:
                 "for a global-average-pooling head; HiResCAM keeps each cell's own "
                 "gradient (a network that flattens its maps is the usual case)"
             )
-        if raw.max() - raw.min() <= 1e-12 * max(abs(float(raw.max())), 1e-30):
+        if constant:
             return (
                 f"the {method.title} map at {self.layer} is constant "
                 f"({raw.shape[0]}×{raw.shape[1]} feature map): nothing to localise"
@@ -227,8 +229,6 @@ def explained(
         if image.frame is not None:
             region &= render.inside(image.size, image.frame)
     box = to_image(target.box, image) if isinstance(target, Box) else None
-    scores = output[row] if isinstance(output, Tensor) and output.dim() == 2 else None
-    same = scores is not None and len(scores) > 1 and bool((scores == scores[0]).all())
     return Explanation(
         raw=raw,
         size=image.size,
@@ -243,8 +243,17 @@ def explained(
         box=box,
         attribution=attribution,
         frame=image.frame,
-        same_scores=len(scores) if same else 0,
+        same_scores=_same_scores(output, row),
     )
+
+
+def _same_scores(output: Tensor | list[dict], row: int) -> int:
+    """The number of classes where every class of a classifier's ``output`` scores the
+    same in ``row``, else 0."""
+    if not (isinstance(output, Tensor) and output.dim() == 2 and output.shape[1] > 1):
+        return 0
+    scores = output[row]
+    return len(scores) if bool((scores == scores[0]).all()) else 0
 
 
 def to_image(box: tuple[float, ...], image: PreparedImage) -> tuple[float, ...]:

@@ -7,6 +7,11 @@ from collections.abc import Mapping, Sequence
 from .errors import CamwidgetError
 
 
+def unnamed(index: int) -> str:
+    """The name of class ``index`` where no class names were given: ``"class 281"``."""
+    return f"class {index}"
+
+
 def declared(model: object) -> Sequence[str] | Mapping[int, str] | None:
     """The class names ``model`` carries: a zero-shot model's ``prompts``, or a Hugging
     Face config's ``id2label`` (unless it holds only the ``LABEL_i`` placeholders)."""
